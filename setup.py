@@ -1,0 +1,29 @@
+"""Build hook for callpath's optional C extensions.
+
+Metadata lives in pyproject.toml. C accelerators (G.711, mixing, SIP scanning) are added to
+``OPTIONAL_EXTENSIONS`` as they are written; each one is optional: when no compiler is present the
+build continues and the pure-Python/numpy paths are used instead.
+"""
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+OPTIONAL_EXTENSIONS: list = []
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that skips an extension it cannot compile instead of failing the install."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # no compiler at all
+            print(f"callpath: C extensions skipped ({exc}); using pure-Python paths")
+
+    def build_extension(self, ext) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            print(f"callpath: extension {ext.name} skipped ({exc}); using pure-Python path")
+
+
+setup(ext_modules=OPTIONAL_EXTENSIONS, cmdclass={"build_ext": OptionalBuildExt})

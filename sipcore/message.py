@@ -1,0 +1,561 @@
+"""SIP messages (RFC 3261 §7): parse, inspect, modify and serialise requests and responses.
+
+Headers are kept as received (name spelling, order, raw values) so a proxy forwards what it got;
+typed accessors (`vias`, `cseq`, `from_`, `contacts`, ...) parse lazily and cache their result.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterable, Union
+
+from .errors import SipParseError
+from .headers import MAGIC_COOKIE, CSeq, Via
+from .uri import NameAddr, SipUri, split_quoted
+
+__all__ = [
+    "SipParseError", "SipMessage", "Request", "Response", "parse_message", "make_response",
+    "StreamFramer", "new_branch", "new_tag", "new_call_id", "reason_phrase", "PING",
+]
+
+COMPACT: dict[str, str] = {
+    "v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact", "l": "content-length",
+    "k": "supported", "c": "content-type", "s": "subject", "e": "content-encoding", "o": "event",
+    "r": "refer-to", "u": "allow-events", "x": "session-expires", "y": "identity", "b": "referred-by",
+    "a": "accept-contact", "j": "reject-contact", "d": "request-disposition",
+}
+
+CANONICAL: dict[str, str] = {
+    "via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq", "contact": "Contact",
+    "content-length": "Content-Length", "content-type": "Content-Type", "max-forwards": "Max-Forwards",
+    "route": "Route", "record-route": "Record-Route", "expires": "Expires", "min-expires": "Min-Expires",
+    "authorization": "Authorization", "www-authenticate": "WWW-Authenticate",
+    "proxy-authenticate": "Proxy-Authenticate", "proxy-authorization": "Proxy-Authorization",
+    "supported": "Supported", "require": "Require", "proxy-require": "Proxy-Require",
+    "unsupported": "Unsupported", "allow": "Allow", "user-agent": "User-Agent", "server": "Server",
+    "path": "Path", "rseq": "RSeq", "rack": "RAck", "event": "Event", "subject": "Subject",
+    "content-encoding": "Content-Encoding", "refer-to": "Refer-To", "allow-events": "Allow-Events",
+    "session-expires": "Session-Expires", "referred-by": "Referred-By", "identity": "Identity",
+    "accept": "Accept", "reason": "Reason", "timestamp": "Timestamp", "date": "Date", "warning": "Warning",
+    "retry-after": "Retry-After", "min-se": "Min-SE", "p-asserted-identity": "P-Asserted-Identity",
+}
+
+# Headers whose value is a comma-separated list (RFC 3261 §7.3.1): get_all() splits them.
+MULTI: frozenset[str] = frozenset({
+    "via", "contact", "route", "record-route", "path", "allow", "supported", "require", "proxy-require",
+    "unsupported", "accept", "accept-encoding", "accept-language", "allow-events", "service-route",
+    "in-reply-to", "content-encoding", "p-asserted-identity", "reason", "call-info", "alert-info",
+    "error-info", "accept-contact", "reject-contact", "request-disposition",
+})
+
+REASONS: dict[int, str] = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued", 183: "Session Progress",
+    200: "OK", 202: "Accepted", 204: "No Notification",
+    300: "Multiple Choices", 301: "Moved Permanently", 302: "Moved Temporarily", 305: "Use Proxy",
+    380: "Alternative Service",
+    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 406: "Not Acceptable", 407: "Proxy Authentication Required",
+    408: "Request Timeout", 410: "Gone", 413: "Request Entity Too Large", 414: "Request-URI Too Long",
+    415: "Unsupported Media Type", 416: "Unsupported URI Scheme", 420: "Bad Extension",
+    421: "Extension Required", 423: "Interval Too Brief", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
+    484: "Address Incomplete", 485: "Ambiguous", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending", 493: "Undecipherable",
+    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Server Time-out", 505: "Version Not Supported", 513: "Message Too Large",
+    600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+}
+
+PING = b"\r\n\r\n"  # RFC 5626 keep-alive on stream transports; StreamFramer yields it as its own item
+
+_KEY_CACHE: dict[str, str] = {}
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+
+
+def header_key(name: str) -> str:
+    """Lower-case, compact-form-expanded key for a header name (cached)."""
+    key = _KEY_CACHE.get(name)
+    if key is None:
+        low = name.lower()
+        key = COMPACT.get(low, low)
+        if len(_KEY_CACHE) < 4096:  # names come from the network: bound the cache
+            _KEY_CACHE[name] = key
+    return key
+
+
+def reason_phrase(status: int) -> str:
+    """The standard reason phrase for a status code."""
+    return REASONS.get(status) or REASONS.get(status // 100 * 100, "Unknown")
+
+
+def new_branch() -> str:
+    """A fresh RFC 3261 branch (magic cookie + 64 random bits)."""
+    return MAGIC_COOKIE + os.urandom(8).hex()
+
+
+def new_tag() -> str:
+    """A fresh From/To tag."""
+    return os.urandom(6).hex()
+
+
+def new_call_id(host: str = "") -> str:
+    """A fresh Call-ID, optionally @host."""
+    cid = os.urandom(12).hex()
+    return f"{cid}@{host}" if host else cid
+
+
+class SipMessage:
+    """Common part of requests and responses: an ordered header list and a body."""
+
+    __slots__ = ("headers", "body", "_cache", "version")
+
+    def __init__(self, headers: Iterable[tuple[str, str]] = (), body: bytes = b"", version: str = "SIP/2.0") -> None:
+        # Each header: [key, name as written, value]
+        self.headers: list[list[str]] = [[header_key(n), n, v] for n, v in headers]
+        self.body = body
+        self.version = version
+        self._cache: dict[str, object] = {}
+
+    # -- raw header access ---------------------------------------------------------------------------
+    def get(self, name: str) -> str | None:
+        """First value of a header (case-insensitive, compact forms accepted), or None."""
+        key = header_key(name)
+        for h in self.headers:
+            if h[0] == key:
+                return h[2]
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of a header; comma-separated list headers are split into their elements."""
+        key = header_key(name)
+        values = [h[2] for h in self.headers if h[0] == key]
+        if key in MULTI:
+            out: list[str] = []
+            for v in values:
+                if "," in v:
+                    out.extend(p.strip() for p in split_quoted(v, ",") if p.strip())
+                elif v:
+                    out.append(v)
+            return out
+        return values
+
+    def has(self, name: str) -> bool:
+        """Whether the header is present."""
+        key = header_key(name)
+        return any(h[0] == key for h in self.headers)
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every occurrence of a header by one value (appended when absent)."""
+        key = header_key(name)
+        self._cache.pop(key, None)
+        for i, h in enumerate(self.headers):
+            if h[0] == key:
+                h[2] = value
+                self.headers[i + 1 :] = [x for x in self.headers[i + 1 :] if x[0] != key]
+                return
+        self.headers.append([key, CANONICAL.get(key, name), value])
+
+    def add(self, name: str, value: str, first: bool = False) -> None:
+        """Add a header; with first=True it goes above any existing header of that name (Via, Route)."""
+        key = header_key(name)
+        self._cache.pop(key, None)
+        entry = [key, CANONICAL.get(key, name), value]
+        if first:
+            for i, h in enumerate(self.headers):
+                if h[0] == key:
+                    self.headers.insert(i, entry)
+                    return
+            self.headers.insert(0 if key == "via" else len(self.headers), entry)
+        else:
+            self.headers.append(entry)
+
+    def remove(self, name: str) -> None:
+        """Remove every occurrence of a header."""
+        key = header_key(name)
+        self._cache.pop(key, None)
+        self.headers = [h for h in self.headers if h[0] != key]
+
+    def remove_first_value(self, name: str) -> str | None:
+        """Remove the first element of a list header (top Via, first Route); returns it."""
+        key = header_key(name)
+        self._cache.pop(key, None)
+        for i, h in enumerate(self.headers):
+            if h[0] == key:
+                v = h[2]
+                if "," in v:
+                    parts = list(split_quoted(v, ","))
+                    rest = ",".join(parts[1:]).strip()
+                    if rest:
+                        h[2] = rest
+                        return parts[0].strip()
+                del self.headers[i]
+                return v.strip()
+        return None
+
+    # -- typed accessors ---------------------------------------------------------------------------
+    def _required(self, name: str) -> str:
+        v = self.get(name)
+        if v is None:
+            raise SipParseError(f"missing {CANONICAL.get(name, name)} header")
+        return v
+
+    @property
+    def vias(self) -> list[Via]:
+        """All Via values, top first."""
+        c = self._cache.get("via")
+        if c is None:
+            c = [Via.parse(v) for v in self.get_all("via")]
+            if not c:
+                raise SipParseError("missing Via header")
+            self._cache["via"] = c
+        return c  # type: ignore[return-value]
+
+    @property
+    def top_via(self) -> Via:
+        """The topmost Via (parsed without parsing the others)."""
+        c = self._cache.get("via")
+        if c is not None:
+            return c[0]  # type: ignore[index]
+        v = self._required("via")
+        if "," in v:
+            v = next(iter(split_quoted(v, ",")))
+        return Via.parse(v)
+
+    @property
+    def call_id(self) -> str:
+        """Call-ID value."""
+        v = self._required("call-id").strip()
+        if not v or " " in v:
+            raise SipParseError(f"bad Call-ID: {v!r}")
+        return v
+
+    @property
+    def cseq(self) -> CSeq:
+        """CSeq number and method."""
+        c = self._cache.get("cseq")
+        if c is None:
+            c = self._cache["cseq"] = CSeq.parse(self._required("cseq"))
+        return c  # type: ignore[return-value]
+
+    def _name_addr(self, key: str) -> NameAddr:
+        c = self._cache.get(key)
+        if c is None:
+            c = self._cache[key] = NameAddr.parse(self._required(key))
+        return c  # type: ignore[return-value]
+
+    @property
+    def from_(self) -> NameAddr:
+        """From header."""
+        return self._name_addr("from")
+
+    @property
+    def to(self) -> NameAddr:
+        """To header."""
+        return self._name_addr("to")
+
+    def _name_addrs(self, key: str) -> list[NameAddr]:
+        c = self._cache.get(key)
+        if c is None:
+            c = self._cache[key] = [NameAddr.parse(v) for v in self.get_all(key)]
+        return c  # type: ignore[return-value]
+
+    @property
+    def contact_star(self) -> bool:
+        """True for `Contact: *` (remove all bindings)."""
+        v = self.get("contact")
+        return v is not None and v.strip() == "*"
+
+    @property
+    def contacts(self) -> list[NameAddr]:
+        """Contact values (empty for `Contact: *` or none)."""
+        if self.contact_star:
+            return []
+        return self._name_addrs("contact")
+
+    @property
+    def routes(self) -> list[NameAddr]:
+        """Route set in order."""
+        return self._name_addrs("route")
+
+    @property
+    def record_routes(self) -> list[NameAddr]:
+        """Record-Route values in order."""
+        return self._name_addrs("record-route")
+
+    def _int(self, key: str) -> int | None:
+        v = self.get(key)
+        if v is None:
+            return None
+        v = v.strip()
+        if not v.isdigit() or len(v) > 10:
+            raise SipParseError(f"bad {CANONICAL.get(key, key)}: {v!r}")
+        return int(v)
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards or None."""
+        return self._int("max-forwards")
+
+    @property
+    def expires(self) -> int | None:
+        """Expires header (delta-seconds) or None."""
+        return self._int("expires")
+
+    def option_tags(self, name: str) -> set[str]:
+        """Option tags of Supported/Require/Proxy-Require (lower-case)."""
+        return {v.lower() for v in self.get_all(name)}
+
+    # -- serialisation -----------------------------------------------------------------------------
+    def start_line(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """Serialise with CRLF line ends and a Content-Length matching the body."""
+        parts = [self.start_line()]
+        for key, name, value in self.headers:
+            if key != "content-length":
+                parts.append(f"{name}: {value}")
+        parts.append(f"Content-Length: {len(self.body)}\r\n\r\n")
+        return "\r\n".join(parts).encode("utf-8", "surrogateescape") + self.body
+
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
+
+
+class Request(SipMessage):
+    """A SIP request: method, Request-URI and headers."""
+
+    __slots__ = ("method", "raw_uri", "_uri")
+
+    def __init__(self, method: str, uri: SipUri | str, headers: Iterable[tuple[str, str]] = (), body: bytes = b"", version: str = "SIP/2.0") -> None:
+        super().__init__(headers, body, version)
+        self.method = method
+        if isinstance(uri, SipUri):
+            self._uri: SipUri | None = uri
+            self.raw_uri = ""
+        else:
+            self._uri = None
+            self.raw_uri = uri
+
+    @property
+    def uri(self) -> SipUri:
+        """Request-URI (parsed lazily; SipParseError 416 for a scheme callpath cannot route)."""
+        u = self._uri
+        if u is None:
+            u = self._uri = SipUri.parse(self.raw_uri)
+        return u
+
+    @uri.setter
+    def uri(self, value: SipUri) -> None:
+        self._uri = value
+
+    def start_line(self) -> str:
+        u = self._uri
+        return f"{self.method} {u if u is not None else self.raw_uri} {self.version}"
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.start_line().split(' ')[1]}>"
+
+
+class Response(SipMessage):
+    """A SIP response: status code, reason phrase and headers."""
+
+    __slots__ = ("status", "reason")
+
+    def __init__(self, status: int, reason: str | None = None, headers: Iterable[tuple[str, str]] = (), body: bytes = b"", version: str = "SIP/2.0") -> None:
+        super().__init__(headers, body, version)
+        self.status = status
+        self.reason = reason if reason is not None else reason_phrase(status)
+
+    def start_line(self) -> str:
+        return f"{self.version} {self.status} {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+Message = Union[Request, Response]
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    idx = data.find(b"\r\n\r\n")
+    if idx >= 0:
+        return data[:idx], data[idx + 4 :]
+    idx = data.find(b"\n\n")
+    if idx >= 0:
+        return data[:idx], data[idx + 2 :]
+    # A datagram with headers only and a final CRLF is tolerated when it has no body.
+    if data.endswith(b"\r\n"):
+        return data[:-2], b""
+    raise SipParseError("no end of headers")
+
+
+def _scan_headers(lines: list[str]) -> list[list[str]]:
+    """Header lines (after the start line) -> [[key, name, value], ...], unfolding continuations."""
+    kc = _KEY_CACHE
+    out: list[list[str]] = []
+    first = True
+    for line in lines:
+        if first:  # skip the start line
+            first = False
+            continue
+        name, sep, value = line.partition(":")
+        key = kc.get(name)
+        if key is None:
+            if not line:
+                continue
+            c = line[0]
+            if c == " " or c == "\t":
+                if not out:
+                    raise SipParseError("continuation line before any header")
+                out[-1][2] = (out[-1][2] + " " + line.strip()).strip()
+                continue
+            if not sep:
+                raise SipParseError(f"bad header line: {line[:60]!r}")
+            if name[-1:] in (" ", "\t"):
+                name = name.rstrip()
+            if not _TOKEN_RE.match(name):
+                raise SipParseError(f"bad header name: {name[:60]!r}")
+            key = header_key(name)
+        out.append([key, name, value.strip()])
+    return out
+
+
+def parse_message(data: bytes, max_size: int = 65535) -> Message:
+    """Parse one complete message (a datagram, or a frame from StreamFramer).
+
+    Raises SipParseError for anything that cannot be framed or has an unusable start line; header
+    values are checked later by the typed accessors so a 4xx can still be built from the rest.
+    """
+    if len(data) > max_size:
+        raise SipParseError(f"message of {len(data)} bytes exceeds {max_size}", status=513)
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")
+    head_b, body = _split_head(data)
+    head = head_b.decode("utf-8", "surrogateescape")
+    if "\r\n" in head:
+        lines = head.split("\r\n")
+        if "\n" in head.replace("\r\n", ""):
+            lines = head.replace("\r\n", "\n").split("\n")
+    else:
+        lines = head.split("\n")
+    start = lines[0]
+    if not start:
+        raise SipParseError("empty start line")
+    msg: Message
+    if start.startswith("SIP/"):
+        parts = start.split(" ", 2)
+        if len(parts) < 2 or len(parts[1]) != 3 or not parts[1].isdigit():
+            raise SipParseError(f"bad status line: {start!r}")
+        status = int(parts[1])
+        if status < 100 or status > 699:
+            raise SipParseError(f"status code out of range: {start!r}")
+        msg = Response(status, parts[2] if len(parts) > 2 else "", version=parts[0])
+    else:
+        parts = start.split(" ")
+        if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2]:
+            raise SipParseError(f"bad request line: {start!r}")
+        method = parts[0]
+        if not _TOKEN_RE.match(method):
+            raise SipParseError(f"bad method: {method!r}")
+        version = parts[2]
+        if not version.upper().startswith("SIP/"):
+            raise SipParseError(f"bad SIP version: {start!r}")
+        msg = Request(method, parts[1], version=version)
+    msg.headers = _scan_headers(lines)
+    cl = msg.get("content-length")
+    if cl is not None:
+        cl = cl.strip()
+        if not cl.isdigit():
+            raise SipParseError(f"bad Content-Length: {cl!r}")
+        n = int(cl)
+        if n > len(body):
+            raise SipParseError(f"Content-Length {n} larger than the {len(body)} body bytes received")
+        if n < len(body):
+            body = body[:n]
+    msg.body = body
+    return msg
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> Response:
+    """Build a response to `request` per RFC 3261 §8.2.6 (Via, From, To(+tag), Call-ID, CSeq copied)."""
+    hs: list[list[str]] = []
+    for h in request.headers:
+        k = h[0]
+        if k == "via" or k == "from" or k == "call-id" or k == "cseq":
+            hs.append([k, CANONICAL[k], h[2]])
+        elif k == "to":
+            v = h[2]
+            if to_tag and status > 100 and ";tag=" not in v.replace(" ", "").lower():
+                v = f"{v};tag={to_tag}"
+            hs.append([k, "To", v])
+        elif k == "record-route" and 100 < status < 300:
+            hs.append([k, "Record-Route", h[2]])
+        elif k == "timestamp" and status == 100:
+            hs.append([k, "Timestamp", h[2]])
+    resp = Response(status, reason, version="SIP/2.0")
+    resp.headers = hs
+    for n, v in headers:
+        resp.headers.append([header_key(n), n, v])
+    resp.body = body
+    return resp
+
+
+_CL_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+class StreamFramer:
+    """Split a TCP/TLS/WS byte stream into messages using Content-Length (RFC 3261 §18.3).
+
+    `feed()` returns complete frames; a CRLFCRLF keep-alive is returned as PING. A missing
+    Content-Length or an oversized message raises SipParseError: the connection should be closed.
+    """
+
+    __slots__ = ("max_size", "_buf")
+
+    def __init__(self, max_size: int = 65535) -> None:
+        self.max_size = max_size
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return every complete frame now available."""
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        while buf:
+            if buf[0] in (13, 10):
+                if buf.startswith(b"\r\n\r\n"):
+                    out.append(PING)
+                    del buf[:4]
+                    continue
+                if len(buf) < 4 and b"\r\n\r\n".startswith(bytes(buf)):
+                    break
+                # stray CRLF (a pong, or a ping's tail): skip
+                i = 0
+                while i < len(buf) and buf[i] in (13, 10):
+                    i += 1
+                del buf[:i]
+                continue
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > self.max_size:
+                    raise SipParseError("headers exceed the maximum message size", status=513)
+                break
+            m = _CL_RE.search(buf, 0, end + 2)
+            if m is None:
+                raise SipParseError("missing Content-Length on a stream transport")
+            total = end + 4 + int(m.group(1))
+            if total > self.max_size:
+                raise SipParseError(f"message of {total} bytes exceeds {self.max_size}", status=513)
+            if len(buf) < total:
+                break
+            out.append(bytes(buf[:total]))
+            del buf[:total]
+        return out
