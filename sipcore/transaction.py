@@ -40,6 +40,19 @@ class Flow:
     def __str__(self) -> str:
         return f"{self.transport}:{self.remote[0]}:{self.remote[1]}"
 
+    def to_token(self) -> str:
+        """Compact text form (stored with a binding, embedded in Record-Route): transport~host~port~conn."""
+        conn = "" if self.conn_id is None else str(self.conn_id)
+        return f"{self.transport}~{self.remote[0]}~{self.remote[1]}~{conn}"
+
+    @classmethod
+    def from_token(cls, token: str) -> "Flow | None":
+        """Inverse of to_token; None when malformed."""
+        parts = token.split("~")
+        if len(parts) != 4 or not parts[2].isdigit():
+            return None
+        return cls(parts[0], (parts[1], int(parts[2])), int(parts[3]) if parts[3].isdigit() else None)
+
 
 # -- events handed to the transaction user ---------------------------------------------------------
 @dataclass(slots=True)

@@ -1,0 +1,656 @@
+"""The SIP core's transaction user: registrar, authentication and stateful forking proxy (RFC 3261 §16).
+
+Requests come from the stack (`on_request`); REGISTER and initial requests to local users need
+the user directory and the location service (async), so they run as tasks; in-dialog routing,
+responses, CANCEL and ACK are handled synchronously.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from .auth import HA1, AuthReason, DigestAuthenticator, ephemeral_password, parse_credentials, AuthError
+from .errors import SipParseError
+from .location import Binding, LocationService
+from .message import Request, Response, make_response
+from .registrar import RegistrarPolicy, contact_headers, process_register
+from .stack import SipStack
+from .transaction import ClientTransaction, Flow, ServerTransaction
+from .uri import NameAddr, SipUri
+
+log = logging.getLogger("callpath.sip.proxy")
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, REFER, NOTIFY, SUBSCRIBE"
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+TIMER_C = 180.0
+
+
+class SipAccount(Protocol):
+    """What the proxy needs of a SIP user record."""
+
+    username: str
+    extension: str | None
+    ha1_md5: str
+    ha1_sha256: str
+    enabled: bool
+
+
+class UserDirectory(Protocol):
+    """Looks up SIP accounts (implemented over storage by the composition root, with a cache)."""
+
+    async def get(self, username: str) -> SipAccount | None: ...
+    async def by_extension(self, extension: str) -> SipAccount | None: ...
+
+
+@dataclass(slots=True)
+class ProxyConfig:
+    """Registrar/proxy behaviour knobs (from settings [sip])."""
+
+    domain: str
+    auth: bool = True
+    ephemeral_secret: str = ""
+    policy: RegistrarPolicy = field(default_factory=RegistrarPolicy)
+    server_header: str = "callpath"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+class Proxy:
+    """Registrar + authenticating stateful proxy; hands calls for callpath itself to a UA/B2BUA."""
+
+    def __init__(self, stack: SipStack, config: ProxyConfig, users: UserDirectory, location: LocationService,
+                 authenticator: DigestAuthenticator, clock: Callable[[], float] = time.time) -> None:
+        self.stack = stack
+        self.config = config
+        self.users = users
+        self.location = location
+        self.auth = authenticator
+        self.clock = clock  # wall clock: binding expiry and nonces
+        self.domains: frozenset[str] = frozenset()
+        self.ua: Any = None     # sipcore.ua.UserAgent: owns dialogs callpath itself takes part in
+        self.b2bua: Any = None  # sipcore.b2bua.BackToBack: numbers answered and re-originated
+        self._tasks: set[asyncio.Task] = set()
+        self.stats = {"registers": 0, "forwarded": 0, "auth_failures": 0}
+        stack.tu = self
+        self.refresh_domains()
+
+    def refresh_domains(self) -> None:
+        """The host names/addresses that designate this server (after the listeners are bound)."""
+        names = {self.config.domain.lower(), self.stack.advertise.lower()}
+        for lst in self.stack.listeners.values():
+            names.add(lst.host.lower())
+            names.add(lst.advertise.lower())
+        if "127.0.0.1" in names or "0.0.0.0" in names:
+            names.update({"localhost", "127.0.0.1"})
+        self.domains = frozenset(n.strip("[]") for n in names if n)
+
+    def is_local_domain(self, uri: SipUri) -> bool:
+        """Whether the URI's host is a domain we serve (any of our ports, or none)."""
+        return uri.host.lower().strip("[]") in self.domains and (
+            uri.port is None or any(uri.port == lst.port for lst in self.stack.listeners.values()))
+
+    # -- TransactionUser ---------------------------------------------------------------------------
+    def on_request(self, tx: ServerTransaction, req: Request, cancelled: ServerTransaction | None) -> None:
+        """Route a new request (RFC 3261 §16.3–16.6)."""
+        method = req.method
+        if req.version.upper() != "SIP/2.0":
+            tx.reply(505)
+            return
+        if method == "CANCEL":
+            self._on_cancel(tx, cancelled)
+            return
+        mf = req.max_forwards
+        if mf is not None and mf <= 0:
+            if method == "OPTIONS" and not req.has("route") and self.is_local_domain(req.uri):
+                self._answer_options(tx)
+            else:
+                tx.reply(483)
+            return
+        if req.has("proxy-require"):
+            tx.reply(420, headers=[("Unsupported", ", ".join(req.get_all("proxy-require")))])
+            return
+        flow_hint = self._pop_own_routes(req)
+        if req.has("route"):
+            self._forward(tx, req, [(req.routes[0].uri, None, ())], record_route=False, flow_hint=flow_hint)
+            return
+        to_tag = req.to.tag
+        if to_tag is not None:
+            if self.ua is not None and self.ua.handles(req):
+                self.ua.on_request(tx, req)
+                return
+            uri = req.uri
+            if self.is_local_domain(uri) and flow_hint is None:
+                tx.reply(481 if uri.user else 404)
+                return
+            self._forward(tx, req, [(uri, None, ())], record_route=False, flow_hint=flow_hint)
+            return
+        uri = req.uri
+        if method == "REGISTER":
+            if not self.is_local_domain(uri):
+                tx.reply(403, "Forbidden (not a domain served here)")
+                return
+            self._spawn(self._register(tx, req))
+            return
+        if not self.is_local_domain(uri) or uri.user is None:
+            if uri.user is None and self.is_local_domain(uri):
+                if method == "OPTIONS":
+                    self._answer_options(tx)
+                else:
+                    tx.reply(405 if method != "ACK" else 0, headers=[("Allow", ALLOW)]) if method != "ACK" else None
+                return
+            self._spawn(self._relay_foreign(tx, req))
+            return
+        if method == "OPTIONS" and uri.user is None:
+            self._answer_options(tx)
+            return
+        self._spawn(self._route_local(tx, req))
+
+    def on_ack(self, req: Request, flow: Flow) -> None:
+        """ACK for a 2xx: forwarded statelessly along the route set (§16.11 / §13.2.2.4)."""
+        if self.ua is not None and self.ua.handles(req):
+            self.ua.on_ack(req, flow)
+            return
+        try:
+            flow_hint = self._pop_own_routes(req)
+            target = req.routes[0].uri if req.has("route") else req.uri
+            if self.is_local_domain(target) and flow_hint is None:
+                return  # an ACK for something we answered ourselves and no longer track
+            mf = req.max_forwards
+            if mf is not None:
+                if mf <= 0:
+                    return
+                req.set("Max-Forwards", str(mf - 1))
+            out = flow_hint or self._flow_for_uri(target)
+            if out is None:
+                return
+            req.add("Via", f"{self.stack._via_for(out)};branch={self._ack_branch(req)}", first=True)
+            self.stack.send_stateless(req, out)
+        except SipParseError as exc:
+            log.debug("dropped ACK: %s", exc.reason)
+
+    def on_stray_response(self, resp: Response, flow: Flow) -> None:
+        """A response with no client transaction (late 2xx retransmission): forward statelessly upstream."""
+        vias = resp.vias
+        if len(vias) < 2:
+            return
+        top = vias[0]
+        if not (top.branch or "").startswith("z9hG4bK") or not self.stack.is_local(
+                SipUri("sip", None, top.host, top.port), self.domains):
+            return
+        resp.remove_first_value("via")
+        nxt = resp.top_via
+        host = nxt.received or nxt.host
+        port = nxt.rport or nxt.port or 5060
+        self.stack.send_stateless(resp, Flow(nxt.transport.lower(), (host.strip("[]"), port)))
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("request handler failed", exc_info=task.exception())
+        self.stack.flush()
+
+    def _ack_branch(self, ack: Request) -> str:
+        """A stable branch for a forwarded 2xx ACK (retransmitted ACKs get the same one)."""
+        import hashlib
+
+        top = ack.get("via") or ""
+        return "z9hG4bK" + hashlib.md5(f"{top}{ack.call_id}{ack.cseq.seq}".encode()).hexdigest()[:16]
+
+    def _answer_options(self, tx: ServerTransaction) -> None:
+        tx.reply(200, headers=[("Allow", ALLOW), ("Accept", "application/sdp"),
+                               ("Supported", "path, outbound, 100rel"), ("Server", self.config.server_header)])
+
+    def _pop_own_routes(self, req: Request) -> Flow | None:
+        """Remove Route entries that point at us (loose routing, §16.4); return a flow embedded in one."""
+        flow: Flow | None = None
+        if req.has("route"):
+            while req.has("route"):
+                first = req.routes[0]
+                if not self.stack.is_local(first.uri, self.domains):
+                    break
+                token = first.uri.params.get("cpflow")
+                if token:
+                    flow = Flow.from_token(token) or flow
+                req.remove_first_value("route")
+        elif self.stack.is_local(req.uri, self.domains) and "lr" not in req.uri.params and req.has("route"):
+            pass
+        return flow
+
+    def _flow_for_uri(self, uri: SipUri) -> Flow | None:
+        """Next hop for an IP-literal URI (sync); None when it needs DNS."""
+        host = uri.params.get("maddr") or uri.host
+        if not _is_ip(host):
+            return None
+        transport = uri.transport
+        port = uri.port or (5061 if transport == "tls" else 5060)
+        return Flow(transport, (host.strip("[]"), port))
+
+    async def _resolve(self, uri: SipUri) -> Flow | None:
+        """Next hop for a URI (RFC 3263 subset: numeric hosts, else A/AAAA via the resolver)."""
+        flow = self._flow_for_uri(uri)
+        if flow is not None:
+            return flow
+        host = uri.params.get("maddr") or uri.host
+        if host.endswith(".invalid"):
+            return None
+        transport = uri.transport
+        port = uri.port or (5061 if transport == "tls" else 5060)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=2)
+        except OSError:
+            return None
+        if not infos:
+            return None
+        return Flow(transport, (infos[0][4][0], port))
+
+    # -- authentication ----------------------------------------------------------------------------
+    async def _authenticate(self, tx: ServerTransaction, req: Request, header: str, status: int) -> SipAccount | None:
+        """Digest check (RFC 7616); sends the 401/407 challenge (stale=true for expired nonces) on failure."""
+        now = self.clock()
+        value = None
+        for v in req.get_all(header):
+            if f'realm="{self.auth.realm}"' in v or "realm=" not in v:
+                value = v
+                break
+        if value is None:
+            self._challenge(tx, status, now)
+            return None
+        try:
+            creds = parse_credentials(value)
+        except AuthError:
+            tx.reply(400, "Bad Request (malformed credentials)")
+            return None
+        username = creds.username
+        account: SipAccount | None = None
+        secret: Any = None
+        if self.config.ephemeral_secret and ":" in username:
+            secret = ephemeral_password(self.config.ephemeral_secret, username, now)
+            user = username.split(":", 1)[1]
+            account = await self.users.get(user)
+            if account is None or not account.enabled:
+                secret = None
+        else:
+            account = await self.users.get(username)
+            if account is not None and account.enabled:
+                alg = creds.algorithm.upper()
+                secret = HA1(account.ha1_sha256 if alg.startswith("SHA-256") else account.ha1_md5)
+        result = self.auth.verify_credentials(creds, req.method, secret, now)
+        if result.ok and account is not None:
+            return account
+        self.stats["auth_failures"] += 1
+        log.info("auth failed for %r: %s", username, result.reason, extra={"call_id": req.call_id})
+        if result.reason == AuthReason.STALE_NONCE:
+            self._challenge(tx, status, now, stale=True)
+        elif result.reason in (AuthReason.UNKNOWN_USER, AuthReason.BAD_RESPONSE):
+            tx.reply(403, "Forbidden (bad credentials)")
+        else:
+            self._challenge(tx, status, now)
+        return None
+
+    def _challenge(self, tx: ServerTransaction, status: int, now: float, stale: bool = False) -> None:
+        name = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
+        tx.reply(status, headers=[(name, c) for c in self.auth.challenges(now, stale)])
+
+    # -- registrar ---------------------------------------------------------------------------------
+    async def _register(self, tx: ServerTransaction, req: Request) -> None:
+        self.stats["registers"] += 1
+        to_uri = req.to.uri
+        if to_uri.user is None:
+            tx.reply(400, "Bad Request (To has no user)")
+            return
+        if self.config.auth:
+            account = await self._authenticate(tx, req, "authorization", 401)
+            if account is None:
+                return
+            if to_uri.user not in (account.username, account.extension):
+                tx.reply(403, "Forbidden (To user does not match the credentials)")
+                return
+            user = account.username
+        else:
+            account = await self.users.get(to_uri.user) or await self.users.by_extension(to_uri.user)
+            user = account.username if account is not None else to_uri.user
+        aor = f"sip:{user}@{self.config.domain}"
+        now = self.clock()
+        existing = await self.location.lookup(aor)
+        out = process_register(req, aor, existing, now, self.config.policy, received=tx.flow.to_token())
+        if out.status != 200:
+            tx.reply(out.status, out.reason, headers=out.headers)
+            return
+        current = existing
+        if out.bindings is not None:
+            await self.location.save(aor, out.bindings)
+            current = out.bindings
+        tx.reply(200, headers=out.headers + contact_headers(current, now) + [("Date", _http_date(now))])
+
+    # -- routing -----------------------------------------------------------------------------------
+    async def _route_local(self, tx: ServerTransaction, req: Request) -> None:
+        """An initial request to a user (or number) of our domain."""
+        uri = req.uri
+        if self.b2bua is not None and self.b2bua.handles_number(uri.user):
+            if self.config.auth and not await self._authorize_caller(tx, req):
+                return
+            self.b2bua.on_invite(tx, req)
+            return
+        account = await self.users.get(uri.user) or await self.users.by_extension(uri.user)
+        if account is None or not account.enabled:
+            tx.reply(404)
+            return
+        if self.config.auth and req.method not in ("ACK", "PRACK") and not await self._authorize_caller(tx, req):
+            return
+        aor = f"sip:{account.username}@{self.config.domain}"
+        bindings = await self.location.lookup(aor)
+        if not bindings:
+            tx.reply(480)
+            return
+        if tx.state not in ("Proceeding", "Trying"):
+            return  # cancelled or timed out meanwhile
+        targets = []
+        for b in _best_q(bindings):
+            contact = SipUri.parse(b.contact)
+            targets.append((contact, _contact_flow(contact, b), b.path))
+        self._forward(tx, req, targets, record_route=req.method in DIALOG_CREATING)
+
+    async def _authorize_caller(self, tx: ServerTransaction, req: Request) -> bool:
+        """Callers must authenticate (407) and may only call as themselves (From user)."""
+        account = await self._authenticate(tx, req, "proxy-authorization", 407)
+        if account is None:
+            return False
+        if req.from_.uri.user not in (account.username, account.extension):
+            tx.reply(403, "Forbidden (From user does not match the credentials)")
+            return False
+        self._strip_credentials(req)
+        return True
+
+    def _strip_credentials(self, req: Request) -> None:
+        """Remove the Proxy-Authorization meant for our realm before forwarding (§22.3)."""
+        keep = [v for v in req.get_all("proxy-authorization") if f'realm="{self.auth.realm}"' not in v]
+        req.remove("proxy-authorization")
+        for v in keep:
+            req.add("Proxy-Authorization", v)
+
+    async def _relay_foreign(self, tx: ServerTransaction, req: Request) -> None:
+        """A request for a domain we do not serve: relayed only for authenticated local users."""
+        if self.config.auth and not await self._authorize_caller(tx, req):
+            return
+        self._forward(tx, req, [(req.uri, None, ())], record_route=req.method in DIALOG_CREATING)
+
+    def _forward(self, tx: ServerTransaction, req: Request, targets: list[tuple[SipUri, Flow | None, tuple]],
+                 record_route: bool, flow_hint: Flow | None = None) -> None:
+        """Forward statefully to each target in parallel (§16.6)."""
+        ctx = ProxyContext(self, tx, req)
+        tx.owner = ctx
+        ctx.start(targets, record_route, flow_hint)
+
+
+def _contact_flow(contact: SipUri, binding: Binding) -> Flow | None:
+    """The flow to reach a contact: the registration's own connection for TCP/TLS/WS, and for UDP the
+    source address when the Contact's host is not where the REGISTER came from (NAT, like nathelper)."""
+    recv = Flow.from_token(binding.received) if binding.received else None
+    if recv is None:
+        return None
+    if recv.reliable or contact.host.strip("[]") != recv.remote[0]:
+        return recv
+    return None
+
+
+def _best_q(bindings: list[Binding]) -> list[Binding]:
+    """Contacts with the highest q are tried in parallel (bindings arrive sorted by q)."""
+    if not bindings:
+        return []
+    top = bindings[0].q
+    return [b for b in bindings if b.q == top]
+
+
+def _http_date(now: float) -> str:
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))
+
+
+class ProxyContext:
+    """One proxied request: its server transaction and the client transactions of its branches."""
+
+    __slots__ = ("proxy", "server_tx", "request", "branches", "best", "final_sent", "cancelled",
+                 "provisional", "timer_c", "pending")
+
+    def __init__(self, proxy: Proxy, server_tx: ServerTransaction, request: Request) -> None:
+        self.proxy = proxy
+        self.server_tx = server_tx
+        self.request = request
+        self.branches: list[ClientTransaction] = []
+        self.best: Response | None = None
+        self.final_sent = False
+        self.cancelled = False
+        self.provisional: set[ClientTransaction] = set()
+        self.timer_c: asyncio.TimerHandle | None = None
+        self.pending = 0
+
+    def start(self, targets: list[tuple[SipUri, Flow | None, tuple]], record_route: bool, flow_hint: Flow | None) -> None:
+        proxy = self.proxy
+        in_flow = self.server_tx.flow
+        sync_targets = []
+        for uri, flow, path in targets:
+            if flow is None:
+                first = SipUri.parse(path[0][1:-1]) if path and path[0].startswith("<") else uri
+                flow = flow_hint or proxy._flow_for_uri(first)
+            sync_targets.append((uri, flow, path))
+        if any(f is None for _, f, _ in sync_targets):
+            proxy._spawn(self._resolve_and_send(sync_targets, record_route))
+            return
+        for uri, flow, path in sync_targets:
+            self._send_branch(uri, flow, path, record_route, in_flow)  # type: ignore[arg-type]
+        if self.request.method == "INVITE":
+            self._arm_timer_c()
+
+    async def _resolve_and_send(self, targets: list, record_route: bool) -> None:
+        for uri, flow, path in targets:
+            if flow is None:
+                flow = await self.proxy._resolve(uri)
+            if flow is None:
+                self._branch_failed(Response(502, "Bad Gateway (cannot resolve next hop)") if len(targets) == 1 else None)
+                continue
+            self._send_branch(uri, flow, path, record_route, self.server_tx.flow)
+        if not self.branches and not self.final_sent:
+            self._send_final(Response(502, "Bad Gateway (no reachable target)"))
+        self.proxy.stack.flush()
+
+    def _send_branch(self, uri: SipUri, flow: Flow, path: tuple, record_route: bool, in_flow: Flow) -> None:
+        proxy = self.proxy
+        src = self.request
+        fwd = Request(src.method, src.uri if not src.has("route") and uri is src.uri else uri, body=src.body)
+        fwd.headers = [list(h) for h in src.headers]
+        fwd.version = src.version
+        if uri is not src.uri:
+            fwd.uri = uri
+        mf = src.max_forwards
+        fwd.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
+        for p in reversed(path):
+            fwd.add("Route", p, first=True)
+        if record_route:
+            fwd.add("Record-Route", self._rr_value(in_flow, incoming=True), first=True)
+            if in_flow.transport != flow.transport or flow.reliable:
+                fwd.add("Record-Route", self._rr_value(flow, incoming=False), first=True)
+        proxy.stats["forwarded"] += 1
+        tx = proxy.stack.send_request(fwd, flow, owner=self)
+        self.branches.append(tx)
+        self.pending += 1
+
+    def _rr_value(self, flow: Flow, incoming: bool) -> str:
+        """Our Record-Route for the interface facing `flow`; connection flows carry a flow token."""
+        uri = self.proxy.stack.local_uri(flow.transport)
+        if flow.conn_id is not None and incoming:
+            uri.params["cpflow"] = flow.to_token()
+        uri.params["lr"] = None
+        return f"<{uri}>"
+
+    def _arm_timer_c(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.timer_c:
+            self.timer_c.cancel()
+        self.timer_c = loop.call_later(TIMER_C, self._on_timer_c)
+
+    def _on_timer_c(self) -> None:
+        """Timer C (§16.6 step 11): no final response in 3 minutes: cancel the branches."""
+        self.timer_c = None
+        self.cancel_branches()
+        self.proxy.stack.flush()
+
+    # -- owner callbacks ---------------------------------------------------------------------------
+    def on_response(self, tx: ClientTransaction, resp: Response) -> None:
+        code = resp.status
+        if code == 100:
+            return
+        resp.remove_first_value("via")
+        if not resp.has("via"):
+            return
+        if code < 200:
+            self.provisional.add(tx)
+            if self.cancelled:
+                self._cancel_branch(tx)
+                return
+            if not self.final_sent:
+                if self.request.method == "INVITE":
+                    self._arm_timer_c()
+                self.server_tx.respond(resp)
+            return
+        if code < 300:
+            if not self.final_sent or self.server_tx.state == "Accepted":
+                self.final_sent = True
+                self.server_tx.respond(resp)  # every 2xx is forwarded (§16.7 step 5)
+            if tx.state != "Accepted" or True:
+                self._finish_branch(tx, count=resp is tx.final_response)
+                self.cancel_branches(except_tx=tx)
+            return
+        self._finish_branch(tx)
+        if self.best is None or _better(resp, self.best):
+            self.best = resp
+        if code >= 600:
+            self.cancel_branches(except_tx=tx)
+        self._maybe_final()
+
+    def on_timeout(self, tx: ClientTransaction) -> None:
+        self._branch_done_with(tx, Response(408, "Request Timeout"))
+
+    def on_transport_failure(self, tx: ClientTransaction) -> None:
+        self._branch_done_with(tx, Response(503, "Service Unavailable (transport failure)"))
+
+    def _branch_done_with(self, tx: ClientTransaction, resp: Response) -> None:
+        if tx not in self.branches or getattr(tx, "_ctx_done", False):
+            return
+        self._finish_branch(tx)
+        if self.best is None or _better(resp, self.best):
+            self.best = resp
+        self._maybe_final()
+
+    def _branch_failed(self, resp: Response | None) -> None:
+        if resp is not None and (self.best is None or _better(resp, self.best)):
+            self.best = resp
+
+    def _finish_branch(self, tx: ClientTransaction, count: bool = True) -> None:
+        if getattr(tx, "_ctx_done", False) or not count:
+            return
+        try:
+            object.__setattr__(tx, "_ctx_done", True)
+        except AttributeError:
+            pass
+        self.provisional.discard(tx)
+        self.pending -= 1
+        if self.pending <= 0 and self.timer_c:
+            self.timer_c.cancel()
+            self.timer_c = None
+
+    def _maybe_final(self) -> None:
+        if self.pending > 0 or self.final_sent or self.best is None:
+            return
+        best = self.best
+        self.final_sent = True
+        code = best.status
+        if self.cancelled:
+            self.server_tx.reply(487)
+            return
+        if not best.has("via"):  # synthesised (408/503/502): build it from the request
+            self.server_tx.reply(code, best.reason)
+            return
+        if code in (401, 407):
+            # aggregate challenges from every branch (§16.7 step 7)
+            pass
+        if code == 503:
+            self.server_tx.reply(500, "Server Internal Error (next hop unavailable)")
+            return
+        self.server_tx.respond(best)
+
+    def _send_final(self, resp: Response) -> None:
+        self.final_sent = True
+        self.server_tx.reply(resp.status, resp.reason)
+
+    # -- CANCEL ------------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """The caller cancelled: CANCEL every pending branch; the 487s produce our final response."""
+        self.cancelled = True
+        self.cancel_branches()
+        if self.pending <= 0 and not self.final_sent:
+            self.final_sent = True
+            self.server_tx.reply(487)
+
+    def cancel_branches(self, except_tx: ClientTransaction | None = None) -> None:
+        for tx in self.branches:
+            if tx is not except_tx and tx.state in ("Calling", "Proceeding", "Trying"):
+                if tx in self.provisional:
+                    self._cancel_branch(tx)
+                else:
+                    self.provisional.discard(tx)
+                    # no provisional yet: CANCEL must wait for one (§9.1); mark it
+                    try:
+                        object.__setattr__(tx, "_cancel_pending", True)
+                    except AttributeError:
+                        pass
+        self.cancelled = self.cancelled or except_tx is None
+
+    def _cancel_branch(self, tx: ClientTransaction) -> None:
+        if getattr(tx, "_cancel_sent", False):
+            return
+        object.__setattr__(tx, "_cancel_sent", True)
+        self.proxy.stack.send_request(tx.cancel_request(), tx.flow, owner=_IgnoreResponses, branch=tx.branch)
+
+
+class _IgnoreResponsesType:
+    """Owner for CANCEL client transactions: their 200 needs no action."""
+
+    def on_response(self, tx: Any, resp: Response) -> None:
+        pass
+
+    def on_timeout(self, tx: Any) -> None:
+        pass
+
+    def on_transport_failure(self, tx: Any) -> None:
+        pass
+
+
+_IgnoreResponses = _IgnoreResponsesType()
+
+
+def _better(a: Response, b: Response) -> bool:
+    """Best-response choice (§16.7 step 6): 6xx first, then the lowest class, 401/407 preferred in 4xx."""
+    ca, cb = a.status, b.status
+    if ca >= 600 or cb >= 600:
+        return ca >= 600 and cb < 600
+    if ca // 100 != cb // 100:
+        return ca // 100 < cb // 100
+    if ca in (401, 407) and cb not in (401, 407):
+        return True
+    return False

@@ -1,0 +1,480 @@
+"""The asyncio adapter around the sans-IO SIP core: transports in, transactions, TU dispatch, sends out.
+
+This is the only SIP module that touches sockets or the event loop. Transports (UDP, TCP, TLS here;
+WebSocket from web/) call `SipStack.receive(data, flow)`; the transaction layer's outbox is flushed
+to the transports after each input; one loop timer tracks the layer's earliest timer.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import ssl
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from .errors import SipParseError
+from .message import PING, Request, Response, StreamFramer, make_response, parse_message
+from .transaction import (
+    AckReceived, Flow, RequestReceived, ResponseReceived, StrayResponse, TransactionLayer,
+    TransactionTerminated, TransactionTimeout, TransportFailure,
+)
+from .uri import SipUri, format_host
+
+log = logging.getLogger("callpath.sip")
+
+
+class TransactionUser(Protocol):
+    """What the stack dispatches to: the registrar/proxy/UA core."""
+
+    def on_request(self, tx: Any, request: Request, cancelled: Any) -> None: ...
+    def on_ack(self, request: Request, flow: Flow) -> None: ...
+    def on_stray_response(self, response: Response, flow: Flow) -> None: ...
+
+
+class TransactionOwner(Protocol):
+    """An object owning client/server transactions (proxy context, dialog): gets their events."""
+
+    def on_response(self, tx: Any, response: Response) -> None: ...
+    def on_timeout(self, tx: Any) -> None: ...
+    def on_transport_failure(self, tx: Any) -> None: ...
+
+
+@dataclass(slots=True)
+class Listener:
+    """One listening socket: its transport and the address advertised in Via/Record-Route."""
+
+    transport: str
+    host: str
+    port: int
+    advertise: str
+
+
+class SipStack:
+    """Owns the transports and the transaction layer, and pumps messages between them and the TU."""
+
+    def __init__(self, advertise: str, *, max_message_size: int = 65535, trace: bool = False,
+                 hep: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.advertise = advertise
+        self.max_message_size = max_message_size
+        self.trace = trace
+        self.hep = hep
+        self.clock = clock
+        self.listeners: dict[str, Listener] = {}
+        self.layer = TransactionLayer(self._via_for)
+        self.tu: TransactionUser | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._conns: dict[int, "StreamConnection"] = {}
+        self._conn_by_remote: dict[tuple[str, str, int], int] = {}
+        self._conn_ids = itertools.count(1)
+        self._servers: list[asyncio.base_events.Server] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._pending_connects: dict[tuple[str, str, int], list[bytes]] = {}
+        self.client_ssl: ssl.SSLContext | None = None
+        self.stats = {"parse_errors": 0, "bad_requests": 0, "messages_in": 0, "messages_out": 0, "send_errors": 0}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- set-up ------------------------------------------------------------------------------------
+    async def listen_udp(self, host: str, port: int) -> int:
+        """Bind the UDP transport; returns the bound port."""
+        loop = self._loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), local_addr=(host, port))
+        sock = transport.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        except OSError:
+            pass
+        self._udp = transport  # type: ignore[assignment]
+        bound = transport.get_extra_info("sockname")[1]
+        self.listeners["udp"] = Listener("udp", host, bound, self.advertise)
+        return bound
+
+    async def listen_stream(self, transport: str, host: str, port: int, ssl_ctx: ssl.SSLContext | None = None) -> int:
+        """Bind a TCP or TLS listener; returns the bound port."""
+        loop = self._loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: StreamConnection(self, transport), host, port, ssl=ssl_ctx,
+                                          reuse_address=True)
+        self._servers.append(server)
+        bound = server.sockets[0].getsockname()[1]
+        self.listeners[transport] = Listener(transport, host, bound, self.advertise)
+        return bound
+
+    def add_listener(self, transport: str, host: str, port: int) -> None:
+        """Register a transport served elsewhere (WebSocket via the web app)."""
+        self.listeners[transport] = Listener(transport, host, port, self.advertise)
+
+    async def close(self) -> None:
+        """Stop listening and drop connections."""
+        if self._timer:
+            self._timer.cancel()
+        if self._udp:
+            self._udp.close()
+        for conn in list(self._conns.values()):
+            conn.close()
+        for s in self._servers:
+            s.close()
+        for s in self._servers:
+            try:
+                await asyncio.wait_for(s.wait_closed(), 1.0)
+            except (asyncio.TimeoutError, Exception):
+                pass
+
+    # -- addresses ---------------------------------------------------------------------------------
+    def _via_for(self, flow: Flow) -> str:
+        lst = self.listeners.get(flow.transport) or self.listeners.get("udp")
+        t = flow.transport.upper()
+        if lst is None:
+            return f"SIP/2.0/{t} {format_host(self.advertise)}"
+        return f"SIP/2.0/{t} {format_host(lst.advertise)}:{lst.port}"
+
+    def local_uri(self, transport: str, user: str | None = None) -> SipUri:
+        """Our own URI on a transport (for Record-Route, Contact)."""
+        lst = self.listeners.get(transport) or next(iter(self.listeners.values()))
+        params: dict[str, str | None] = {}
+        if transport != "udp":
+            params["transport"] = transport
+        return SipUri("sip", user, lst.advertise, lst.port, params)
+
+    def is_local(self, uri: SipUri, domains: frozenset[str] = frozenset()) -> bool:
+        """Whether a URI designates this server (our address + one of our ports, or a served domain w/o port)."""
+        host = uri.host.lower().strip("[]")
+        if host in domains and uri.port is None:
+            return True
+        for lst in self.listeners.values():
+            if host in (lst.advertise.lower().strip("[]"), lst.host.strip("[]")) or host in domains:
+                port = uri.port or (5061 if uri.scheme == "sips" or lst.transport == "tls" else 5060)
+                if port == lst.port or (uri.port is None and lst.transport in ("ws", "wss")):
+                    return True
+        return False
+
+    # -- input -------------------------------------------------------------------------------------
+    def receive(self, data: bytes, flow: Flow) -> None:
+        """A complete message arrived on `flow` (datagram or framed stream message)."""
+        try:
+            msg = parse_message(data, self.max_message_size)
+        except SipParseError as exc:
+            self.stats["parse_errors"] += 1
+            log.debug("dropped unparseable message from %s: %s", flow, exc.reason)
+            return
+        self.stats["messages_in"] += 1
+        if self.trace or self.hep:
+            self._trace(data, flow, inbound=True)
+        try:
+            if isinstance(msg, Request):
+                self._fix_via(msg, flow)
+            self.layer.receive(msg, flow, self.clock())
+        except SipParseError as exc:
+            self._reject(msg, flow, exc)
+        self._pump()
+
+    def _fix_via(self, req: Request, flow: Flow) -> None:
+        """RFC 3261 §18.2.1 received= and RFC 3581 rport on the top Via."""
+        via = req.top_via
+        ip, port = flow.remote
+        changed = False
+        if via.host.strip("[]") != ip:
+            via.params["received"] = ip
+            changed = True
+        if "rport" in via.params:
+            via.params["rport"] = str(port)
+            changed = True
+        if changed:
+            for h in req.headers:
+                if h[0] == "via":
+                    v = h[2]
+                    rest = v.split(",", 1)
+                    h[2] = str(via) + ("," + rest[1] if len(rest) > 1 else "")
+                    break
+            req._cache["via"] = None
+            req._cache.pop("via", None)
+
+    def _reject(self, msg: Request | Response, flow: Flow, exc: SipParseError) -> None:
+        """A parseable message with an invalid header: 4xx for requests (never for ACK), drop responses."""
+        self.stats["bad_requests"] += 1
+        if isinstance(msg, Response) or msg.method == "ACK":
+            log.debug("dropped invalid message from %s: %s", flow, exc.reason)
+            return
+        try:
+            resp = make_response(msg, exc.status, f"{_reason(exc.status)} ({exc.reason})"[:120])
+            self.send_raw(resp.to_bytes(), self._response_flow(msg, flow))
+        except SipParseError:
+            log.debug("cannot answer invalid request from %s: %s", flow, exc.reason)
+
+    def _response_flow(self, req: Request, flow: Flow) -> Flow:
+        """Where a response to `req` goes: the same connection, or received/rport for UDP (§18.2.2, RFC 3581)."""
+        if flow.reliable:
+            return flow
+        via = req.top_via
+        host = via.received or via.host
+        port = via.rport or via.port or 5060
+        if via.received is None and "rport" not in via.params:
+            return Flow(flow.transport, (host.strip("[]"), port))
+        return flow if (host, port) == flow.remote else Flow(flow.transport, (host.strip("[]"), port))
+
+    # -- output ------------------------------------------------------------------------------------
+    def send_request(self, request: Request, flow: Flow, owner: Any = None, branch: str | None = None) -> Any:
+        """Start a client transaction for `request` towards `flow`."""
+        tx = self.layer.send_request(request, flow, self.clock(), owner, branch)
+        self._pump()
+        return tx
+
+    def send_stateless(self, msg: Request | Response, flow: Flow) -> None:
+        """Send outside a transaction."""
+        self.send_raw(msg.to_bytes(), flow)
+
+    def flush(self) -> None:
+        """Send whatever the layer queued and re-arm the timer (call after TU actions outside receive())."""
+        self._pump()
+
+    def send_raw(self, data: bytes, flow: Flow) -> None:
+        """Hand bytes to the transport named by the flow."""
+        self.stats["messages_out"] += 1
+        if self.trace or self.hep:
+            self._trace(data, flow, inbound=False)
+        t = flow.transport
+        if t == "udp":
+            if self._udp is None:
+                self.stats["send_errors"] += 1
+                return
+            try:
+                self._udp.sendto(data, flow.remote)
+            except OSError:
+                self.stats["send_errors"] += 1
+            return
+        conn = self._conns.get(flow.conn_id) if flow.conn_id is not None else None
+        if conn is None:
+            cid = self._conn_by_remote.get((t, flow.remote[0], flow.remote[1]))
+            conn = self._conns.get(cid) if cid is not None else None
+        if conn is not None and not conn.closed:
+            conn.send(data)
+            return
+        if t in ("tcp", "tls"):
+            self._connect_and_send(t, flow.remote, data)
+        else:
+            self.stats["send_errors"] += 1
+            self.layer.transport_error(flow)
+
+    def _connect_and_send(self, transport: str, remote: tuple[str, int], data: bytes) -> None:
+        key = (transport, remote[0], remote[1])
+        pending = self._pending_connects.get(key)
+        if pending is not None:
+            pending.append(data)
+            return
+        self._pending_connects[key] = [data]
+        loop = self._loop or asyncio.get_event_loop()
+
+        async def connect() -> None:
+            try:
+                ctx = None
+                if transport == "tls":
+                    ctx = self.client_ssl or ssl.create_default_context()
+                _, conn = await asyncio.wait_for(
+                    loop.create_connection(lambda: StreamConnection(self, transport), remote[0], remote[1], ssl=ctx),
+                    10.0)
+            except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+                log.info("connect to %s:%s:%s failed: %s", transport, remote[0], remote[1], exc)
+                self._pending_connects.pop(key, None)
+                self.layer.transport_error(Flow(transport, remote))
+                self._pump()
+                return
+            for d in self._pending_connects.pop(key, []):
+                conn.send(d)
+
+        loop.create_task(connect())
+
+    def _pump(self) -> None:
+        layer = self.layer
+        tu = self.tu
+        while True:
+            ev = layer.next_event()
+            if ev is None:
+                break
+            try:
+                self._dispatch(ev, tu)
+            except SipParseError as exc:
+                if isinstance(ev, RequestReceived):
+                    ev.tx.reply(exc.status, f"{_reason(exc.status)} ({exc.reason})"[:120])
+                else:
+                    log.debug("dropped invalid message: %s", exc.reason)
+            except Exception:  # a TU bug must never take the server down
+                log.exception("error handling %s", type(ev).__name__)
+                if isinstance(ev, RequestReceived) and ev.tx.last_response is None and ev.request.method != "ACK":
+                    ev.tx.reply(500)
+        for data, flow in layer.datagrams_to_send():
+            self.send_raw(data, flow)
+        when = layer.get_timer()
+        if when is not None and (self._timer_at is None or when < self._timer_at):
+            loop = self._loop or asyncio.get_event_loop()
+            if self._timer:
+                self._timer.cancel()
+            delay = max(0.0, when - self.clock())
+            self._timer_at = when
+            self._timer = loop.call_later(delay, self._on_timer)
+
+    def _dispatch(self, ev: Any, tu: TransactionUser | None) -> None:
+        t = type(ev)
+        if t is RequestReceived:
+            if tu is None:
+                ev.tx.reply(503)
+            else:
+                tu.on_request(ev.tx, ev.request, ev.cancelled)
+        elif t is ResponseReceived:
+            owner = ev.tx.owner
+            if owner is not None:
+                owner.on_response(ev.tx, ev.response)
+        elif t is AckReceived:
+            if tu is not None:
+                tu.on_ack(ev.request, ev.flow)
+        elif t is StrayResponse:
+            if tu is not None:
+                tu.on_stray_response(ev.response, ev.flow)
+        elif t is TransactionTimeout:
+            owner = ev.tx.owner
+            if owner is not None:
+                owner.on_timeout(ev.tx)
+        elif t is TransportFailure:
+            owner = ev.tx.owner
+            if owner is not None:
+                owner.on_transport_failure(ev.tx)
+        elif t is TransactionTerminated:
+            owner = ev.tx.owner
+            cb = getattr(owner, "on_terminated", None)
+            if cb is not None:
+                cb(ev.tx)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.layer.handle_timer(self.clock())
+        self._pump()
+
+    def _trace(self, data: bytes, flow: Flow, inbound: bool) -> None:
+        lst = self.listeners.get(flow.transport)
+        local = (lst.advertise if lst else self.advertise, lst.port if lst else 0)
+        src, dst = (flow.remote, local) if inbound else (local, flow.remote)
+        if self.trace:
+            arrow = "<<<" if inbound else ">>>"
+            text = data.decode("utf-8", "replace")
+            sys.stdout.write(f"{arrow} {time.strftime('%H:%M:%S')} {flow.transport} {src[0]}:{src[1]} -> "
+                             f"{dst[0]}:{dst[1]} ({len(data)} bytes)\n{text}\n")
+            sys.stdout.flush()
+        if self.hep is not None:
+            self.hep.send(data, src, dst, flow.transport)
+
+    # -- connections -------------------------------------------------------------------------------
+    def _add_conn(self, conn: "StreamConnection") -> int:
+        cid = next(self._conn_ids)
+        self._conns[cid] = conn
+        self._conn_by_remote[(conn.transport_name, conn.remote[0], conn.remote[1])] = cid
+        return cid
+
+    def _drop_conn(self, conn: "StreamConnection") -> None:
+        if self._conns.pop(conn.conn_id, None) is not None:
+            key = (conn.transport_name, conn.remote[0], conn.remote[1])
+            if self._conn_by_remote.get(key) == conn.conn_id:
+                del self._conn_by_remote[key]
+            self.layer.transport_error(Flow(conn.transport_name, conn.remote, conn.conn_id))
+            self._pump()
+
+    def register_connection(self, transport: str, remote: tuple[str, int], sender: "ConnectionSender") -> int:
+        """Attach an externally served connection (WebSocket); returns its conn_id."""
+        sender.transport_name = transport
+        sender.remote = remote
+        cid = self._add_conn(sender)  # type: ignore[arg-type]
+        sender.conn_id = cid
+        return cid
+
+    def unregister_connection(self, sender: "ConnectionSender") -> None:
+        """The external connection closed."""
+        self._drop_conn(sender)  # type: ignore[arg-type]
+
+
+def _reason(status: int) -> str:
+    from .message import reason_phrase
+
+    return reason_phrase(status)
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    __slots__ = ("stack",)
+
+    def __init__(self, stack: SipStack) -> None:
+        self.stack = stack
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        if len(data) <= 4 and not data.strip(b"\r\n\x00"):
+            return  # keep-alive
+        self.stack.receive(data, Flow("udp", (addr[0], addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP error: %s", exc)
+
+
+class ConnectionSender:
+    """Base for connection objects the stack can write to (stream sockets, WebSockets)."""
+
+    transport_name: str = ""
+    remote: tuple[str, int] = ("", 0)
+    conn_id: int = 0
+    closed: bool = False
+
+    def send(self, data: bytes) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class StreamConnection(asyncio.Protocol, ConnectionSender):
+    """A TCP or TLS connection (accepted or opened), framed by Content-Length."""
+
+    def __init__(self, stack: SipStack, transport_name: str) -> None:
+        self.stack = stack
+        self.transport_name = transport_name
+        self.framer = StreamFramer(stack.max_message_size)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.remote = (peer[0], peer[1])
+        self.conn_id = self.stack._add_conn(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.framer.feed(data)
+        except SipParseError as exc:
+            log.info("closing %s connection from %s: %s", self.transport_name, self.remote, exc.reason)
+            self.stack.stats["parse_errors"] += 1
+            self.close()
+            return
+        flow = Flow(self.transport_name, self.remote, self.conn_id)
+        for frame in frames:
+            if frame is PING:
+                self.send(b"\r\n")  # RFC 5626 pong
+                continue
+            self.stack.receive(frame, flow)
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.stack._drop_conn(self)

@@ -1,0 +1,255 @@
+"""web.settings: defaults of docs/interfaces.md, TOML loading, environment overrides and clear errors."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from web.settings import (
+    B2buaEntry,
+    Settings,
+    SettingsError,
+    env_var_name,
+    load_settings,
+    settings_help,
+)
+
+FULL_TOML = """
+[server]
+data_dir = "/var/lib/callpath"
+log_level = "debug"
+log_format = "json"
+
+[database]
+url = "postgresql+psycopg://callpath@db/callpath"
+
+[sip]
+listen = "0.0.0.0"
+advertise = "203.0.113.7"
+udp_port = 5070
+tcp_port = 0
+tls_port = 5061
+tls_cert = "/etc/callpath/cert.pem"
+tls_key = "/etc/callpath/key.pem"
+domain = "pbx.example.com"
+auth = false
+auth_algorithms = ["SHA-256", "MD5"]
+nonce_ttl = 120
+ephemeral_secret = "s3cret"
+min_expires = 30
+max_expires = 7200
+default_expires = 600
+location = "redis://127.0.0.1:6379/0"
+sip_trace = true
+hep = "127.0.0.1:9060"
+max_message_size = 8192
+
+[[sip.b2bua]]
+number = "9000"
+target = "sip:bob@127.0.0.1:5070"
+
+[[sip.b2bua]]
+number = "9001"
+target = "sip:carol@127.0.0.1:5072"
+
+[web]
+listen = "0.0.0.0"
+port = 8443
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    """Write a TOML file into tmp_path and return its path."""
+    path = tmp_path / "callpath.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    s = load_settings(None, {})
+    assert (s.server.data_dir, s.server.log_level, s.server.log_format) == ("./data", "info", "text")
+    assert s.database.url == ""
+    sip = s.sip
+    assert (sip.listen, sip.advertise, sip.udp_port, sip.tcp_port, sip.tls_port) == ("127.0.0.1", "", 5060, 5060, 0)
+    assert (sip.tls_cert, sip.tls_key, sip.domain, sip.auth) == ("", "", "", True)
+    assert sip.auth_algorithms == ["MD5", "SHA-256"]
+    assert (sip.nonce_ttl, sip.ephemeral_secret) == (300, "")
+    assert (sip.min_expires, sip.max_expires, sip.default_expires) == (60, 3600, 3600)
+    assert (sip.location, sip.sip_trace, sip.hep, sip.max_message_size) == ("memory", False, "", 65535)
+    assert sip.b2bua == []
+    assert (s.web.listen, s.web.port) == ("127.0.0.1", 8088)
+
+
+def test_defaults_are_not_shared_between_instances() -> None:
+    a, b = Settings(), Settings()
+    a.sip.auth_algorithms.append("X")
+    assert b.sip.auth_algorithms == ["MD5", "SHA-256"]
+
+
+def test_database_url_defaults_to_sqlite_under_data_dir(tmp_path: Path) -> None:
+    s = load_settings(None, {"CALLPATH_SERVER_DATA_DIR": str(tmp_path / "d")})
+    assert s.database_url == f"sqlite:///{tmp_path / 'd' / 'callpath.db'}"
+    assert s.data_path == tmp_path / "d"
+
+
+def test_relative_data_dir_is_resolved_from_the_working_directory(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(None, {})
+    assert s.database_url == f"sqlite:///{tmp_path.resolve() / 'data' / 'callpath.db'}"
+
+
+def test_explicit_database_url_wins() -> None:
+    s = load_settings(None, {"CALLPATH_DATABASE_URL": "postgresql+psycopg://u@h/db"})
+    assert s.database_url == "postgresql+psycopg://u@h/db"
+
+
+def test_realm_falls_back_to_advertise_then_listen() -> None:
+    s = Settings()
+    assert s.sip.realm == "127.0.0.1" and s.sip.advertise_host == "127.0.0.1"
+    s.sip.advertise = "198.51.100.1"
+    assert s.sip.realm == "198.51.100.1" and s.sip.advertise_host == "198.51.100.1"
+    s.sip.domain = "example.com"
+    assert s.sip.realm == "example.com" and s.sip.advertise_host == "198.51.100.1"
+
+
+def test_full_toml_file(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, FULL_TOML), {})
+    assert s.server.data_dir == "/var/lib/callpath" and s.server.log_format == "json"
+    assert s.database_url == "postgresql+psycopg://callpath@db/callpath"
+    assert s.sip.udp_port == 5070 and s.sip.tcp_port == 0 and s.sip.tls_port == 5061
+    assert s.sip.auth is False and s.sip.auth_algorithms == ["SHA-256", "MD5"]
+    assert s.sip.location == "redis://127.0.0.1:6379/0" and s.sip.hep == "127.0.0.1:9060"
+    assert s.sip.b2bua == [
+        B2buaEntry("9000", "sip:bob@127.0.0.1:5070"),
+        B2buaEntry("9001", "sip:carol@127.0.0.1:5072"),
+    ]
+    assert s.sip.realm == "pbx.example.com"
+    assert s.web.port == 8443
+
+
+def test_partial_file_keeps_other_defaults(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, "[sip]\nudp_port = 5080\n"), {})
+    assert s.sip.udp_port == 5080 and s.sip.tcp_port == 5060 and s.web.port == 8088
+
+
+def test_environment_overrides_file_and_converts_types(tmp_path: Path) -> None:
+    path = write(tmp_path, "[sip]\nudp_port = 5080\nauth = true\n")
+    env = {
+        "CALLPATH_SIP_UDP_PORT": "5070",
+        "CALLPATH_SIP_AUTH": "false",
+        "CALLPATH_SIP_AUTH_ALGORITHMS": "MD5, SHA-256",
+        "CALLPATH_DATABASE_URL": "sqlite:////tmp/x.db",
+        "CALLPATH_SIP_SIP_TRACE": "yes",
+        "CALLPATH_SIP_B2BUA": "9000=sip:bob@127.0.0.1:5070,9001=sip:carol@h;transport=tcp",
+        "CALLPATH_WEB_PORT": " 9090 ",
+        "CALLPATH_CONFIG": "ignored-here",
+        "CALLPATH_TEST_REDIS_URL": "redis://x",
+        "PATH": "/usr/bin",
+    }
+    s = load_settings(path, env)
+    assert s.sip.udp_port == 5070
+    assert s.sip.auth is False
+    assert s.sip.auth_algorithms == ["MD5", "SHA-256"]
+    assert s.database.url == "sqlite:////tmp/x.db"
+    assert s.sip.sip_trace is True
+    assert s.sip.b2bua == [B2buaEntry("9000", "sip:bob@127.0.0.1:5070"), B2buaEntry("9001", "sip:carol@h;transport=tcp")]
+    assert s.web.port == 9090
+
+
+@pytest.mark.parametrize(("text", "value"), [("1", True), ("ON", True), ("true", True), ("0", False), ("No", False)])
+def test_environment_booleans(text: str, value: bool) -> None:
+    assert load_settings(None, {"CALLPATH_SIP_AUTH": text}).sip.auth is value
+
+
+def test_env_var_names_follow_section_and_key() -> None:
+    assert env_var_name("sip", "udp_port") == "CALLPATH_SIP_UDP_PORT"
+    assert env_var_name("server", "data_dir") == "CALLPATH_SERVER_DATA_DIR"
+
+
+@pytest.mark.parametrize(
+    ("toml", "fragment"),
+    [
+        ("[sip]\nudpport = 5060\n", "unknown setting sip.udpport (did you mean 'udp_port'?)"),
+        ("[sipp]\nudp_port = 5060\n", "unknown section [sipp]"),
+        ("[web]\nport = \"8088\"\n", "web.port must be an integer"),
+        ("[sip]\nauth = \"yes\"\n", "sip.auth must be a boolean"),
+        ("[sip]\nudp_port = true\n", "sip.udp_port must be an integer"),
+        ("[sip]\nauth_algorithms = \"MD5\"\n", "sip.auth_algorithms must be a list of strings"),
+        ("[sip]\nauth_algorithms = [5]\n", "sip.auth_algorithms must be a list of strings"),
+        ("[server]\ndata_dir = 3\n", "server.data_dir must be a string"),
+        ("sip = 3\n", "sip must be a table"),
+        ("[[sip.b2bua]]\nnumber = \"9000\"\n", "sip.b2bua[0] is missing 'target'"),
+        ("[[sip.b2bua]]\nnumber = 9000\ntarget = \"sip:a@b\"\n", "sip.b2bua[0].number must be a string"),
+        ("[[sip.b2bua]]\nnumber = \"9\"\ntarget = \"sip:a@b\"\ntargte = 1\n", "unknown setting sip.b2bua[0].targte"),
+    ],
+)
+def test_file_errors_name_the_key(tmp_path: Path, toml: str, fragment: str) -> None:
+    path = write(tmp_path, toml)
+    with pytest.raises(SettingsError) as info:
+        load_settings(path, {})
+    assert fragment in str(info.value)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"CALLPATH_SIP_UDP_PORT": "five"}, "CALLPATH_SIP_UDP_PORT='five': expected an integer"),
+        ({"CALLPATH_SIP_AUTH": "maybe"}, "CALLPATH_SIP_AUTH='maybe': expected a boolean"),
+        ({"CALLPATH_SIP_UDPPORT": "5060"}, "unknown environment variable CALLPATH_SIP_UDPPORT"),
+        ({"CALLPATH_SIP_B2BUA": "9000"}, "CALLPATH_SIP_B2BUA: entry '9000' must be NUMBER=TARGET"),
+        ({"CALLPATH_SIP_AUTH_ALGORITHMS": "MD5,SHA-1"}, "unsupported algorithm 'SHA-1'"),
+    ],
+)
+def test_environment_errors_name_the_variable(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(None, env)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"CALLPATH_SIP_UDP_PORT": "70000"}, "sip.udp_port must be between 0 and 65535"),
+        ({"CALLPATH_WEB_PORT": "-1"}, "web.port must be between 0 and 65535"),
+        ({"CALLPATH_SIP_AUTH_ALGORITHMS": ""}, "sip.auth_algorithms must name at least one"),
+        ({"CALLPATH_SIP_AUTH_ALGORITHMS": "MD5,MD5"}, "lists an algorithm twice"),
+        ({"CALLPATH_SIP_MIN_EXPIRES": "4000"}, "min_expires <= default_expires <= max_expires"),
+        ({"CALLPATH_SERVER_LOG_FORMAT": "xml"}, "server.log_format must be one of text, json"),
+        ({"CALLPATH_SERVER_LOG_LEVEL": "loud"}, "server.log_level must be one of"),
+        ({"CALLPATH_SIP_LOCATION": "memcache://x"}, "sip.location must be 'memory' or a redis:// URL"),
+        ({"CALLPATH_SIP_HEP": "collector"}, "sip.hep must be host:port"),
+        ({"CALLPATH_SIP_TLS_CERT": "/c.pem"}, "tls_cert and sip.tls_key must be given together"),
+        ({"CALLPATH_SIP_B2BUA": "9000=bob"}, "sip.b2bua[0].target must be a sip: or sips: URI"),
+        ({"CALLPATH_SIP_B2BUA": "9000=sip:a@b,9000=sip:c@d"}, "number '9000' is listed twice"),
+        ({"CALLPATH_SIP_NONCE_TTL": "0"}, "sip.nonce_ttl must be positive"),
+    ],
+)
+def test_values_are_validated(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(None, env)
+    assert fragment in str(info.value)
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", {})
+    with pytest.raises(SettingsError, match="invalid TOML"):
+        load_settings(write(tmp_path, "[sip\n"), {})
+
+
+def test_settings_error_is_a_value_error() -> None:
+    assert issubclass(SettingsError, ValueError)
+
+
+def test_help_lists_every_setting_with_env_var_and_default() -> None:
+    text = settings_help()
+    defaults = Settings()
+    for section in ("server", "database", "sip", "web"):
+        assert f"[{section}]" in text
+        for f in dataclasses.fields(getattr(defaults, section)):
+            assert f.name in text
+            assert env_var_name(section, f.name) in text
+    assert 'default ["MD5", "SHA-256"]' in text
+    assert "default 5060" in text and "default true" in text and 'default "./data"' in text

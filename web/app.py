@@ -1,0 +1,99 @@
+"""The Starlette application: health/status endpoints and SIP over WebSocket (RFC 7118) at /ws."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from sipcore.stack import ConnectionSender
+
+if TYPE_CHECKING:
+    from .server import Application
+
+log = logging.getLogger("callpath.web")
+
+
+class WebSocketConnection(ConnectionSender):
+    """One SIP-over-WebSocket client; frames go out in order through a queue."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        if not self.closed:
+            self.queue.put_nowait(data)
+
+    def close(self) -> None:
+        self.queue.put_nowait(None)
+
+    async def writer(self) -> None:
+        while True:
+            data = await self.queue.get()
+            if data is None:
+                await self.ws.close()
+                return
+            # RFC 7118 §5.2: SIP messages go as text frames when they are valid UTF-8
+            try:
+                await self.ws.send_text(data.decode("utf-8"))
+            except UnicodeDecodeError:
+                await self.ws.send_bytes(data)
+
+
+def build_app(application: "Application") -> Starlette:
+    """The ASGI app for one callpath process."""
+    stack = application.stack
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def status(request: Request) -> JSONResponse:
+        assert stack is not None and application.location is not None
+        return JSONResponse({
+            "sip": stack.stats, "transactions": len(stack.layer),
+            "bindings": await application.location.count(),
+            "proxy": application.proxy.stats if application.proxy else {},
+        })
+
+    async def sip_ws(ws: WebSocket) -> None:
+        assert stack is not None
+        offered = ws.scope.get("subprotocols") or []
+        if "sip" not in offered:
+            await ws.close(code=1002)  # RFC 7118 §4: the "sip" subprotocol is mandatory
+            return
+        await ws.accept(subprotocol="sip")
+        conn = WebSocketConnection(ws)
+        client = ws.client or ("0.0.0.0", 0)
+        transport = "wss" if ws.url.scheme == "wss" else "ws"
+        cid = stack.register_connection(transport, (client[0], client[1]), conn)
+        writer = asyncio.get_running_loop().create_task(conn.writer())
+        from sipcore.transaction import Flow
+
+        flow = Flow(transport, (client[0], client[1]), cid)
+        try:
+            while True:
+                msg = await ws.receive()
+                if msg["type"] == "websocket.disconnect":
+                    break
+                data: Any = msg.get("bytes") or (msg.get("text") or "").encode("utf-8")
+                if data:
+                    stack.receive(data, flow)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            conn.closed = True
+            writer.cancel()
+            stack.unregister_connection(conn)
+
+    return Starlette(routes=[
+        Route("/healthz", health),
+        Route("/api/v1/status", status),
+        WebSocketRoute("/ws", sip_ws),
+    ])

@@ -1,0 +1,287 @@
+"""The composition root: builds storage, the SIP stack, registrar/proxy/B2BUA and the web app from Settings.
+
+`serve(settings)` runs everything in one event loop (uvloop when installed): SIP over UDP/TCP/TLS on
+their own sockets, and the Starlette app (with SIP over WebSocket at /ws) under uvicorn.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import ssl
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sipcore.auth import DigestAuthenticator
+from sipcore.location import LocationService, open_location
+from sipcore.proxy import Proxy, ProxyConfig
+from sipcore.registrar import RegistrarPolicy
+from sipcore.stack import SipStack
+from storage import Storage
+
+from .logs import configure_logging
+from .settings import Settings
+
+log = logging.getLogger("callpath.server")
+
+
+@dataclass(slots=True)
+class CachedAccount:
+    """An immutable snapshot of a SIP account for the proxy."""
+
+    username: str
+    extension: str | None
+    ha1_md5: str
+    ha1_sha256: str
+    enabled: bool
+
+
+class StoredUsers:
+    """UserDirectory over storage with a short cache: one DB read per user per `ttl`, not per REGISTER."""
+
+    def __init__(self, storage: Storage, ttl: float = 30.0, negative_ttl: float = 5.0, max_entries: int = 100_000) -> None:
+        self.storage = storage
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self._by_name: dict[str, tuple[float, CachedAccount | None]] = {}
+        self._by_ext: dict[str, tuple[float, CachedAccount | None]] = {}
+
+    @staticmethod
+    def _snapshot(user: Any) -> CachedAccount | None:
+        if user is None:
+            return None
+        return CachedAccount(user.username, user.extension, user.ha1_md5, user.ha1_sha256, user.enabled)
+
+    async def _cached(self, cache: dict, key: str, fetch: Any) -> CachedAccount | None:
+        now = time.monotonic()
+        hit = cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        account = self._snapshot(await fetch(key))
+        if len(cache) >= self.max_entries:
+            cache.clear()
+        cache[key] = (now + (self.ttl if account else self.negative_ttl), account)
+        return account
+
+    async def get(self, username: str) -> CachedAccount | None:
+        """Account by username."""
+        return await self._cached(self._by_name, username, self.storage.get_sip_user)
+
+    async def by_extension(self, extension: str) -> CachedAccount | None:
+        """Account by extension number."""
+        return await self._cached(self._by_ext, extension, self.storage.get_sip_user_by_extension)
+
+    def invalidate(self) -> None:
+        """Forget everything (after an account changed)."""
+        self._by_name.clear()
+        self._by_ext.clear()
+
+
+def _secret(data_dir: Path, name: str) -> bytes:
+    """A random secret persisted under data_dir (nonce signing survives restarts)."""
+    path = data_dir / name
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    key = secrets.token_bytes(32)
+    path.write_text(key.hex())
+    os.chmod(path, 0o600)
+    return key
+
+
+def _self_signed(data_dir: Path, host: str) -> tuple[str, str]:
+    """A self-signed certificate for SIP TLS when none is configured (generated once)."""
+    cert_path, key_path = data_dir / "sip-tls.crt", data_dir / "sip-tls.key"
+    if cert_path.exists() and key_path.exists():
+        return str(cert_path), str(key_path)
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    try:
+        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        san = x509.DNSName(host)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.SubjectAlternativeName([san]), critical=False).sign(key, hashes.SHA256()))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    os.chmod(key_path, 0o600)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(cert_path), str(key_path)
+
+
+class Application:
+    """Everything one callpath process runs, built from Settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.storage: Storage | None = None
+        self.stack: SipStack | None = None
+        self.proxy: Proxy | None = None
+        self.location: LocationService | None = None
+        self.users: StoredUsers | None = None
+        self.hep: Any = None
+        self.ua: Any = None
+        self.b2bua: Any = None
+        self._purge_task: asyncio.Task | None = None
+        self.listening: list[str] = []
+
+    async def start(self) -> None:
+        """Open storage and the location service, bind the SIP transports, wire the TU."""
+        s = self.settings
+        sip = s.sip
+        data = s.data_path
+        data.mkdir(parents=True, exist_ok=True)
+        self.storage = Storage(s.database_url)
+        self.users = StoredUsers(self.storage)
+        self.location = open_location(sip.location)
+        if sip.hep:
+            from sipcore.hep import HepExporter
+
+            self.hep = HepExporter.from_target(sip.hep)
+            await self.hep.start()
+        stack = self.stack = SipStack(sip.advertise_host, max_message_size=sip.max_message_size,
+                                      trace=sip.sip_trace, hep=self.hep)
+        if sip.udp_port:
+            port = await stack.listen_udp(sip.listen, sip.udp_port)
+            self.listening.append(f"udp:{sip.listen}:{port}")
+        if sip.tcp_port:
+            port = await stack.listen_stream("tcp", sip.listen, sip.tcp_port)
+            self.listening.append(f"tcp:{sip.listen}:{port}")
+        if sip.tls_port:
+            cert, key = (sip.tls_cert, sip.tls_key) if sip.tls_cert else _self_signed(data, sip.advertise_host)
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(cert, key)
+            port = await stack.listen_stream("tls", sip.listen, sip.tls_port, ctx)
+            self.listening.append(f"tls:{sip.listen}:{port}")
+        if s.web.port:
+            stack.add_listener("ws", s.web.listen, s.web.port)
+        authenticator = DigestAuthenticator(_secret(data, "nonce.key"), sip.realm, sip.auth_algorithms, sip.nonce_ttl)
+        config = ProxyConfig(domain=sip.realm, auth=sip.auth, ephemeral_secret=sip.ephemeral_secret,
+                             policy=RegistrarPolicy(sip.min_expires, sip.max_expires, sip.default_expires))
+        self.proxy = Proxy(stack, config, self.users, self.location, authenticator)
+        self._wire_b2bua()
+        self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop())
+
+    def _wire_b2bua(self) -> None:
+        """The user agent (calls callpath takes part in) and the back-to-back numbers."""
+        try:
+            from sipcore.b2bua import BackToBack
+            from sipcore.ua import UserAgent
+        except ImportError:
+            return
+        assert self.stack is not None and self.proxy is not None
+        self.ua = UserAgent(self.stack)
+        self.proxy.ua = self.ua
+        numbers = {e.number: e.target for e in self.settings.sip.b2bua}
+        if numbers:
+            self.b2bua = BackToBack(self.ua, numbers)
+            self.proxy.b2bua = self.b2bua
+
+    async def _purge_loop(self) -> None:
+        """Expired bindings are dropped even when nobody looks them up."""
+        while True:
+            await asyncio.sleep(30)
+            try:
+                assert self.location is not None
+                n = await self.location.purge_expired()
+                if n:
+                    log.info("purged %d expired bindings", n)
+            except Exception:
+                log.exception("binding purge failed")
+
+    async def stop(self) -> None:
+        """Close sockets and storage."""
+        if self._purge_task:
+            self._purge_task.cancel()
+        if self.stack:
+            await self.stack.close()
+        if self.location:
+            await self.location.close()
+        if self.hep:
+            await self.hep.close() if asyncio.iscoroutinefunction(self.hep.close) else self.hep.close()
+        if self.storage:
+            await self.storage.aclose()
+
+
+def _install_uvloop() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+async def _main(settings: Settings) -> int:
+    from .app import build_app
+
+    app = Application(settings)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    web_task = None
+    if settings.web.port:
+        import uvicorn
+
+        config = uvicorn.Config(build_app(app), host=settings.web.listen, port=settings.web.port,
+                                log_level="warning", lifespan="off", ws="websockets-sansio"
+                                if _has_ws_sansio() else "auto")
+        server = uvicorn.Server(config)
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        web_task = loop.create_task(server.serve())
+        while not server.started:
+            if web_task.done():
+                await web_task
+                return 1
+            await asyncio.sleep(0.02)
+        app.listening.append(f"http+ws:{settings.web.listen}:{settings.web.port} (SIP over WebSocket at /ws)")
+    for where in app.listening:
+        print(f"callpath: listening on {where}", flush=True)
+    print(f"callpath: SIP domain {settings.sip.realm}; auth {'on' if settings.sip.auth else 'off'}; "
+          f"database {settings.database_url}", flush=True)
+    print("callpath: add a SIP account with: callpath user add alice --password secret --extension 1001", flush=True)
+    print("callpath ready", flush=True)
+    await stop.wait()
+    log.info("shutting down")
+    if web_task is not None:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(web_task, 5)
+    await app.stop()
+    return 0
+
+
+def _has_ws_sansio() -> bool:
+    try:
+        import uvicorn.protocols.websockets.websockets_sansio_impl  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def serve(settings: Settings) -> int:
+    """Run callpath until SIGINT/SIGTERM; returns the exit code."""
+    configure_logging(settings.server.log_level, settings.server.log_format)
+    loop_kind = _install_uvloop()
+    log.info("starting on %s", loop_kind)
+    return asyncio.run(_main(settings))

@@ -1,0 +1,424 @@
+"""callpath settings: one typed object built from a TOML file, then CALLPATH_<SECTION>_<KEY> overrides.
+
+The schema (sections, keys, defaults) is the contract in docs/interfaces.md; every other package reads
+its configuration from the ``Settings`` object the composition root (``web``) builds here.
+
+Precedence, lowest first: the dataclass defaults, the TOML file, the environment. Unknown keys, wrong
+types and out-of-range values raise ``SettingsError`` with a message naming the offending key (or
+environment variable), never a traceback from deep inside the server.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CALLPATH_"
+SUPPORTED_AUTH_ALGORITHMS = ("MD5", "SHA-256")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
+
+
+class SettingsError(ValueError):
+    """A configuration file or environment variable that callpath cannot accept."""
+
+
+def _setting(default: Any = dataclasses.MISSING, *, help: str, factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field carrying the one-line help shown by ``callpath run --help``."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ServerSettings:
+    """[server]: process-wide paths and logging."""
+
+    data_dir: str = _setting("./data", help="directory for the SQLite file and TLS/DTLS certificates")
+    log_level: str = _setting("info", help="debug | info | warning | error | critical")
+    log_format: str = _setting("text", help="text | json")
+
+
+@dataclass
+class DatabaseSettings:
+    """[database]: where the SQL database lives."""
+
+    url: str = _setting(
+        "", help="SQLAlchemy URL; empty -> sqlite:///<data_dir>/callpath.db; postgresql+psycopg://... for PostgreSQL"
+    )
+
+
+@dataclass
+class B2buaEntry:
+    """One [[sip.b2bua]] table: calls to ``number`` are answered and re-originated to ``target``."""
+
+    number: str
+    target: str
+
+
+@dataclass
+class SipSettings:
+    """[sip]: transports, registrar, digest authentication and tracing."""
+
+    listen: str = _setting("127.0.0.1", help="address the SIP transports bind")
+    advertise: str = _setting("", help="address put in Via/Record-Route (NAT); empty -> listen")
+    udp_port: int = _setting(5060, help="UDP port; 0 disables the transport")
+    tcp_port: int = _setting(5060, help="TCP port; 0 disables the transport")
+    tls_port: int = _setting(0, help="TLS port; 0 disables; needs tls_cert/tls_key or self-signs under data_dir")
+    tls_cert: str = _setting("", help="PEM certificate file for TLS")
+    tls_key: str = _setting("", help="PEM private key file for TLS")
+    domain: str = _setting("", help="SIP domain and digest realm; empty -> advertise address")
+    auth: bool = _setting(True, help="challenge REGISTER (401) and INVITE etc. (407) from unknown sources")
+    auth_algorithms: list[str] = _setting(
+        help="order of WWW-Authenticate challenges (MD5, SHA-256)", factory=lambda: ["MD5", "SHA-256"]
+    )
+    nonce_ttl: int = _setting(300, help="seconds a digest nonce stays valid")
+    ephemeral_secret: str = _setting("", help="shared secret for <expiry>:<user> browser credentials; empty disables")
+    min_expires: int = _setting(60, help="shortest registration accepted (seconds; shorter -> 423)")
+    max_expires: int = _setting(3600, help="longest registration granted (seconds)")
+    default_expires: int = _setting(3600, help="registration time when the client asks none (seconds)")
+    location: str = _setting("memory", help="location service: memory | redis://host:port/db")
+    sip_trace: bool = _setting(False, help="print every SIP message sent/received")
+    hep: str = _setting("", help="host:port of a HEP v3 collector (Homer, sngrep -L); empty disables")
+    max_message_size: int = _setting(65535, help="largest SIP message accepted (bytes)")
+    b2bua: list[B2buaEntry] = _setting(
+        help="[[sip.b2bua]] number/target tables; env: NUMBER=TARGET,NUMBER=TARGET", factory=list
+    )
+
+    @property
+    def advertise_host(self) -> str:
+        """The address put in Via/Record-Route: ``advertise`` or, when empty, ``listen``."""
+        return self.advertise or self.listen
+
+    @property
+    def realm(self) -> str:
+        """The SIP domain / digest realm: ``domain`` or, when empty, the advertised address."""
+        return self.domain or self.advertise_host
+
+
+@dataclass
+class WebSettings:
+    """[web]: the HTTP server (REST API, UI, SIP over WebSocket at /ws)."""
+
+    listen: str = _setting("127.0.0.1", help="address the HTTP server binds")
+    port: int = _setting(8088, help="HTTP + SIP over WebSocket at /ws (subprotocol \"sip\")")
+
+
+@dataclass
+class Settings:
+    """The whole configuration of one callpath process, one attribute per TOML section."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    sip: SipSettings = field(default_factory=SipSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+
+    @property
+    def data_path(self) -> Path:
+        """``server.data_dir`` as an absolute path (relative paths are taken from the working directory)."""
+        return Path(self.server.data_dir).expanduser().resolve()
+
+    @property
+    def database_url(self) -> str:
+        """``database.url`` or, when empty, the embedded SQLite file under ``data_dir``."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{self.data_path / 'callpath.db'}"
+
+    def validate(self) -> None:
+        """Check values (ranges, choices, consistency) that types alone cannot express."""
+        _validate(self)
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerSettings,
+    "database": DatabaseSettings,
+    "sip": SipSettings,
+    "web": WebSettings,
+}
+
+
+def env_var_name(section: str, key: str) -> str:
+    """The environment variable overriding ``[section] key``, e.g. CALLPATH_SIP_UDP_PORT."""
+    return f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] = os.environ) -> Settings:
+    """Build Settings from defaults, the TOML file at ``path`` (if any) and CALLPATH_* variables in ``env``."""
+    settings = Settings()
+    if path is not None:
+        file_path = Path(path)
+        try:
+            raw = tomllib.loads(file_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SettingsError(f"configuration file {file_path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"cannot read configuration file {file_path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{file_path}: invalid TOML: {exc}") from None
+        _apply_file(settings, raw, str(file_path))
+    _apply_env(settings, env)
+    settings.validate()
+    return settings
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    """A ' (did you mean X?)' hint for a misspelt key, or a list of the known keys."""
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (known: {', '.join(known)})"
+
+
+def _apply_file(settings: Settings, raw: dict[str, Any], source: str) -> None:
+    """Copy a parsed TOML document onto ``settings``, rejecting unknown sections/keys and wrong types."""
+    for section_name, table in raw.items():
+        if section_name not in SECTIONS:
+            raise SettingsError(f"{source}: unknown section [{section_name}]{_suggest(section_name, list(SECTIONS))}")
+        if not isinstance(table, dict):
+            raise SettingsError(f"{source}: {section_name} must be a table ([{section_name}])")
+        section = getattr(settings, section_name)
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        for key, value in table.items():
+            name = f"{section_name}.{key}"
+            if key not in fields:
+                raise SettingsError(f"{source}: unknown setting {name}{_suggest(key, list(fields))}")
+            setattr(section, key, _check_toml_value(name, _field_type(type(section), key), value, source))
+
+
+def _field_type(cls: type, key: str) -> Any:
+    """The resolved annotation of ``cls.key`` (the module uses postponed annotations)."""
+    return typing.get_type_hints(cls)[key]
+
+
+def _type_name(tp: Any) -> str:
+    """A human name for a settings type, for error messages."""
+    if tp is str:
+        return "a string"
+    if tp is int:
+        return "an integer"
+    if tp is bool:
+        return "a boolean (true/false)"
+    if tp == list[str]:
+        return "a list of strings"
+    if tp == list[B2buaEntry]:
+        return "a list of [[sip.b2bua]] tables"
+    return str(tp)
+
+
+def _check_toml_value(name: str, tp: Any, value: Any, source: str) -> Any:
+    """Return ``value`` if it has type ``tp`` (bools are not integers), else raise a SettingsError."""
+    wrong = SettingsError(f"{source}: {name} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise wrong
+        return value
+    if tp == list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise wrong
+        return list(value)
+    if tp == list[B2buaEntry]:
+        if not isinstance(value, list):
+            raise wrong
+        return [_b2bua_from_table(f"{name}[{i}]", entry, source) for i, entry in enumerate(value)]
+    raise SettingsError(f"{source}: {name}: unsupported setting type {tp}")  # pragma: no cover - schema bug
+
+
+def _b2bua_from_table(name: str, entry: Any, source: str) -> B2buaEntry:
+    """One [[sip.b2bua]] table -> B2buaEntry, with the same unknown-key/type checks as sections."""
+    if not isinstance(entry, dict):
+        raise SettingsError(f"{source}: {name} must be a table with number and target")
+    known = [f.name for f in dataclasses.fields(B2buaEntry)]
+    for key in entry:
+        if key not in known:
+            raise SettingsError(f"{source}: unknown setting {name}.{key}{_suggest(key, known)}")
+    values: dict[str, str] = {}
+    for key in known:
+        if key not in entry:
+            raise SettingsError(f"{source}: {name} is missing {key!r}")
+        if not isinstance(entry[key], str):
+            raise SettingsError(
+                f"{source}: {name}.{key} must be a string (quote it: {key} = \"{entry[key]}\"), "
+                f"got {type(entry[key]).__name__}"
+            )
+        values[key] = entry[key]
+    return B2buaEntry(**values)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse_env_value(var: str, tp: Any, text: str) -> Any:
+    """Convert an environment variable's text to the field type ``tp``, naming ``var`` on failure."""
+    if tp is str:
+        return text
+    if tp is bool:
+        low = text.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise SettingsError(f"{var}={text!r}: expected a boolean (true/false, 1/0, yes/no, on/off)")
+    if tp is int:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise SettingsError(f"{var}={text!r}: expected an integer") from None
+    if tp == list[str]:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if tp == list[B2buaEntry]:
+        entries = []
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue
+            number, sep, target = item.partition("=")
+            if not sep or not number.strip() or not target.strip():
+                raise SettingsError(f"{var}: entry {item!r} must be NUMBER=TARGET (e.g. 9000=sip:bob@127.0.0.1:5070)")
+            entries.append(B2buaEntry(number=number.strip(), target=target.strip()))
+        return entries
+    raise SettingsError(f"{var}: unsupported setting type {tp}")  # pragma: no cover - schema bug
+
+
+def _apply_env(settings: Settings, env: Mapping[str, str]) -> None:
+    """Apply CALLPATH_<SECTION>_<KEY> overrides; an unknown key inside a known section is an error."""
+    for var, text in env.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX):]
+        for section_name, cls in SECTIONS.items():
+            prefix = section_name.upper() + "_"
+            if not rest.startswith(prefix):
+                continue
+            key = rest[len(prefix):].lower()
+            names = [f.name for f in dataclasses.fields(cls)]
+            if key not in names:
+                known = [env_var_name(section_name, n) for n in names]
+                raise SettingsError(f"unknown environment variable {var}{_suggest(var, known)}")
+            setattr(getattr(settings, section_name), key, _parse_env_value(var, _field_type(cls, key), text))
+            break
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def _validate(s: Settings) -> None:
+    """Raise SettingsError for the first value outside its allowed range or set."""
+    if s.server.log_level.lower() not in LOG_LEVELS:
+        raise SettingsError(f"server.log_level must be one of {', '.join(LOG_LEVELS)}, got {s.server.log_level!r}")
+    if s.server.log_format not in LOG_FORMATS:
+        raise SettingsError(f"server.log_format must be one of {', '.join(LOG_FORMATS)}, got {s.server.log_format!r}")
+    if not s.server.data_dir:
+        raise SettingsError("server.data_dir must not be empty")
+    for name, port in (
+        ("sip.udp_port", s.sip.udp_port),
+        ("sip.tcp_port", s.sip.tcp_port),
+        ("sip.tls_port", s.sip.tls_port),
+        ("web.port", s.web.port),
+    ):
+        if not 0 <= port <= 65535:
+            raise SettingsError(f"{name} must be between 0 and 65535, got {port}")
+    if not s.sip.listen:
+        raise SettingsError("sip.listen must not be empty")
+    if bool(s.sip.tls_cert) != bool(s.sip.tls_key):
+        raise SettingsError("sip.tls_cert and sip.tls_key must be given together")
+    algorithms = s.sip.auth_algorithms
+    if not algorithms:
+        raise SettingsError(f"sip.auth_algorithms must name at least one of {', '.join(SUPPORTED_AUTH_ALGORITHMS)}")
+    for algorithm in algorithms:
+        if algorithm not in SUPPORTED_AUTH_ALGORITHMS:
+            raise SettingsError(
+                f"sip.auth_algorithms: unsupported algorithm {algorithm!r} "
+                f"(supported: {', '.join(SUPPORTED_AUTH_ALGORITHMS)})"
+            )
+    if len(set(algorithms)) != len(algorithms):
+        raise SettingsError(f"sip.auth_algorithms lists an algorithm twice: {algorithms}")
+    for name in ("nonce_ttl", "min_expires", "max_expires", "default_expires", "max_message_size"):
+        if getattr(s.sip, name) <= 0:
+            raise SettingsError(f"sip.{name} must be positive, got {getattr(s.sip, name)}")
+    if not s.sip.min_expires <= s.sip.default_expires <= s.sip.max_expires:
+        raise SettingsError(
+            "sip expiry settings must satisfy min_expires <= default_expires <= max_expires, got "
+            f"{s.sip.min_expires} / {s.sip.default_expires} / {s.sip.max_expires}"
+        )
+    if s.sip.max_message_size < 1500:
+        raise SettingsError(f"sip.max_message_size must be at least 1500 bytes, got {s.sip.max_message_size}")
+    if s.sip.location != "memory" and not s.sip.location.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(f"sip.location must be 'memory' or a redis:// URL, got {s.sip.location!r}")
+    if s.sip.hep:
+        host, sep, port = s.sip.hep.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise SettingsError(f"sip.hep must be host:port, got {s.sip.hep!r}")
+    numbers: set[str] = set()
+    for i, entry in enumerate(s.sip.b2bua):
+        if not entry.number:
+            raise SettingsError(f"sip.b2bua[{i}].number must not be empty")
+        if entry.number in numbers:
+            raise SettingsError(f"sip.b2bua: number {entry.number!r} is listed twice")
+        numbers.add(entry.number)
+        if not entry.target.lower().startswith(("sip:", "sips:")):
+            raise SettingsError(f"sip.b2bua[{i}].target must be a sip: or sips: URI, got {entry.target!r}")
+
+
+# ---------------------------------------------------------------------------------------------- help
+
+
+def _format_default(value: Any) -> str:
+    """A default value written the way it would appear in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_format_default(v) for v in value) + "]"
+    return str(value)
+
+
+def settings_help() -> str:
+    """Every setting with its TOML key, environment variable, default and meaning (``run --help`` epilog)."""
+    lines = [
+        "settings (TOML file, each key overridable by its environment variable):",
+        "  file: --config FILE, else $CALLPATH_CONFIG, else ./callpath.toml if present, else defaults",
+        "  lists in environment variables are comma-separated; booleans accept true/false, 1/0, yes/no, on/off",
+    ]
+    defaults = Settings()
+    for section_name, cls in SECTIONS.items():
+        lines.append("")
+        lines.append(f"  [{section_name}]")
+        section_defaults = getattr(defaults, section_name)
+        for f in dataclasses.fields(cls):
+            default = _format_default(getattr(section_defaults, f.name))
+            lines.append(f"    {f.name:<17} {env_var_name(section_name, f.name):<32} default {default}")
+            lines.append(f"        {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "B2buaEntry",
+    "DatabaseSettings",
+    "ServerSettings",
+    "Settings",
+    "SettingsError",
+    "SipSettings",
+    "WebSettings",
+    "env_var_name",
+    "load_settings",
+    "settings_help",
+]
