@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .errors import SipParseError
-from .uri import format_host, format_params, parse_params, split_hostport
+from .uri import is_digits, format_host, format_params, parse_params, split_hostport
 
 MAGIC_COOKIE = "z9hG4bK"
 
@@ -65,7 +65,7 @@ class Via:
     def rport(self) -> int | None:
         """The rport value when filled in (RFC 3581), else None."""
         v = self.params.get("rport")
-        return int(v) if v and v.isdigit() else None
+        return int(v) if v and is_digits(v) else None
 
     @property
     def sent_by(self) -> tuple[str, int | None]:
@@ -93,7 +93,7 @@ class CSeq:
     def parse(cls, text: str) -> "CSeq":
         """Parse `314159 INVITE`; the number must fit in 32 bits (RFC 3261 §8.1.1.5)."""
         parts = text.split()
-        if len(parts) != 2 or not parts[0].isdigit():
+        if len(parts) != 2 or not is_digits(parts[0]):
             raise SipParseError(f"bad CSeq: {text!r}")
         seq = int(parts[0])
         if seq >= 2**32:

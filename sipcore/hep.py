@@ -10,6 +10,8 @@ goes after the payload, where sngrep ignores it and Homer (which walks chunks by
 """
 from __future__ import annotations
 
+from .uri import is_digits
+
 import asyncio
 import ipaddress
 import logging
@@ -225,7 +227,7 @@ def parse_hep_target(target: str) -> tuple[str, int]:
         port_text = rest[1:] if rest.startswith(":") else ""
     else:
         host, sep, port_text = spec.rpartition(":")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) <= 0xFFFF:
+    if not host or not is_digits(port_text) or not 0 < int(port_text) <= 0xFFFF:
         raise ValueError(f"HEP collector must be host:port (e.g. 127.0.0.1:9060), got {target!r}")
     return host, int(port_text)
 

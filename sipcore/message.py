@@ -11,7 +11,7 @@ from typing import Iterable, Union
 
 from .errors import SipParseError
 from .headers import MAGIC_COOKIE, CSeq, Via
-from .uri import NameAddr, SipUri, split_quoted
+from .uri import is_digits, NameAddr, SipUri, split_quoted
 
 __all__ = [
     "SipParseError", "SipMessage", "Request", "Response", "parse_message", "make_response",
@@ -287,7 +287,7 @@ class SipMessage:
         if v is None:
             return None
         v = v.strip()
-        if not v.isdigit() or len(v) > 10:
+        if not is_digits(v) or len(v) > 10:
             raise SipParseError(f"bad {CANONICAL.get(key, key)}: {v!r}")
         return int(v)
 
@@ -445,7 +445,7 @@ def parse_message(data: bytes, max_size: int = 65535) -> Message:
     msg: Message
     if start.startswith("SIP/"):
         parts = start.split(" ", 2)
-        if len(parts) < 2 or len(parts[1]) != 3 or not parts[1].isdigit():
+        if len(parts) < 2 or len(parts[1]) != 3 or not is_digits(parts[1]):
             raise SipParseError(f"bad status line: {start!r}")
         status = int(parts[1])
         if status < 100 or status > 699:
@@ -465,8 +465,10 @@ def parse_message(data: bytes, max_size: int = 65535) -> Message:
     msg.headers = _scan_headers(lines)
     cl = msg.get("content-length")
     if cl is not None:
+        if len({h[2].strip() for h in msg.headers if h[0] == "content-length"}) > 1:
+            raise SipParseError("conflicting Content-Length headers")
         cl = cl.strip()
-        if not cl.isdigit():
+        if not is_digits(cl):
             raise SipParseError(f"bad Content-Length: {cl!r}")
         n = int(cl)
         if n > len(body):
@@ -548,10 +550,13 @@ class StreamFramer:
                 if len(buf) > self.max_size:
                     raise SipParseError("headers exceed the maximum message size", status=513)
                 break
-            m = _CL_RE.search(buf, 0, end + 2)
-            if m is None:
+            found = _CL_RE.findall(buf, 0, end + 2)
+            if not found:
                 raise SipParseError("missing Content-Length on a stream transport")
-            total = end + 4 + int(m.group(1))
+            if len(set(found)) > 1:
+                raise SipParseError("conflicting Content-Length headers")
+            length = found[0]
+            total = end + 4 + int(length)
             if total > self.max_size:
                 raise SipParseError(f"message of {total} bytes exceeds {self.max_size}", status=513)
             if len(buf) < total:

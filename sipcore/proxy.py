@@ -312,6 +312,9 @@ class Proxy:
     async def _register(self, tx: ServerTransaction, req: Request) -> None:
         self.stats["registers"] += 1
         to_uri = req.to.uri
+        if to_uri.scheme not in ("sip", "sips"):
+            tx.reply(400, "Bad Request (address-of-record must be a SIP URI)")
+            return
         if to_uri.user is None:
             tx.reply(400, "Bad Request (To has no user)")
             return

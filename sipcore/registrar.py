@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from .errors import SipParseError
 from .location import Binding
 from .message import Request
-from .uri import SipUri, unquote
+from .uri import is_digits, SipUri, unquote
 
 
 @dataclass(slots=True)
@@ -61,7 +61,7 @@ def process_register(req: Request, aor: str, existing: list[Binding], now: float
         uri = na.uri
         exp_param = na.params.get("expires")
         if exp_param is not None:
-            if not exp_param.isdigit():
+            if not is_digits(exp_param):
                 raise SipParseError(f"bad expires parameter {exp_param!r}")
             expires = int(exp_param)
         elif header_expires is not None:
@@ -91,7 +91,7 @@ def process_register(req: Request, aor: str, existing: list[Binding], now: float
             aor=aor, contact=key, expires_at=now + expires, q=q, call_id=call_id, cseq=cseq, path=path,
             received=received, user_agent=user_agent,
             instance=unquote(na.params.get("+sip.instance") or ""),
-            reg_id=int(reg_id) if reg_id and reg_id.isdigit() else None,
+            reg_id=int(reg_id) if reg_id and is_digits(reg_id) else None,
         )
     bindings = [b for b in by_key.values() if b.expires_at > now]
     headers = [("Path", p) for p in path]

@@ -16,6 +16,8 @@ Typical use::
 """
 from __future__ import annotations
 
+from .uri import is_digits
+
 import copy
 import ipaddress
 import re
@@ -82,7 +84,7 @@ class Origin:
         if len(parts) != 6:
             raise SdpError(f"o= line needs 6 fields, got {len(parts)}: {value!r}")
         username, sess_id, sess_version, nettype, addrtype, address = parts
-        if not sess_version.isdigit():
+        if not is_digits(sess_version):
             raise SdpError(f"o= sess-version is not numeric: {sess_version!r}")
         return cls(username, sess_id, int(sess_version), nettype, addrtype, address)
 
@@ -114,7 +116,7 @@ class Connection:
         count: int | None = None
         if "/" in address and addrtype.upper() in ("IP4", "IP6"):
             base, *suffix = address.split("/")
-            if not all(s.isdigit() for s in suffix) or not base:
+            if not all(is_digits(s) for s in suffix) or not base:
                 raise SdpError(f"c= multicast suffix is not numeric: {address!r}")
             if addrtype.upper() == "IP4":
                 if len(suffix) > 2:
@@ -155,7 +157,7 @@ class Bandwidth:
         bwtype, sep, amount = value.partition(":")
         if not sep or not bwtype:
             raise SdpError(f"b= line is not <bwtype>:<bandwidth>: {value!r}")
-        if not amount.isdigit():
+        if not is_digits(amount):
             raise SdpError(f"b= bandwidth is not numeric: {value!r}")
         return cls(bwtype, int(amount))
 
@@ -175,7 +177,7 @@ class Timing:
     def parse(cls, value: str) -> Timing:
         """Parse the value of a ``t=`` line (without the ``t=``)."""
         parts = value.split()
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        if len(parts) != 2 or not all(is_digits(p) for p in parts):
             raise SdpError(f"t= line is not two numbers: {value!r}")
         return cls(int(parts[0]), int(parts[1]))
 
@@ -214,11 +216,11 @@ class RtpMap:
     def parse(cls, text: str) -> RtpMap:
         """Parse ``<encoding>/<clock rate>[/<channels>]``."""
         parts = text.strip().split("/")
-        if len(parts) not in (2, 3) or not parts[0] or not parts[1].isdigit():
+        if len(parts) not in (2, 3) or not parts[0] or not is_digits(parts[1]):
             raise SdpError(f"rtpmap encoding is not <name>/<rate>[/<channels>]: {text!r}")
         channels = 1
         if len(parts) == 3:
-            if not parts[2].isdigit():
+            if not is_digits(parts[2]):
                 raise SdpError(f"rtpmap channel count is not numeric: {text!r}")
             channels = int(parts[2])
         return cls(parts[0], int(parts[1]), channels)
@@ -390,11 +392,11 @@ class MediaDescription(_AttributeList):
             raise SdpError(f"m= line needs <media> <port> <proto> <fmt>...: {value!r}")
         media, port_text, proto, *formats = parts
         port_text, sep, count_text = port_text.partition("/")
-        if not port_text.isdigit() or int(port_text) > 65535:
+        if not is_digits(port_text) or int(port_text) > 65535:
             raise SdpError(f"m= port is not a number in 0..65535: {port_text!r} in {value!r}")
         count: int | None = None
         if sep:
-            if not count_text.isdigit() or int(count_text) < 1:
+            if not is_digits(count_text) or int(count_text) < 1:
                 raise SdpError(f"m= port count is not a positive number: {value!r}")
             count = int(count_text)
         return cls(media=media, port=int(port_text), proto=proto, formats=formats, port_count=count)
@@ -476,7 +478,7 @@ class MediaDescription(_AttributeList):
     @property
     def payload_types(self) -> list[int]:
         """The formats that are RTP payload type numbers, in m-line order."""
-        return [int(f) for f in self.formats if f.isdigit() and int(f) <= 127]
+        return [int(f) for f in self.formats if is_digits(f) and int(f) <= 127]
 
     @property
     def rtpmap(self) -> dict[int, RtpMap]:
@@ -484,7 +486,7 @@ class MediaDescription(_AttributeList):
         explicit: dict[int, RtpMap] = {}
         for value in self.attributes_named("rtpmap"):
             pt_text, _, encoding = value.strip().partition(" ")
-            if not pt_text.isdigit():
+            if not is_digits(pt_text):
                 continue
             try:
                 explicit.setdefault(int(pt_text), RtpMap.parse(encoding))
@@ -504,7 +506,7 @@ class MediaDescription(_AttributeList):
         result: dict[int, str] = {}
         for value in self.attributes_named("fmtp"):
             pt_text, _, params = value.strip().partition(" ")
-            if pt_text.isdigit():
+            if is_digits(pt_text):
                 result.setdefault(int(pt_text), params.strip())
         return result
 
@@ -769,10 +771,10 @@ def _referenced_pts(rtpmap: RtpMap, params: str | None) -> set[int] | None:
     name = rtpmap.encoding.lower()
     if name == "rtx":
         apt = parse_fmtp_params(params).get("apt")
-        return {int(apt)} if apt and apt.isdigit() else None
+        return {int(apt)} if apt and is_digits(apt) else None
     if name == "red":
         parts = [p for p in params.split("/") if p.strip()]
-        if parts and all(p.strip().isdigit() for p in parts):
+        if parts and all(is_digits(p.strip()) for p in parts):
             return {int(p) for p in parts}
     return None
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Union
 
 from .errors import SipParseError
 from .headers import MAGIC_COOKIE, Via
+from .uri import is_digits
 from .message import Request, Response, make_response, new_branch
 
 T1 = 0.5
@@ -49,9 +50,9 @@ class Flow:
     def from_token(cls, token: str) -> "Flow | None":
         """Inverse of to_token; None when malformed."""
         parts = token.split("~")
-        if len(parts) != 4 or not parts[2].isdigit():
+        if len(parts) != 4 or not is_digits(parts[2]):
             return None
-        return cls(parts[0], (parts[1], int(parts[2])), int(parts[3]) if parts[3].isdigit() else None)
+        return cls(parts[0], (parts[1], int(parts[2])), int(parts[3]) if is_digits(parts[3]) else None)
 
 
 # -- events handed to the transaction user ---------------------------------------------------------

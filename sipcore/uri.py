@@ -9,7 +9,10 @@ from typing import Iterator
 
 from .errors import SipParseError
 
+import re
+
 _SCHEMES = ("sip", "sips", "tel")
+_DISPLAY_TOKENS = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~ \t]+$")  # an unquoted display-name is tokens and LWS
 
 
 def split_quoted(text: str, sep: str) -> Iterator[str]:
@@ -95,9 +98,18 @@ def split_hostport(text: str) -> tuple[str, int | None]:
             if colon >= 0:
                 raise SipParseError(f"empty port: {text!r}")
             return host, None
-    if not port_s.isdigit() or len(port_s) > 5 or int(port_s) > 65535:
+    if not is_digits(port_s) or len(port_s) > 5 or int(port_s) > 65535:
         raise SipParseError(f"bad port in {text!r}")
     return host, int(port_s)
+
+
+def _unescape(text: str) -> str:
+    """%HH-decode for URI comparison (RFC 3261 §19.1.4)."""
+    if "%" not in text:
+        return text
+    from urllib.parse import unquote as _pct
+
+    return _pct(text, errors="surrogateescape")
 
 
 def format_host(host: str) -> str:
@@ -107,10 +119,19 @@ def format_host(host: str) -> str:
     return host
 
 
-class SipUri:
-    """A sip:, sips: or tel: URI; params/headers are ordered dicts with lower-case param names."""
+def is_digits(text: str) -> bool:
+    """ASCII digits only (str.isdigit() also accepts '²' and other scripts' digits)."""
+    return text.isascii() and text.isdigit()
 
-    __slots__ = ("scheme", "user", "password", "host", "port", "params", "headers", "_str")
+
+class SipUri:
+    """A sip:, sips: or tel: URI (or, leniently, any absolute URI in From/To/Contact).
+
+    Parsed URIs keep their text for serialisation: treat them as immutable and `copy()` before
+    changing a component (the copy is serialised from its components).
+    """
+
+    __slots__ = ("scheme", "user", "password", "host", "port", "params", "headers", "opaque", "_str")
 
     def __init__(
         self,
@@ -129,42 +150,45 @@ class SipUri:
         self.port = port
         self.params = params if params is not None else {}
         self.headers = headers if headers is not None else {}
+        self.opaque: str | None = None
         self._str: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "SipUri":
-        """Parse a URI string; raises SipParseError for anything that is not a usable SIP/tel URI."""
+    def parse(cls, text: str, strict: bool = True) -> "SipUri":
+        """Parse a URI; SipParseError (416) for schemes other than sip/sips/tel unless strict=False."""
         text = text.strip()
         colon = text.find(":")
         if colon <= 0:
             raise SipParseError(f"not a URI: {text!r}")
         scheme = text[:colon].lower()
         rest = text[colon + 1 :]
-        if scheme not in _SCHEMES:
-            if not text[:colon].replace("+", "").replace("-", "").replace(".", "").isalnum():
-                raise SipParseError(f"bad URI scheme in {text!r}")
-            raise SipParseError(f"unsupported URI scheme {scheme!r}", status=416)
         if " " in rest or "\t" in rest:
             raise SipParseError(f"whitespace in URI {text!r}")
         uri = cls.__new__(cls)
         uri.scheme = scheme
         uri._str = text if text[:colon] == scheme else None
         uri.headers = {}
+        uri.opaque = None
+        uri.password = None
+        uri.port = None
+        if scheme not in _SCHEMES:
+            if not scheme[0].isalpha() or not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+                raise SipParseError(f"bad URI scheme in {text!r}")
+            if strict:
+                raise SipParseError(f"unsupported URI scheme {scheme!r}", status=416)
+            uri.user = None
+            uri.host = ""
+            uri.params = {}
+            uri.opaque = rest
+            uri._str = text
+            return uri
         if scheme == "tel":
             semi = rest.find(";")
             uri.user = rest if semi < 0 else rest[:semi]
-            uri.password = None
             uri.host = ""
-            uri.port = None
             uri.params = parse_params(rest[semi + 1 :]) if semi >= 0 else {}
             return uri
-        q = rest.find("?")
-        if q >= 0:
-            for item in rest[q + 1 :].split("&"):
-                if item:
-                    k, _, v = item.partition("=")
-                    uri.headers[k] = v
-            rest = rest[:q]
+        # userinfo may hold '?' and ';' (RFC 3261 user-unreserved) but never '@': split on the last '@' first
         at = rest.rfind("@")
         if at >= 0:
             userinfo = rest[:at]
@@ -173,12 +197,18 @@ class SipUri:
             if pc >= 0:
                 uri.user, uri.password = userinfo[:pc], userinfo[pc + 1 :]
             else:
-                uri.user, uri.password = userinfo, None
+                uri.user = userinfo
             if not uri.user:
                 raise SipParseError(f"empty user part in {text!r}")
         else:
             uri.user = None
-            uri.password = None
+        q = rest.find("?")
+        if q >= 0:
+            for item in rest[q + 1 :].split("&"):
+                if item:
+                    k, _, v = item.partition("=")
+                    uri.headers[k] = v
+            rest = rest[:q]
         semi = rest.find(";")
         if semi >= 0:
             uri.params = parse_params(rest[semi + 1 :])
@@ -191,6 +221,9 @@ class SipUri:
     def copy(self) -> "SipUri":
         """A copy that can be modified without touching this URI."""
         c = SipUri(self.scheme, self.user, self.host, self.port, dict(self.params), dict(self.headers), self.password)
+        c.opaque = self.opaque
+        if self.opaque is not None:
+            c._str = self._str
         return c
 
     def __str__(self) -> str:
@@ -213,14 +246,7 @@ class SipUri:
                 if self.headers:
                     parts.append("?" + "&".join(f"{k}={v}" for k, v in self.headers.items()))
                 s = "".join(parts)
-            self._str = s
         return s
-
-    def __setattr__(self, name: str, value: object) -> None:
-        # Any change to a component invalidates the cached string form.
-        object.__setattr__(self, name, value)
-        if name != "_str":
-            object.__setattr__(self, "_str", None)
 
     def __repr__(self) -> str:
         return f"SipUri({str(self)!r})"
@@ -229,7 +255,12 @@ class SipUri:
         """RFC 3261 §19.1.4 comparison (the parts a proxy relies on)."""
         if not isinstance(other, SipUri):
             return NotImplemented
-        if self.scheme != other.scheme or self.user != other.user or self.password != other.password:
+        if self.opaque is not None or other.opaque is not None:
+            return str(self) == str(other)
+        if self.scheme != other.scheme or self.password != other.password:
+            return False
+        if self.user != other.user and (self.user is None or other.user is None
+                                         or _unescape(self.user) != _unescape(other.user)):
             return False
         if self.host.lower() != other.host.lower() or self.port != other.port:
             return False
@@ -244,7 +275,7 @@ class SipUri:
         return self.headers == other.headers
 
     def __hash__(self) -> int:
-        return hash((self.scheme, self.user, self.host.lower(), self.port))
+        return hash((self.scheme, _unescape(self.user) if self.user else None, self.host.lower(), self.port))
 
     @property
     def transport(self) -> str:
@@ -291,6 +322,8 @@ class NameAddr:
             text_after = rest
         elif lt >= 0:
             display = text[:lt].strip() or None
+            if display is not None and not _DISPLAY_TOKENS.match(display):
+                raise SipParseError(f"display name with special characters must be quoted: {text!r}")
             text_after = text[lt:]
             lt = 0
         else:
@@ -300,7 +333,7 @@ class NameAddr:
             gt = text_after.find(">")
             if gt < 0:
                 raise SipParseError(f"missing '>' in {text!r}")
-            uri = SipUri.parse(text_after[1:gt])
+            uri = SipUri.parse(text_after[1:gt], strict=False)
             tail = text_after[gt + 1 :].strip()
             if tail and not tail.startswith(";"):
                 raise SipParseError(f"junk after <uri>: {text!r}")
@@ -309,10 +342,10 @@ class NameAddr:
             # addr-spec: params after the URI belong to the header, the URI has none (§20.10)
             semi = text_after.find(";")
             if semi >= 0:
-                uri = SipUri.parse(text_after[:semi])
+                uri = SipUri.parse(text_after[:semi], strict=False)
                 params = parse_params(text_after[semi + 1 :])
             else:
-                uri = SipUri.parse(text_after)
+                uri = SipUri.parse(text_after, strict=False)
                 params = {}
             if uri.headers:
                 raise SipParseError(f"URI with headers must be in <>: {text!r}")
