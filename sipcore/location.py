@@ -38,7 +38,7 @@ Clock = Callable[[], float]
 DEFAULT_REDIS_PREFIX = "callpath:loc:"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Binding:
     """One Contact bound to an AOR: what the registrar stored and what the proxy forks to."""
 
@@ -110,7 +110,10 @@ class Binding:
 
 def _order(bindings: Iterable[Binding]) -> list[Binding]:
     """Highest q first; ties: latest expiry (most recently refreshed) first, then by contact, so both backends agree."""
-    return sorted(bindings, key=lambda b: (-b.q, -b.expires_at, b.contact))
+    items = list(bindings)
+    if len(items) < 2:
+        return items
+    return sorted(items, key=lambda b: (-b.q, -b.expires_at, b.contact))
 
 
 def _live_set(aor: str, bindings: Iterable[Binding], now: float) -> dict[str, Binding]:
@@ -176,20 +179,20 @@ class MemoryLocation(LocationService):
         return sum(len(bs) for _, bs in self._aors.values())
 
     async def lookup(self, aor: str) -> list[Binding]:
-        """Unexpired bindings of `aor` (copies, so callers cannot mutate the store), highest q first."""
+        """Unexpired bindings of `aor`, highest q first (bindings are values: callers must not mutate them)."""
         entry = self._aors.get(aor)
         if entry is None:
             return []
         now = self._clock()
-        return _order(dataclasses.replace(b) for b in entry[1].values() if b.is_live(now))
+        return _order(b for b in entry[1].values() if b.is_live(now))
 
     async def save(self, aor: str, bindings: list[Binding]) -> None:
-        """Replace the AOR's binding set (stored as copies) and schedule its next expiry."""
+        """Replace the AOR's binding set and schedule its next expiry (the registrar builds new Binding values)."""
         live = _live_set(aor, bindings, self._clock())
         if not live:
             self._aors.pop(aor, None)
         else:
-            self._store(aor, {c: dataclasses.replace(b) for c, b in live.items()})
+            self._store(aor, live)
         self._maybe_compact()
 
     async def purge_expired(self) -> int:

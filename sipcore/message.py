@@ -119,7 +119,7 @@ class SipMessage:
     # -- raw header access ---------------------------------------------------------------------------
     def get(self, name: str) -> str | None:
         """First value of a header (case-insensitive, compact forms accepted), or None."""
-        key = header_key(name)
+        key = _KEY_CACHE.get(name) or header_key(name)
         for h in self.headers:
             if h[0] == key:
                 return h[2]
@@ -141,13 +141,18 @@ class SipMessage:
 
     def has(self, name: str) -> bool:
         """Whether the header is present."""
-        key = header_key(name)
-        return any(h[0] == key for h in self.headers)
+        key = _KEY_CACHE.get(name) or header_key(name)
+        for h in self.headers:
+            if h[0] == key:
+                return True
+        return False
 
     def set(self, name: str, value: str) -> None:
         """Replace every occurrence of a header by one value (appended when absent)."""
         key = header_key(name)
         self._cache.pop(key, None)
+        if key == "via":
+            self._cache.pop("topvia", None)
         for i, h in enumerate(self.headers):
             if h[0] == key:
                 h[2] = value
@@ -159,6 +164,8 @@ class SipMessage:
         """Add a header; with first=True it goes above any existing header of that name (Via, Route)."""
         key = header_key(name)
         self._cache.pop(key, None)
+        if key == "via":
+            self._cache.pop("topvia", None)
         entry = [key, CANONICAL.get(key, name), value]
         if first:
             for i, h in enumerate(self.headers):
@@ -173,12 +180,16 @@ class SipMessage:
         """Remove every occurrence of a header."""
         key = header_key(name)
         self._cache.pop(key, None)
+        if key == "via":
+            self._cache.pop("topvia", None)
         self.headers = [h for h in self.headers if h[0] != key]
 
     def remove_first_value(self, name: str) -> str | None:
         """Remove the first element of a list header (top Via, first Route); returns it."""
         key = header_key(name)
         self._cache.pop(key, None)
+        if key == "via":
+            self._cache.pop("topvia", None)
         for i, h in enumerate(self.headers):
             if h[0] == key:
                 v = h[2]
@@ -212,14 +223,17 @@ class SipMessage:
 
     @property
     def top_via(self) -> Via:
-        """The topmost Via (parsed without parsing the others)."""
+        """The topmost Via (parsed without parsing the others; cached)."""
         c = self._cache.get("via")
         if c is not None:
             return c[0]  # type: ignore[index]
-        v = self._required("via")
-        if "," in v:
-            v = next(iter(split_quoted(v, ",")))
-        return Via.parse(v)
+        c = self._cache.get("topvia")
+        if c is None:
+            v = self._required("via")
+            if "," in v:
+                v = next(iter(split_quoted(v, ",")))
+            c = self._cache["topvia"] = Via.parse(v)
+        return c  # type: ignore[return-value]
 
     @property
     def call_id(self) -> str:

@@ -190,8 +190,7 @@ class SipStack:
                     rest = v.split(",", 1)
                     h[2] = str(via) + ("," + rest[1] if len(rest) > 1 else "")
                     break
-            req._cache["via"] = None
-            req._cache.pop("via", None)
+            req._cache.pop("via", None)  # the cached top Via object was updated in place
 
     def _reject(self, msg: Request | Response, flow: Flow, exc: SipParseError) -> None:
         """A parseable message with an invalid header: 4xx for requests (never for ACK), drop responses."""

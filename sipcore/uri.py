@@ -52,7 +52,7 @@ def parse_params(text: str) -> dict[str, str | None]:
     params: dict[str, str | None] = {}
     if not text:
         return params
-    for part in split_quoted(text, ";"):
+    for part in (split_quoted(text, ";") if '"' in text else text.split(";")):
         part = part.strip()
         if not part:
             continue

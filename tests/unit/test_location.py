@@ -78,13 +78,15 @@ async def test_save_then_lookup(loc: MemoryLocation, clock: FakeClock) -> None:
     assert await loc.count() == 1
 
 
-async def test_lookup_returns_copies(loc: MemoryLocation, clock: FakeClock) -> None:
+async def test_bindings_are_immutable_values(loc: MemoryLocation, clock: FakeClock) -> None:
+    """The store hands out the values it holds: they are frozen, so nobody can change them behind its back."""
+    import dataclasses
+
     b = bind("sip:alice@10.0.0.5", clock.now + 60)
     await loc.save(AOR, [b])
-    b.q = 0.1  # caller keeps mutating its own object
     got = (await loc.lookup(AOR))[0]
-    assert got.q == 1.0
-    got.expires_at = 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.expires_at = 0  # type: ignore[misc]
     assert (await loc.lookup(AOR))[0].expires_at == clock.now + 60
 
 
