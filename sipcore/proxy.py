@@ -156,6 +156,22 @@ class Proxy:
             return
         self._spawn(self._route_local(tx, req))
 
+    def _on_cancel(self, tx: ServerTransaction, cancelled: ServerTransaction | None) -> None:
+        """CANCEL (§16.10): 200 to the CANCEL, then cancel the matching INVITE's branches (487 upstream)."""
+        if cancelled is None or cancelled.state not in ("Proceeding",):
+            tx.reply(481 if cancelled is None else 200)
+            return
+        tx.reply(200)
+        owner = cancelled.owner
+        if isinstance(owner, ProxyContext):
+            owner.cancel()
+        elif owner is not None and hasattr(owner, "on_cancel"):
+            owner.on_cancel(tx, cancelled)  # a UA/B2BUA call owns the INVITE
+        elif self.ua is not None and hasattr(self.ua, "on_cancel") and self.ua.on_cancel(tx, cancelled):
+            pass
+        else:
+            cancelled.reply(487)  # still being authenticated/looked up: nothing forwarded yet
+
     def on_ack(self, req: Request, flow: Flow) -> None:
         """ACK for a 2xx: forwarded statelessly along the route set (§16.11 / §13.2.2.4)."""
         if self.ua is not None and self.ua.handles(req):
@@ -296,7 +312,7 @@ class Proxy:
             return account
         self.stats["auth_failures"] += 1
         log.info("auth failed for %r: %s", username, result.reason, extra={"call_id": req.call_id})
-        if result.reason == AuthReason.STALE_NONCE:
+        if result.stale:  # expired nonce or replayed nonce-count: a fresh nonce, no re-prompt
             self._challenge(tx, status, now, stale=True)
         elif result.reason in (AuthReason.UNKNOWN_USER, AuthReason.BAD_RESPONSE):
             tx.reply(403, "Forbidden (bad credentials)")
@@ -429,7 +445,7 @@ class ProxyContext:
     """One proxied request: its server transaction and the client transactions of its branches."""
 
     __slots__ = ("proxy", "server_tx", "request", "branches", "best", "final_sent", "cancelled",
-                 "provisional", "timer_c", "pending")
+                 "provisional", "timer_c", "pending", "done", "cancel_sent", "cancel_pending")
 
     def __init__(self, proxy: Proxy, server_tx: ServerTransaction, request: Request) -> None:
         self.proxy = proxy
@@ -442,6 +458,9 @@ class ProxyContext:
         self.provisional: set[ClientTransaction] = set()
         self.timer_c: asyncio.TimerHandle | None = None
         self.pending = 0
+        self.done: set[ClientTransaction] = set()            # branches with a final answer (or failure)
+        self.cancel_sent: set[ClientTransaction] = set()
+        self.cancel_pending: set[ClientTransaction] = set()  # to CANCEL as soon as they send a 1xx (§9.1)
 
     def start(self, targets: list[tuple[SipUri, Flow | None, tuple]], record_route: bool, flow_hint: Flow | None) -> None:
         proxy = self.proxy
@@ -516,14 +535,16 @@ class ProxyContext:
     # -- owner callbacks ---------------------------------------------------------------------------
     def on_response(self, tx: ClientTransaction, resp: Response) -> None:
         code = resp.status
+        log.debug("branch response %s (pending=%d cancelled=%s final_sent=%s)", code, self.pending,
+                  self.cancelled, self.final_sent, extra={"call_id": self.request.call_id})
         if code == 100:
             return
         resp.remove_first_value("via")
-        if not resp.has("via"):
-            return
+        if code < 300 and not resp.has("via"):
+            return  # nothing to forward it to
         if code < 200:
             self.provisional.add(tx)
-            if self.cancelled:
+            if self.cancelled or tx in self.cancel_pending:
                 self._cancel_branch(tx)
                 return
             if not self.final_sent:
@@ -535,9 +556,8 @@ class ProxyContext:
             if not self.final_sent or self.server_tx.state == "Accepted":
                 self.final_sent = True
                 self.server_tx.respond(resp)  # every 2xx is forwarded (§16.7 step 5)
-            if tx.state != "Accepted" or True:
-                self._finish_branch(tx, count=resp is tx.final_response)
-                self.cancel_branches(except_tx=tx)
+            self._finish_branch(tx)
+            self.cancel_branches(except_tx=tx)
             return
         self._finish_branch(tx)
         if self.best is None or _better(resp, self.best):
@@ -553,7 +573,7 @@ class ProxyContext:
         self._branch_done_with(tx, Response(503, "Service Unavailable (transport failure)"))
 
     def _branch_done_with(self, tx: ClientTransaction, resp: Response) -> None:
-        if tx not in self.branches or getattr(tx, "_ctx_done", False):
+        if tx not in self.branches or tx in self.done:
             return
         self._finish_branch(tx)
         if self.best is None or _better(resp, self.best):
@@ -564,20 +584,20 @@ class ProxyContext:
         if resp is not None and (self.best is None or _better(resp, self.best)):
             self.best = resp
 
-    def _finish_branch(self, tx: ClientTransaction, count: bool = True) -> None:
-        if getattr(tx, "_ctx_done", False) or not count:
+    def _finish_branch(self, tx: ClientTransaction) -> None:
+        if tx in self.done:
             return
-        try:
-            object.__setattr__(tx, "_ctx_done", True)
-        except AttributeError:
-            pass
+        self.done.add(tx)
         self.provisional.discard(tx)
+        self.cancel_pending.discard(tx)
         self.pending -= 1
         if self.pending <= 0 and self.timer_c:
             self.timer_c.cancel()
             self.timer_c = None
 
     def _maybe_final(self) -> None:
+        log.debug("maybe final: pending=%d final_sent=%s best=%s server_tx=%s", self.pending, self.final_sent,
+                  self.best, self.server_tx.state, extra={"call_id": self.request.call_id})
         if self.pending > 0 or self.final_sent or self.best is None:
             return
         best = self.best
@@ -616,18 +636,13 @@ class ProxyContext:
                 if tx in self.provisional:
                     self._cancel_branch(tx)
                 else:
-                    self.provisional.discard(tx)
-                    # no provisional yet: CANCEL must wait for one (§9.1); mark it
-                    try:
-                        object.__setattr__(tx, "_cancel_pending", True)
-                    except AttributeError:
-                        pass
+                    self.cancel_pending.add(tx)  # no provisional yet: CANCEL must wait for one (§9.1)
         self.cancelled = self.cancelled or except_tx is None
 
     def _cancel_branch(self, tx: ClientTransaction) -> None:
-        if getattr(tx, "_cancel_sent", False):
+        if tx in self.cancel_sent:
             return
-        object.__setattr__(tx, "_cancel_sent", True)
+        self.cancel_sent.add(tx)
         self.proxy.stack.send_request(tx.cancel_request(), tx.flow, owner=_IgnoreResponses, branch=tx.branch)
 
 

@@ -180,16 +180,16 @@ class ClientTransaction(Transaction):
         self._start("B" if self.is_invite else "F", 64 * T1, now)
 
     def cancel_request(self) -> Request:
-        """Build the CANCEL for this INVITE (§9.1): same Request-URI, Call-ID, From, To, CSeq number, top Via and Route."""
+        """Build the CANCEL for this INVITE (§9.1): same Request-URI, Call-ID, From, To, CSeq number and Route.
+
+        It has no Via: send it with `send_request(cancel, tx.flow, branch=tx.branch)`, which pushes the
+        same top Via (our sent-by and the INVITE's branch)."""
         req = self.request
         cancel = Request("CANCEL", req.uri.copy())
         hs = cancel.headers
         for h in req.headers:
-            k = h[0]
-            if k in ("from", "to", "call-id", "route", "max-forwards"):
+            if h[0] in ("from", "to", "call-id", "route", "max-forwards"):
                 hs.append(list(h))
-            elif k == "via" and not any(x[0] == "via" for x in hs):
-                hs.append(["via", "Via", str(req.top_via)])
         hs.append(["cseq", "CSeq", f"{req.cseq.seq} CANCEL"])
         return cancel
 

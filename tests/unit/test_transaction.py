@@ -211,7 +211,9 @@ def test_cancel_request_built_from_invite():
     tx = tl.send_request(new_request(), UDP, 0.0)
     c = tx.cancel_request()
     assert c.method == "CANCEL" and c.cseq.seq == 1 and c.cseq.method == "CANCEL"
-    assert c.top_via.branch == tx.branch and str(c.uri) == str(tx.request.uri)
+    assert not c.has("via") and str(c.uri) == str(tx.request.uri)
+    tl.send_request(c, UDP, 0.1, branch=tx.branch)
+    assert c.top_via.branch == tx.branch and len(c.vias) == 1
 
 
 def test_cseq_method_mismatch_is_rejected():
