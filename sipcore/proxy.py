@@ -197,6 +197,9 @@ class Proxy:
 
     def on_stray_response(self, resp: Response, flow: Flow) -> None:
         """A response with no client transaction (late 2xx retransmission): forward statelessly upstream."""
+        if self.ua is not None and self.ua.handles_response(resp):
+            self.ua.on_stray_response(resp, flow)  # a late 2xx for a call callpath itself placed: re-ACK
+            return
         vias = resp.vias
         if len(vias) < 2:
             return

@@ -217,7 +217,7 @@ class ClientTransaction(Transaction):
             if code < 200:
                 if st in ("Calling", "Proceeding"):
                     self.state = "Proceeding"
-                    self._stop("A")
+                    self._stop("A", "B")  # Timer B only guards Calling (§17.1.1.2); a proxy has Timer C
                     layer._emit(ResponseReceived(self, resp))
             elif code < 300:
                 if st in ("Calling", "Proceeding"):

@@ -223,3 +223,11 @@ def test_cseq_method_mismatch_is_rejected():
     tl = layer()
     with pytest.raises(SipParseError):
         tl.receive(parse_message(invite(cseq_method="OPTIONS")), UDP, 0.0)
+
+
+def test_invite_client_timer_b_does_not_fire_once_proceeding():
+    tl = layer()
+    tx = tl.send_request(new_request(), UDP, 0.0)
+    tl.receive(parse_message(response_to(tx, 180)), UDP, 0.1)
+    tl.handle_timer(100.0)
+    assert tx.state == "Proceeding" and not any(isinstance(e, TransactionTimeout) for e in events(tl))
