@@ -237,19 +237,20 @@ class Proxy:
                                ("Supported", "path, outbound, 100rel"), ("Server", self.config.server_header)])
 
     def _pop_own_routes(self, req: Request) -> Flow | None:
-        """Remove Route entries that point at us (loose routing, §16.4); return a flow embedded in one."""
+        """Remove the Route entries that point at us (loose routing, §16.4).
+
+        With double Record-Route the last of ours is the one facing the destination; a connection flow
+        token in it (our `cpflow` parameter) names the connection to send on."""
         flow: Flow | None = None
-        if req.has("route"):
-            while req.has("route"):
-                first = req.routes[0]
-                if not self.stack.is_local(first.uri, self.domains):
-                    break
-                token = first.uri.params.get("cpflow")
-                if token:
-                    flow = Flow.from_token(token) or flow
-                req.remove_first_value("route")
-        elif self.stack.is_local(req.uri, self.domains) and "lr" not in req.uri.params and req.has("route"):
-            pass
+        while req.has("route"):
+            first = req.routes[0]
+            if not self.stack.is_local(first.uri, self.domains):
+                break
+            token = first.uri.params.get("cpflow")
+            flow = Flow.from_token(token) if token else None
+            req.remove_first_value("route")
+        if flow is not None and flow.reliable and not self.stack.connection_alive(flow):
+            return None  # that connection is gone: fall back to the Request-URI
         return flow
 
     def _flow_for_uri(self, uri: SipUri) -> Flow | None:
@@ -386,7 +387,7 @@ class Proxy:
         targets = []
         for b in _best_q(bindings):
             contact = SipUri.parse(b.contact)
-            targets.append((contact, _contact_flow(contact, b), b.path))
+            targets.append((contact, _contact_flow(self.stack, contact, b), b.path))
         self._forward(tx, req, targets, record_route=req.method in DIALOG_CREATING)
 
     async def _authorize_caller(self, tx: ServerTransaction, req: Request) -> bool:
@@ -421,13 +422,16 @@ class Proxy:
         ctx.start(targets, record_route, flow_hint)
 
 
-def _contact_flow(contact: SipUri, binding: Binding) -> Flow | None:
-    """The flow to reach a contact: the registration's own connection for TCP/TLS/WS, and for UDP the
-    source address when the Contact's host is not where the REGISTER came from (NAT, like nathelper)."""
+def _contact_flow(stack: SipStack, contact: SipUri, binding: Binding) -> Flow | None:
+    """The flow to reach a contact: the registration's own connection for TCP/TLS/WS while it is open,
+    and for UDP the source address when the Contact's host is not where the REGISTER came from (NAT,
+    like nathelper). None: send to the Contact URI itself."""
     recv = Flow.from_token(binding.received) if binding.received else None
     if recv is None:
         return None
-    if recv.reliable or contact.host.strip("[]") != recv.remote[0]:
+    if recv.reliable:
+        return recv if stack.connection_alive(recv) else None
+    if contact.host.strip("[]") != recv.remote[0]:
         return recv
     return None
 

@@ -380,6 +380,11 @@ class SipStack:
             self.layer.transport_error(Flow(conn.transport_name, conn.remote, conn.conn_id))
             self._pump()
 
+    def connection_alive(self, flow: Flow) -> bool:
+        """Whether the connection a stream flow is bound to is still open."""
+        conn = self._conns.get(flow.conn_id) if flow.conn_id is not None else None
+        return conn is not None and not conn.closed
+
     def register_connection(self, transport: str, remote: tuple[str, int], sender: "ConnectionSender") -> int:
         """Attach an externally served connection (WebSocket); returns its conn_id."""
         sender.transport_name = transport

@@ -171,7 +171,7 @@ class Application:
             port = await stack.listen_stream("tls", sip.listen, sip.tls_port, ctx)
             self.listening.append(f"tls:{sip.listen}:{port}")
         if s.web.port:
-            stack.add_listener("ws", s.web.listen, s.web.port)
+            stack.add_listener("wss" if s.web.tls_cert else "ws", s.web.listen, s.web.port)
         authenticator = DigestAuthenticator(_secret(data, "nonce.key"), sip.realm, sip.auth_algorithms, sip.nonce_ttl)
         config = ProxyConfig(domain=sip.realm, auth=sip.auth, ephemeral_secret=sip.ephemeral_secret,
                              policy=RegistrarPolicy(sip.min_expires, sip.max_expires, sip.default_expires))
@@ -243,9 +243,12 @@ async def _main(settings: Settings) -> int:
     if settings.web.port:
         import uvicorn
 
+        tls = {}
+        if settings.web.tls_cert:
+            tls = {"ssl_certfile": settings.web.tls_cert, "ssl_keyfile": settings.web.tls_key or None}
         config = uvicorn.Config(build_app(app), host=settings.web.listen, port=settings.web.port,
                                 log_level="warning", lifespan="off", ws="websockets-sansio"
-                                if _has_ws_sansio() else "auto")
+                                if _has_ws_sansio() else "auto", **tls)
         server = uvicorn.Server(config)
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
         web_task = loop.create_task(server.serve())
@@ -254,7 +257,8 @@ async def _main(settings: Settings) -> int:
                 await web_task
                 return 1
             await asyncio.sleep(0.02)
-        app.listening.append(f"http+ws:{settings.web.listen}:{settings.web.port} (SIP over WebSocket at /ws)")
+        scheme = "https+wss" if settings.web.tls_cert else "http+ws"
+        app.listening.append(f"{scheme}:{settings.web.listen}:{settings.web.port} (SIP over WebSocket at /ws)")
     for where in app.listening:
         print(f"callpath: listening on {where}", flush=True)
     print(f"callpath: SIP domain {settings.sip.realm}; auth {'on' if settings.sip.auth else 'off'}; "

@@ -108,6 +108,8 @@ class WebSettings:
 
     listen: str = _setting("127.0.0.1", help="address the HTTP server binds")
     port: int = _setting(8088, help="HTTP + SIP over WebSocket at /ws (subprotocol \"sip\")")
+    tls_cert: str = _setting("", help="PEM certificate: serve HTTPS and WSS (browsers need WSS off localhost)")
+    tls_key: str = _setting("", help="PEM private key for tls_cert")
 
 
 @dataclass
