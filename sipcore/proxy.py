@@ -17,7 +17,7 @@ from typing import Any, Callable, Protocol
 from .auth import HA1, AuthReason, DigestAuthenticator, ephemeral_password, parse_credentials, AuthError
 from .errors import SipParseError
 from .location import Binding, LocationService
-from .message import Request, Response, make_response
+from .message import Request, Response, make_response, reason_phrase
 from .registrar import RegistrarPolicy, contact_headers, process_register
 from .stack import SipStack
 from .transaction import ClientTransaction, Flow, ServerTransaction
@@ -104,9 +104,6 @@ class Proxy:
     def on_request(self, tx: ServerTransaction, req: Request, cancelled: ServerTransaction | None) -> None:
         """Route a new request (RFC 3261 §16.3–16.6)."""
         method = req.method
-        if req.version.upper() != "SIP/2.0":
-            tx.reply(505)
-            return
         if method == "CANCEL":
             self._on_cancel(tx, cancelled)
             return
@@ -140,7 +137,7 @@ class Proxy:
             if not self.is_local_domain(uri):
                 tx.reply(403, "Forbidden (not a domain served here)")
                 return
-            self._spawn(self._register(tx, req))
+            self._spawn(self._register(tx, req), tx)
             return
         if not self.is_local_domain(uri) or uri.user is None:
             if uri.user is None and self.is_local_domain(uri):
@@ -149,12 +146,12 @@ class Proxy:
                 else:
                     tx.reply(405 if method != "ACK" else 0, headers=[("Allow", ALLOW)]) if method != "ACK" else None
                 return
-            self._spawn(self._relay_foreign(tx, req))
+            self._spawn(self._relay_foreign(tx, req), tx)
             return
         if method == "OPTIONS" and uri.user is None:
             self._answer_options(tx)
             return
-        self._spawn(self._route_local(tx, req))
+        self._spawn(self._route_local(tx, req), tx)
 
     def _on_cancel(self, tx: ServerTransaction, cancelled: ServerTransaction | None) -> None:
         """CANCEL (§16.10): 200 to the CANCEL, then cancel the matching INVITE's branches (487 upstream)."""
@@ -214,10 +211,24 @@ class Proxy:
         self.stack.send_stateless(resp, Flow(nxt.transport.lower(), (host.strip("[]"), port)))
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any, tx: ServerTransaction | None = None) -> None:
+        """Run an async request handler; a malformed header it meets is answered 4xx, a bug 500."""
+        if tx is not None:
+            coro = self._answering_errors(coro, tx)
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+
+    async def _answering_errors(self, coro: Any, tx: ServerTransaction) -> None:
+        try:
+            await coro
+        except SipParseError as exc:
+            if tx.last_response is None or tx.last_response.status < 200:
+                tx.reply(exc.status, f"{reason_phrase(exc.status)} ({exc.reason})"[:120])
+        except Exception:
+            log.exception("request handler failed", extra={"call_id": tx.request.get("call-id")})
+            if tx.last_response is None or tx.last_response.status < 200:
+                tx.reply(500)
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)

@@ -169,6 +169,8 @@ class SipStack:
             self._trace(data, flow, inbound=True)
         try:
             if isinstance(msg, Request):
+                if msg.version != "SIP/2.0":
+                    raise SipParseError(f"SIP version {msg.version} is not supported", status=505)
                 self._fix_via(msg, flow)
             self.layer.receive(msg, flow, self.clock())
         except SipParseError as exc:
@@ -201,11 +203,12 @@ class SipStack:
         if isinstance(msg, Response) or msg.method == "ACK":
             log.debug("dropped invalid message from %s: %s", flow, exc.reason)
             return
+        resp = make_response(msg, exc.status, f"{_reason(exc.status)} ({exc.reason})"[:120])
         try:
-            resp = make_response(msg, exc.status, f"{_reason(exc.status)} ({exc.reason})"[:120])
-            self.send_raw(resp.to_bytes(), self._response_flow(msg, flow))
+            dest = self._response_flow(msg, flow)
         except SipParseError:
-            log.debug("cannot answer invalid request from %s: %s", flow, exc.reason)
+            dest = flow  # the Via itself is broken: answer where the request came from
+        self.send_raw(resp.to_bytes(), dest)
 
     def _response_flow(self, req: Request, flow: Flow) -> Flow:
         """Where a response to `req` goes: the same connection, or received/rport for UDP (§18.2.2, RFC 3581)."""
