@@ -135,3 +135,25 @@ def test_sipp_call_over_tcp(server):
                           service="1002", duration_ms=200, transport="t1", keys=server.sipp_keys())
         result.check(calls=1)
         uas.wait(timeout=15).check(calls=1)
+
+
+def test_sip_traffic_is_exported_as_hep3(tmp_path):
+    from sipcore.hep import decode_hep3
+
+    collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    collector.bind(("127.0.0.1", 0))
+    collector.settimeout(5)
+    srv = start_callpath(tmp_path, sip={"auth": False, "hep": f"127.0.0.1:{collector.getsockname()[1]}"})
+    try:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        udp.sendto(register_text("alice", "sip:alice@127.0.0.1:9", "UDP"), ("127.0.0.1", srv.sip_port))
+        packets = [decode_hep3(collector.recv(65535)) for _ in range(2)]
+        received, sent = packets
+        assert received["payload"].startswith(b"REGISTER sip:127.0.0.1")
+        assert received["dst_port"] == srv.sip_port and received["src_port"] == udp.getsockname()[1]
+        assert sent["payload"].startswith(b"SIP/2.0 ") and sent["src_port"] == srv.sip_port
+        udp.close()
+    finally:
+        srv.stop()
+        collector.close()
