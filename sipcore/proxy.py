@@ -118,10 +118,13 @@ class Proxy:
             tx.reply(420, headers=[("Unsupported", ", ".join(req.get_all("proxy-require")))])
             return
         flow_hint = self._pop_own_routes(req)
-        if req.has("route"):
-            self._forward(tx, req, [(req.routes[0].uri, None, ())], record_route=False, flow_hint=flow_hint)
-            return
         to_tag = req.to.tag
+        if req.has("route"):
+            if to_tag is None:  # a pre-loaded route: relayed for authenticated users only, like a foreign domain
+                self._spawn(self._relay_foreign(tx, req, req.routes[0].uri), tx)
+            else:
+                self._forward(tx, req, [(req.routes[0].uri, None, ())], record_route=False, flow_hint=flow_hint)
+            return
         if to_tag is not None:
             if self.ua is not None and self.ua.handles(req):
                 self.ua.on_request(tx, req)
@@ -139,19 +142,15 @@ class Proxy:
                 return
             self._spawn(self._register(tx, req), tx)
             return
-        if not self.is_local_domain(uri) or uri.user is None:
-            if uri.user is None and self.is_local_domain(uri):
-                if method == "OPTIONS":
-                    self._answer_options(tx)
-                else:
-                    tx.reply(405 if method != "ACK" else 0, headers=[("Allow", ALLOW)]) if method != "ACK" else None
-                return
-            self._spawn(self._relay_foreign(tx, req), tx)
-            return
-        if method == "OPTIONS" and uri.user is None:
-            self._answer_options(tx)
-            return
-        self._spawn(self._route_local(tx, req), tx)
+        if not self.is_local_domain(uri):
+            self._spawn(self._relay_foreign(tx, req, uri), tx)
+        elif uri.user is None:  # addressed to the server itself
+            if method == "OPTIONS":
+                self._answer_options(tx)
+            else:
+                tx.reply(405, headers=[("Allow", "OPTIONS, REGISTER")])
+        else:
+            self._spawn(self._route_local(tx, req), tx)
 
     def _on_cancel(self, tx: ServerTransaction, cancelled: ServerTransaction | None) -> None:
         """CANCEL (§16.10): 200 to the CANCEL, then cancel the matching INVITE's branches (487 upstream)."""
@@ -419,11 +418,12 @@ class Proxy:
         for v in keep:
             req.add("Proxy-Authorization", v)
 
-    async def _relay_foreign(self, tx: ServerTransaction, req: Request) -> None:
-        """A request for a domain we do not serve: relayed only for authenticated local users."""
+    async def _relay_foreign(self, tx: ServerTransaction, req: Request, target: SipUri) -> None:
+        """A request for a domain we do not serve (or with a pre-loaded route): relayed only for
+        authenticated local users, so callpath is no open relay."""
         if self.config.auth and not await self._authorize_caller(tx, req):
             return
-        self._forward(tx, req, [(req.uri, None, ())], record_route=req.method in DIALOG_CREATING)
+        self._forward(tx, req, [(target, None, ())], record_route=req.method in DIALOG_CREATING)
 
     def _forward(self, tx: ServerTransaction, req: Request, targets: list[tuple[SipUri, Flow | None, tuple]],
                  record_route: bool, flow_hint: Flow | None = None) -> None:
@@ -445,6 +445,11 @@ def _contact_flow(stack: SipStack, contact: SipUri, binding: Binding) -> Flow | 
     if contact.host.strip("[]") != recv.remote[0]:
         return recv
     return None
+
+
+def _next_hop(uri: SipUri, path: tuple[str, ...]) -> SipUri:
+    """Where a request to `uri` goes first: the first Path entry of its registration (RFC 3327), else `uri`."""
+    return NameAddr.parse(path[0]).uri if path else uri
 
 
 def _best_q(bindings: list[Binding]) -> list[Binding]:
@@ -483,16 +488,15 @@ class ProxyContext:
     def start(self, targets: list[tuple[SipUri, Flow | None, tuple]], record_route: bool, flow_hint: Flow | None) -> None:
         proxy = self.proxy
         in_flow = self.server_tx.flow
-        sync_targets = []
+        resolved = []
         for uri, flow, path in targets:
             if flow is None:
-                first = SipUri.parse(path[0][1:-1]) if path and path[0].startswith("<") else uri
-                flow = flow_hint or proxy._flow_for_uri(first)
-            sync_targets.append((uri, flow, path))
-        if any(f is None for _, f, _ in sync_targets):
-            proxy._spawn(self._resolve_and_send(sync_targets, record_route))
+                flow = flow_hint or proxy._flow_for_uri(_next_hop(uri, path))
+            resolved.append((uri, flow, path))
+        if any(f is None for _, f, _ in resolved):
+            proxy._spawn(self._resolve_and_send(resolved, record_route))
             return
-        for uri, flow, path in sync_targets:
+        for uri, flow, path in resolved:
             self._send_branch(uri, flow, path, record_route, in_flow)  # type: ignore[arg-type]
         if self.request.method == "INVITE":
             self._arm_timer_c()
@@ -500,7 +504,7 @@ class ProxyContext:
     async def _resolve_and_send(self, targets: list, record_route: bool) -> None:
         for uri, flow, path in targets:
             if flow is None:
-                flow = await self.proxy._resolve(uri)
+                flow = await self.proxy._resolve(_next_hop(uri, path))
             if flow is None:
                 self._branch_failed(Response(502, "Bad Gateway (cannot resolve next hop)") if len(targets) == 1 else None)
                 continue

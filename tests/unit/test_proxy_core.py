@@ -237,3 +237,29 @@ async def test_flood_leaves_no_state_behind():
     assert current < baseline + 512 * 1024  # rounds 2 and 3 did not grow memory
     assert h.stack.stats["parse_errors"] >= 3 * 2000 * 6 // 7 - 10
     assert len(await h.location.lookup("sip:alice@127.0.0.1")) == 1
+
+
+def invite(to: str = "1001", extra: str = "", from_user: str = "bob") -> str:
+    return (f"INVITE sip:{to}@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKinv{next(_branches)}\n"
+            f"From: <sip:{from_user}@127.0.0.1>;tag=b\nTo: <sip:{to}@127.0.0.1>\nCall-ID: inv-{next(_branches)}\n"
+            f"CSeq: 1 INVITE\nMax-Forwards: 70\nContact: <sip:{from_user}@127.0.0.1:5080>\n{extra}Content-Length: 0\n\n")
+
+
+async def test_preloaded_route_to_a_foreign_host_needs_authentication():
+    h = Harness(auth=True)
+    (r,) = await h.send(invite(extra="Route: <sip:198.51.100.1;lr>\n"), src=("127.0.0.1", 5080))
+    assert status(r) == 407  # no open relay through a pre-loaded Route
+
+
+async def test_calls_to_a_registration_with_path_go_to_the_edge_proxy_first():
+    h = Harness(auth=False)
+    await h.send(register(contact="<sip:alice@10.9.9.9:5070>",
+                          extra="Supported: path\nPath: <sip:127.0.0.1:5099;lr>\n"), src=("127.0.0.1", 5099))
+    h.stack.receive(invite().replace("\n", "\r\n").encode(), Flow("udp", ("127.0.0.1", 5080)))
+    await asyncio.sleep(0)
+    sent = [(d, a) for d, a in h.wire.sent if d.startswith(b"INVITE")]
+    assert sent and sent[0][1] == ("127.0.0.1", 5099)
+    fwd = parse_message(sent[0][0])
+    assert str(fwd.uri) == "sip:alice@10.9.9.9:5070"
+    assert fwd.get("route") == "<sip:127.0.0.1:5099;lr>"
+    assert fwd.max_forwards == 69 and fwd.get("record-route", ).startswith("<sip:127.0.0.1:5060;lr")
