@@ -460,8 +460,16 @@ def _best_q(bindings: list[Binding]) -> list[Binding]:
     return [b for b in bindings if b.q == top]
 
 
+_date_cache: list = [0, ""]
+
+
 def _http_date(now: float) -> str:
-    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))
+    """RFC 1123 date for the Date header of 200 to REGISTER (formatted once per second)."""
+    sec = int(now)
+    if _date_cache[0] != sec:
+        _date_cache[0] = sec
+        _date_cache[1] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(sec))
+    return _date_cache[1]
 
 
 class ProxyContext:

@@ -22,7 +22,7 @@ from .transaction import (
     AckReceived, Flow, RequestReceived, ResponseReceived, StrayResponse, TransactionLayer,
     TransactionTerminated, TransactionTimeout, TransportFailure,
 )
-from .uri import SipUri, format_host
+from .uri import SipUri, format_host, split_quoted
 
 log = logging.getLogger("callpath.sip")
 
@@ -178,24 +178,29 @@ class SipStack:
         self._pump()
 
     def _fix_via(self, req: Request, flow: Flow) -> None:
-        """RFC 3261 §18.2.1 received= and RFC 3581 rport on the top Via."""
+        """RFC 3261 §18.2.1 received= and RFC 3581 rport on the top Via (the cached Via and its text)."""
         via = req.top_via
         ip, port = flow.remote
-        changed = False
-        if via.host.strip("[]") != ip:
-            via.params["received"] = ip
-            changed = True
-        if "rport" in via.params:
-            via.params["rport"] = str(port)
-            changed = True
-        if changed:
-            for h in req.headers:
-                if h[0] == "via":
-                    v = h[2]
-                    rest = v.split(",", 1)
-                    h[2] = str(via) + ("," + rest[1] if len(rest) > 1 else "")
-                    break
-            req._cache.pop("via", None)  # the cached top Via object was updated in place
+        params = via.params
+        add_received = via.host != ip and via.host.strip("[]") != ip
+        fill_rport = "rport" in params
+        if not (add_received or fill_rport):
+            return
+        if add_received:
+            params["received"] = ip
+        if fill_rport:
+            params["rport"] = str(port)
+        for h in req.headers:
+            if h[0] == "via":
+                value = h[2]
+                if '"' in value:  # a quoted comma in a Via parameter: split properly
+                    parts = list(split_quoted(value, ","))
+                    h[2] = ",".join([str(via)] + parts[1:])
+                else:
+                    first, comma, rest = value.partition(",")
+                    h[2] = str(via) + comma + rest
+                break
+        req._cache.pop("via", None)  # the cached top Via object was updated in place
 
     def _reject(self, msg: Request | Response, flow: Flow, exc: SipParseError) -> None:
         """A parseable message with an invalid header: 4xx for requests (never for ACK), drop responses."""
