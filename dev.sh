@@ -44,8 +44,9 @@ case "${1:-}" in
         ;;
     test)
         shift
-        # Test peers: SIPp for the SIP integration tests.
+        # Test peers: SIPp for the SIP integration tests; Node.js + npm for the JsSIP (browser SIP stack) test.
         command -v sipp >/dev/null || apt_install sip-tester
+        { command -v node >/dev/null && command -v npm >/dev/null; } || apt_install nodejs npm
         ensure_venv "[test]"
         set +e
         "$VENV/bin/python" -m pytest -ra "$@"
