@@ -336,7 +336,11 @@ class Proxy:
 
     def _challenge(self, tx: ServerTransaction, status: int, now: float, stale: bool = False) -> None:
         name = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
-        tx.reply(status, headers=[(name, c) for c in self.auth.challenges(now, stale)])
+        values = self.auth.challenges(now, stale)
+        if tx.flow.transport in ("ws", "wss"):
+            # JsSIP (and SIP.js) keep only the LAST challenge and speak only MD5; phones take the first.
+            values.sort(key=lambda v: "algorithm=MD5" in v)
+        tx.reply(status, headers=[(name, c) for c in values])
 
     # -- registrar ---------------------------------------------------------------------------------
     async def _register(self, tx: ServerTransaction, req: Request) -> None:
@@ -397,7 +401,13 @@ class Proxy:
         targets = []
         for b in _best_q(bindings):
             contact = SipUri.parse(b.contact)
-            targets.append((contact, _contact_flow(self.stack, contact, b), b.path))
+            flow = _contact_flow(self.stack, contact, b)
+            if flow is None and not b.path and contact.host.endswith(".invalid"):
+                continue  # a WebSocket client whose connection is gone: unreachable until it registers again
+            targets.append((contact, flow, b.path))
+        if not targets:
+            tx.reply(480)
+            return
         self._forward(tx, req, targets, record_route=req.method in DIALOG_CREATING)
 
     async def _authorize_caller(self, tx: ServerTransaction, req: Request) -> bool:
@@ -545,7 +555,7 @@ class ProxyContext:
     def _rr_value(self, flow: Flow, incoming: bool) -> str:
         """Our Record-Route for the interface facing `flow`; connection flows carry a flow token."""
         uri = self.proxy.stack.local_uri(flow.transport)
-        if flow.conn_id is not None and incoming:
+        if flow.conn_id is not None:
             uri.params["cpflow"] = flow.to_token()
         uri.params["lr"] = None
         return f"<{uri}>"
