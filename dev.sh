@@ -27,6 +27,8 @@ ensure_python() {
 
 ensure_venv() {  # ensure_venv EXTRAS
     ensure_python
+    # libopus: the media plane calls it directly (media/opus.py)
+    ldconfig -p 2>/dev/null | grep -q "libopus.so.0" || apt_install libopus0
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     local stamp="$VENV/.installed$1"
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
