@@ -1,0 +1,253 @@
+"""Adaptive jitter buffer: reordering, loss, duplicates, wrap, late packets, spikes, DTX, resync; a fake clock."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from media.jitter import Frame, JitterBuffer, Missing
+
+RATE = 8000
+FS = 160          # samples per 20 ms frame
+TICK = 0.02
+
+
+def stream(n: int, *, seq0: int = 1000, ts0: int = 50_000, t0: float = 0.005, jitter=None, skip=(), seed: int = 1):
+    """Packets (arrival, seq, ts, payload) for n frames; payload = frame index as text; `jitter(i)` adds delay."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        if i in skip:
+            continue
+        extra = jitter(i, rng) if jitter else 0.0
+        out.append((t0 + TICK * i + extra, (seq0 + i) & 0xFFFF, (ts0 + FS * i) & 0xFFFFFFFF, str(i).encode()))
+    return out
+
+
+def run(jb: JitterBuffer, packets, ticks: int, t0: float = 0.0, ssrc=None):
+    """Feed packets by arrival time and call get() on a 20 ms media clock; returns [(tick time, result)]."""
+    pending = sorted(packets, key=lambda p: p[0])
+    out, k = [], 0
+    for n in range(ticks):
+        now = t0 + n * TICK
+        while k < len(pending) and pending[k][0] <= now:
+            arr, seq, ts, payload = pending[k][:4]
+            jb.put(seq, ts, payload, arr, *(pending[k][4:] or ((ssrc,) if ssrc is not None else ())))
+            k += 1
+        out.append((now, jb.get(now)))
+    return out
+
+
+def frames(out) -> list[int]:
+    return [int(r.payload) for _, r in out if isinstance(r, Frame)]
+
+
+def missing(out) -> list[Missing]:
+    """Missing results before the last Frame (the ones after it are the concealment of the stream's end)."""
+    last = max((i for i, (_, r) in enumerate(out) if isinstance(r, Frame)), default=-1)
+    return [r for _, r in out[:last] if isinstance(r, Missing)]
+
+
+def test_in_order_stream_plays_every_frame_at_min_delay() -> None:
+    jb = JitterBuffer(RATE)
+    pkts = stream(100)
+    out = run(jb, [p for p in pkts if p[0] <= 59 * TICK], 60)
+    # playout of frame i at tick 0.04 + 0.02 i: arrived 0.005, +20 ms target, next tick; 35 ms after the fastest transit
+    assert jb.stats.current_delay_ms == pytest.approx(35.0, abs=0.01)
+    out += run(jb, [p for p in pkts if p[0] > 59 * TICK], 50, t0=60 * TICK)
+    assert frames(out) == list(range(100))
+    assert not missing(out)
+    first = next(t for t, r in out if isinstance(r, Frame))
+    assert first == pytest.approx(0.04)
+    assert jb.stats.target_delay_ms == pytest.approx(20.0)
+    assert jb.stats.lost == jb.stats.late == jb.stats.duplicate == 0
+
+
+def test_frames_carry_seq_and_timestamp() -> None:
+    jb = JitterBuffer(RATE)
+    out = run(jb, stream(3), 6)
+    got = [r for _, r in out if isinstance(r, Frame)]
+    assert [(f.seq, f.timestamp) for f in got] == [(1000, 50_000), (1001, 50_160), (1002, 50_320)]
+
+
+def test_reordering_is_undone() -> None:
+    pkts = stream(100)
+    swapped = []
+    for i in range(0, 100, 2):                               # each pair arrives the wrong way round
+        a, b = pkts[i], pkts[i + 1]
+        swapped += [(b[0], *b[1:]), (b[0] + 0.001, *a[1:])]
+    jb = JitterBuffer(RATE)
+    out = run(jb, swapped, 120)
+    assert frames(out) == list(range(100))
+    assert not missing(out)
+    assert jb.stats.reordered == 50 and jb.stats.late == 0
+
+
+def test_loss_is_reported_with_next_payload_for_fec() -> None:
+    jb = JitterBuffer(RATE, min_delay_ms=60)
+    out = run(jb, stream(60, skip={10, 20, 21}), 80)
+    assert frames(out) == [i for i in range(60) if i not in (10, 20, 21)]
+    gaps = missing(out)
+    assert [(m.seq, m.next_payload) for m in gaps] == [(1010, b"11"), (1020, None), (1021, b"22")]
+    assert [m.timestamp for m in gaps] == [50_000 + FS * i for i in (10, 20, 21)]
+    assert jb.stats.lost == 3
+    # the media clock never sees a hole: Frame/Missing every tick once playing
+    results = [r for _, r in out]
+    first = next(i for i, r in enumerate(results) if isinstance(r, Frame))
+    assert None not in results[first:first + 60]
+
+
+def test_duplicates_are_dropped() -> None:
+    pkts = stream(50)
+    dup = pkts + [(a + 0.003, s, t, p) for a, s, t, p in pkts] + [(a + 0.5, s, t, p) for a, s, t, p in pkts[:5]]
+    jb = JitterBuffer(RATE)
+    out = run(jb, dup, 80)
+    assert frames(out) == list(range(50))
+    assert jb.stats.duplicate == 55 and jb.stats.late == 0
+
+
+def test_sequence_and_timestamp_wrap_around() -> None:
+    jb = JitterBuffer(RATE)
+    out = run(jb, stream(100, seq0=65500, ts0=0xFFFFFFFF - 160 * 50), 110)
+    assert frames(out) == list(range(100))
+    got = [r for _, r in out if isinstance(r, Frame)]
+    assert got[35].seq == 65535 and got[36].seq == 0
+    assert jb.stats.resyncs == 0 and not missing(out)
+
+
+def test_late_packet_is_concealed_then_counted_late_not_lost() -> None:
+    jb = JitterBuffer(RATE)
+    pkts = stream(60, jitter=lambda i, rng: 0.2 if i == 10 else 0.0)
+    out = run(jb, pkts, 80)
+    assert 10 not in frames(out)
+    assert frames(out) == [i for i in range(60) if i != 10]
+    assert missing(out)[0].seq == 1010 and missing(out)[0].next_payload == b"11"
+    assert jb.stats.late == 1 and jb.stats.lost == 0
+
+
+def test_random_jitter_within_max_delay_loses_nothing_after_warmup() -> None:
+    jb = JitterBuffer(RATE)
+    pkts = stream(1500, jitter=lambda i, rng: rng.uniform(0.0, 0.04))
+    out = run(jb, pkts, 1600)
+    assert 40.0 <= jb.stats.target_delay_ms <= 65.0
+    late = jb.stats.late
+    assert late <= 10                                          # only while the target is learned
+    assert frames(out) == sorted(frames(out))
+    assert len(frames(out)) >= 1500 - late - jb.stats.dropped - jb.stats.lost
+
+
+def test_delay_grows_fast_on_a_spike_then_shrinks_slowly() -> None:
+    # steady, then packets sent in [5.0, 5.1) are held by the network and arrive together at 5.15
+    def spike(i, rng):
+        nominal = 0.005 + TICK * i
+        base = rng.uniform(0.0, 0.005)
+        return (5.15 - nominal + 0.0001 * (i - 250)) if 5.0 <= nominal < 5.15 else base   # a FIFO queue holds them
+
+    jb = JitterBuffer(RATE)
+    pkts = stream(2500, jitter=spike)
+    targets = []
+    pending = sorted(pkts)
+    k = 0
+    seen = []
+    for n in range(2600):
+        now = n * TICK
+        while k < len(pending) and pending[k][0] <= now:
+            a, s, t, p = pending[k]
+            jb.put(s, t, p, a)
+            k += 1
+        r = jb.get(now)
+        if isinstance(r, Frame):
+            seen.append(int(r.payload))
+        targets.append((now, jb.stats.target_delay_ms, jb.stats.current_delay_ms))
+    before = [tg for t, tg, _ in targets if 4.0 < t < 5.0]
+    after = [(tg, cur) for t, tg, cur in targets if 5.2 < t < 5.5]
+    assert max(before) < 35
+    assert max(tg for tg, _ in after) > 120                   # grew at once
+    assert max(cur for _, cur in after) > 120                 # and playout followed
+    mid = [tg for t, tg, _ in targets if 7.0 < t < 7.5]
+    assert min(mid) > 40                                      # still shrinking two seconds later
+    end = [(tg, cur) for t, tg, cur in targets if 49.0 < t < 50.0]
+    assert max(tg for tg, _ in end) < 35 and max(cur for _, cur in end) < 60   # back down
+    assert seen == sorted(seen) and jb.stats.late == 0 and jb.stats.lost == 0 and jb.stats.reordered == 0
+    assert jb.stats.dropped > 0                               # the shrink dropped frames, one at a time
+
+
+def test_dtx_gap_is_silence_not_a_missing_storm() -> None:
+    talk1 = stream(50)
+    gap_frames = 100                                          # 2 s of DTX: sender stops, timestamps advance
+    talk2 = [(a + TICK * (50 + gap_frames), (1050 + i) & 0xFFFF, 50_000 + FS * (50 + gap_frames + i),
+              str(50 + i).encode()) for i, (a, _, _, _) in enumerate(stream(50))]
+    jb = JitterBuffer(RATE)
+    out = run(jb, talk1 + talk2, 220)
+    assert frames(out) == list(range(100))
+    assert len(missing(out)) <= 3                             # bounded concealment at the silence onset
+    assert jb.stats.lost == 0 and jb.stats.late == 0
+    nones = [t for t, r in out if r is None and 1.2 < t < 2.8]
+    assert len(nones) > 70                                    # silence, not "missing"
+
+
+def test_short_dtx_gap_with_next_packet_buffered_gives_silence() -> None:
+    # a 3-frame silence inside a talkspurt, with the jitter buffer deep enough to already hold the next packet
+    pkts = stream(20) + [(0.005 + TICK * (23 + i), 1020 + i, 50_000 + FS * (23 + i), str(20 + i).encode())
+                         for i in range(20)]
+    jb = JitterBuffer(RATE, min_delay_ms=100)
+    out = run(jb, pkts, 60)
+    assert frames(out) == list(range(40))
+    assert not missing(out) and jb.stats.lost == 0
+
+
+def test_ssrc_change_resyncs() -> None:
+    jb = JitterBuffer(RATE)
+    a = [p + (0xA,) for p in stream(50)]
+    b = [p + (0xB,) for p in stream(50, seq0=7, ts0=123456789, t0=1.205)]
+    out = run(jb, a + b, 130)
+    assert jb.stats.resyncs == 1
+    assert frames(out) == list(range(50)) + list(range(50))
+    assert jb.stats.late == 0
+
+
+def test_sequence_jump_and_timestamp_reset_resync_without_ssrc() -> None:
+    jb = JitterBuffer(RATE)
+    pkts = stream(30) + stream(30, seq0=40000, ts0=50_000 + FS * 30, t0=0.605)
+    run(jb, pkts, 80)
+    assert jb.stats.resyncs == 1
+    jb2 = JitterBuffer(RATE)
+    pkts = stream(30) + stream(30, seq0=1030, ts0=999, t0=0.605)     # seq continues, timestamp goes back
+    out = run(jb2, pkts, 80)
+    assert jb2.stats.resyncs == 1 and jb2.stats.late == 0
+    assert frames(out)[-20:] == list(range(10, 30))
+
+
+def test_burst_after_outage_overflows_to_target_depth() -> None:
+    jb = JitterBuffer(RATE)
+    pkts = [(1.0, 1000 + i, FS * i, str(i).encode()) for i in range(100)]
+    out = run(jb, pkts, 80)
+    assert jb.stats.dropped > 0 and len(jb) <= jb.capacity
+    assert frames(out) == sorted(frames(out)) and frames(out)[-1] == 99
+
+
+def test_nothing_before_the_first_packet() -> None:
+    jb = JitterBuffer(RATE)
+    assert [jb.get(t * TICK) for t in range(5)] == [None] * 5
+
+
+def test_timestamp_jump_forward_resyncs_instead_of_waiting() -> None:
+    # consecutive sequence numbers, but the timestamp leaps 20 s ahead while packets keep arriving every 20 ms
+    jb = JitterBuffer(RATE)
+    pkts = stream(30) + [(0.605 + TICK * i, 1030 + i, 50_000 + FS * 30 + 20 * RATE + FS * i, str(30 + i).encode())
+                         for i in range(30)]
+    out = run(jb, pkts, 80)
+    assert jb.stats.resyncs == 1
+    # what was still buffered from the old timeline is flushed (one frame here), the new one plays at once
+    assert frames(out) == list(range(29)) + list(range(30, 60)) and jb.stats.dropped == 1
+    resumed = next(t for t, r in out if isinstance(r, Frame) and r.payload == b"30")
+    assert resumed < 0.7
+
+
+def test_sequence_jump_with_continuous_timeline_is_skipped_not_a_missing_storm() -> None:
+    # the sender renumbers (+1000) without touching timestamps or SSRC
+    jb = JitterBuffer(RATE)
+    pkts = stream(30) + [(0.605 + TICK * i, 2030 + i, 50_000 + FS * (30 + i), str(30 + i).encode()) for i in range(30)]
+    out = run(jb, pkts, 80)
+    assert frames(out) == list(range(60))
+    assert not missing(out) and jb.stats.resyncs == 0
