@@ -4,10 +4,15 @@ Metadata lives in pyproject.toml. C accelerators (G.711, mixing, SIP scanning) a
 ``OPTIONAL_EXTENSIONS`` as they are written; each one is optional: when no compiler is present the
 build continues and the pure-Python/numpy paths are used instead.
 """
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-OPTIONAL_EXTENSIONS: list = []
+OPTIONAL_EXTENSIONS: list = [
+    # SIP header scanning for sipcore.message.parse_message (reference: message._scan_headers)
+    Extension("sipcore._scan", ["sipcore/_scan.c"], extra_compile_args=["-O2"]),
+    # G.711 µ-law/A-law table lookups for media.g711 (reference: media.g711.reference)
+    Extension("media._g711", ["media/_g711.c"], extra_compile_args=["-O2"]),
+]
 
 
 class OptionalBuildExt(build_ext):

@@ -435,6 +435,36 @@ def _scan_headers(lines: list[str]) -> list[list[str]]:
     return out
 
 
+# -- header scanning: C fast path (sipcore/_scan.c) or the pure-Python reference above ------------
+# The C scanner is used when the extension was built and CALLPATH_PURE_PYTHON is unset (or "0");
+# _split_head/_scan_headers stay the reference the tests compare it with, and the fallback.
+try:
+    from . import _scan as _c_scan
+except ImportError:  # not built (no compiler at install time)
+    _c_scan = None
+
+_c_split = None
+_c_scan_headers = None
+SCANNER = "python"  # which scanner parse_message uses: "c" or "python"
+
+
+def use_scanner(kind: str) -> None:
+    """Select parse_message's header scanner: "c" (needs the built extension) or "python"."""
+    global _c_split, _c_scan_headers, SCANNER
+    if kind == "c":
+        if _c_scan is None:
+            raise ValueError("the C scanner sipcore._scan is not built")
+        _c_split, _c_scan_headers = _c_scan.split, _c_scan.scan_headers
+    elif kind == "python":
+        _c_split = _c_scan_headers = None
+    else:
+        raise ValueError(f"unknown scanner {kind!r}")
+    SCANNER = kind
+
+
+use_scanner("c" if _c_scan is not None and os.environ.get("CALLPATH_PURE_PYTHON", "") in ("", "0") else "python")
+
+
 def parse_message(data: bytes, max_size: int = 65535) -> Message:
     """Parse one complete message (a datagram, or a frame from StreamFramer).
 
@@ -445,15 +475,21 @@ def parse_message(data: bytes, max_size: int = 65535) -> Message:
         raise SipParseError(f"message of {len(data)} bytes exceeds {max_size}", status=513)
     if data[:1] in (b"\r", b"\n"):
         data = data.lstrip(b"\r\n")
-    head_b, body = _split_head(data)
-    head = head_b.decode("utf-8", "surrogateescape")
-    if "\r\n" in head:
-        lines = head.split("\r\n")
-        if "\n" in head.replace("\r\n", ""):
-            lines = head.replace("\r\n", "\n").split("\n")
+    lines: list[str] | None = None
+    if _c_split is not None and data.__class__ is bytes:
+        # C scanner (sipcore/_scan.c): the same split, decode and line rules as below; the headers
+        # are scanned after the start line is checked, as in the Python path.
+        start, head, body = _c_split(data)
     else:
-        lines = head.split("\n")
-    start = lines[0]
+        head_b, body = _split_head(data)
+        head = head_b.decode("utf-8", "surrogateescape")
+        if "\r\n" in head:
+            lines = head.split("\r\n")
+            if "\n" in head.replace("\r\n", ""):
+                lines = head.replace("\r\n", "\n").split("\n")
+        else:
+            lines = head.split("\n")
+        start = lines[0]
     if not start:
         raise SipParseError("empty start line")
     msg: Message
@@ -476,7 +512,10 @@ def parse_message(data: bytes, max_size: int = 65535) -> Message:
         if not version.upper().startswith("SIP/"):
             raise SipParseError(f"bad SIP version: {start!r}")
         msg = Request(method, parts[1], version=version)
-    msg.headers = _scan_headers(lines)
+    if lines is None:
+        msg.headers = _c_scan_headers(head, _KEY_CACHE, header_key)  # type: ignore[misc]
+    else:
+        msg.headers = _scan_headers(lines)
     cl = msg.get("content-length")
     if cl is not None:
         if len({h[2].strip() for h in msg.headers if h[0] == "content-length"}) > 1:
