@@ -29,6 +29,11 @@ ensure_venv() {  # ensure_venv EXTRAS
     ensure_python
     # libopus: the media plane calls it directly (media/opus.py)
     ldconfig -p 2>/dev/null | grep -q "libopus.so.0" || apt_install libopus0
+    # a C compiler and Python headers build the optional accelerators (sipcore._scan, media._g711)
+    if [ "$PY" = /usr/bin/python3 ]; then
+        { command -v gcc >/dev/null && [ -f "$(/usr/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; } \
+            || apt_install gcc python3-dev || echo "dev.sh: no compiler: using the pure-Python paths"
+    fi
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     local stamp="$VENV/.installed$1"
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
