@@ -1,0 +1,266 @@
+"""The media worker end to end: aiortc plays the browser (WebRTC), a small UDP endpoint plays the trunk (plain RTP).
+
+The browser sends a 440 Hz tone, the trunk a 1 kHz tone as 20 ms PCMU packets; each must come out at the
+other end at its frequency, through Opus<->PCMU transcoding and through PCMU passthrough. The trunk also
+presses a key as RFC 4733 events: the worker reports the digit and sends it on to the browser as
+telephone-event (aiortc drops payload types it does not know, so that is checked at the worker's send).
+"""
+from __future__ import annotations
+
+import asyncio
+import fractions
+import random
+import struct
+import time
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")
+aiortc = pytest.importorskip("aiortc")
+
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription  # noqa: E402
+
+from media import g711  # noqa: E402
+from media.audio import dominant_frequency, tone  # noqa: E402
+from media.dtmf import decode_telephone_event, packets_for_press  # noqa: E402
+from media.worker import MediaSettings, MediaWorker  # noqa: E402
+from sipcore.sdp import SessionDescription, create_answer  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+BROWSER_HZ = 440.0
+TRUNK_HZ = 1000.0
+
+
+class SineTrack(MediaStreamTrack):
+    """A 440 Hz tone as 20 ms mono s16 frames at 48 kHz, paced in real time."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start: float | None = None
+        self._pts = 0
+
+    async def recv(self) -> av.AudioFrame:
+        samples = 960
+        if self._start is None:
+            self._start = time.time()
+        else:
+            self._pts += samples
+            wait = self._start + self._pts / 48000 - time.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        t = (np.arange(samples) + self._pts) / 48000
+        pcm = (np.sin(2 * np.pi * BROWSER_HZ * t) * 12000).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 48000
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, 48000)
+        return frame
+
+
+class TrunkPeer(asyncio.DatagramProtocol):
+    """The SIP trunk's RTP endpoint: sends a 1 kHz PCMU tone (and a DTMF press), keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.received: list[bytes] = []
+        self.seq = random.getrandbits(16)
+        self.ts = random.getrandbits(32)
+        self.ssrc = random.getrandbits(32)
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if not 192 <= data[1] <= 223:   # RTP, not RTCP
+            self.received.append(data)
+
+    def send(self, pt: int, payload: bytes, to, ts: int | None = None, marker: bool = False) -> None:
+        header = struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, self.seq, self.ts if ts is None else ts,
+                             self.ssrc)
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.transport.sendto(header + payload, to)
+
+    async def play(self, to, seconds: float, dtmf_at: float | None = None) -> None:
+        """Send the tone paced at 20 ms; at dtmf_at, one 100 ms press of '5' as RFC 4733 (PT 101) instead."""
+        pcm = tone(TRUNK_HZ, 8000, seconds, amplitude=0.4)
+        start = time.monotonic()
+        press = None
+        for i in range(len(pcm) // 160):
+            wait = start + i * 0.02 - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if dtmf_at is not None and press is None and i * 0.02 >= dtmf_at:
+                press = iter(packets_for_press("5", 100, self.ts, 8000))
+            if press is not None:
+                tick = next(press, None)
+                if tick is not None:
+                    for pkt in tick:
+                        self.send(101, pkt.payload, to, ts=pkt.timestamp, marker=pkt.marker)
+                    self.ts = (self.ts + 160) & 0xFFFFFFFF
+                    continue
+            self.send(0, g711.ulaw_encode(pcm[i * 160:(i + 1) * 160].tobytes()), to)
+            self.ts = (self.ts + 160) & 0xFFFFFFFF
+
+
+def add_telephone_event(sdp: str, pt: int, rate: int) -> str:
+    """aiortc offers no telephone-event: add one to its offer as a browser would."""
+    sd = SessionDescription.parse(sdp)
+    section = sd.media[0]
+    section.formats.append(str(pt))
+    section.add_attribute("rtpmap", f"{pt} telephone-event/{rate}")
+    section.add_attribute("fmtp", f"{pt} 0-16")
+    return sd.to_bytes().decode()
+
+
+@pytest.fixture
+async def worker():
+    base = random.randrange(20000, 60000, 100)
+    events: list[dict] = []
+    w = await MediaWorker.start(MediaSettings(bind_host="127.0.0.1", rtp_port_min=base, rtp_port_max=base + 99),
+                                on_event=events.append)
+    w.test_events = events
+    yield w
+    await w.close()
+
+
+@pytest.mark.parametrize("pcmu_only", [False, True], ids=["opus-pcmu", "pcmu-passthrough"])
+async def test_browser_to_trunk_call(worker: MediaWorker, pcmu_only: bool):
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    transceiver = pc.addTransceiver(SineTrack(), direction="sendrecv")
+    wanted = "audio/pcmu" if pcmu_only else "audio/opus"
+    caps = RTCRtpSender.getCapabilities("audio")
+    transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType.lower() == wanted])
+    frames: list = []
+    consumers: list[asyncio.Task] = []
+
+    async def consume(track) -> None:
+        while True:
+            try:
+                frames.append(await track.recv())
+            except Exception:  # MediaStreamError once closed
+                return
+
+    pc.on("track", lambda track: consumers.append(asyncio.ensure_future(consume(track))))
+    sent_to_browser: list[bytes] = []
+    original_send = worker.port.send_rtp
+
+    def spy(leg, packet: bytes) -> bool:
+        sent_to_browser.append(packet)
+        return original_send(leg, packet)
+
+    worker.port.send_rtp = spy  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    trunk_transport, trunk = await loop.create_datagram_endpoint(TrunkPeer, local_addr=("127.0.0.1", 0))
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        te_pt, te_rate = (101, 8000) if pcmu_only else (126, 48000)
+        browser_offer = add_telephone_event(pc.localDescription.sdp, te_pt, te_rate)
+
+        to_trunk = SessionDescription.parse(await worker.offer("call-1", "from-1", browser_offer))
+        section = to_trunk.media[0]
+        assert section.proto == "RTP/AVP" and to_trunk.effective_connection(0).address == "127.0.0.1"
+        assert [section.rtpmap[pt].encoding for pt in section.payload_types] == ["PCMU", "PCMA", "telephone-event"]
+        trunk_answer = create_answer(to_trunk, [("PCMU", 8000), ("telephone-event", 8000)], "127.0.0.1",
+                                     trunk_transport.get_extra_info("sockname")[1])
+        to_browser = SessionDescription.parse(
+            await worker.answer("call-1", "from-1", "to-1", trunk_answer.to_bytes()))
+        bsec = to_browser.media[0]
+        assert bsec.proto == "UDP/TLS/RTP/SAVPF" and to_browser.has_attribute("ice-lite")
+        assert bsec.attribute("setup") == "passive" and bsec.has_attribute("rtcp-mux")
+        assert bsec.attribute("fingerprint") and bsec.attributes("candidate")
+        encodings = [bsec.rtpmap[pt].encoding.lower() for pt in bsec.payload_types]
+        assert encodings == (["pcmu", "telephone-event"] if pcmu_only else ["opus", "telephone-event"])
+        assert worker.calls["call-1"].bridge.passthrough is pcmu_only
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=to_browser.to_bytes().decode(), type="answer"))
+        await trunk.play(("127.0.0.1", section.port), 2.4, dtmf_at=1.6)
+        await asyncio.sleep(0.3)
+        stats = worker.query("call-1")
+    finally:
+        await pc.close()
+        for task in consumers:
+            task.cancel()
+        trunk_transport.close()
+    final = await worker.delete("call-1")
+    assert final["legs"]["from-1"]["packets_in"] > 40 and stats["passthrough"] is pcmu_only
+
+    # browser -> trunk: PCMU carrying 440 Hz
+    audio = [p for p in trunk.received if p[1] & 0x7F == 0]
+    assert len(audio) >= 40, (len(trunk.received), stats)
+    pcm = np.frombuffer(g711.ulaw_decode(b"".join(p[12:] for p in audio[10:])), "<i2")
+    assert abs(dominant_frequency(pcm, 8000) - BROWSER_HZ) < 15
+
+    # trunk -> browser: aiortc decoded 1 kHz (mono 8 kHz for PCMU, 48 kHz stereo for Opus)
+    assert len(frames) >= 40, len(frames)
+    rate = frames[0].sample_rate
+    samples = np.concatenate([f.to_ndarray().reshape(-1, len(f.layout.channels))[:, 0] for f in frames[10:70]])
+    assert abs(dominant_frequency(samples, rate) - TRUNK_HZ) < 15
+
+    # DTMF: reported as a digit, and sent on to the browser as its telephone-event (PT, clock)
+    dtmf = [e for e in worker.test_events if e["event"] == "dtmf"]
+    assert [(e["digit"], e["tag"], e["call_id"]) for e in dtmf] == [("5", "to-1", "call-1")]
+    events = [p for p in sent_to_browser if p[1] & 0x7F == te_pt]
+    assert events and all(decode_telephone_event(p[12:]).event == 5 for p in events)
+    final_event = decode_telephone_event(events[-1][12:])
+    assert final_event.end and final_event.duration == 100 * te_rate // 1000
+
+
+@pytest.mark.parametrize("prefer_passthrough", [True, False], ids=["pcmu-passthrough", "opus-pcmu"])
+async def test_trunk_to_browser_call(worker: MediaWorker, prefer_passthrough: bool):
+    """The inbound case: the trunk offers PCMU, the worker offers WebRTC to the browser (aiortc answers)."""
+    worker.settings.prefer_passthrough = prefer_passthrough
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    frames: list = []
+    consumers: list[asyncio.Task] = []
+
+    async def consume(track) -> None:
+        while True:
+            try:
+                frames.append(await track.recv())
+            except Exception:  # MediaStreamError once closed
+                return
+
+    pc.on("track", lambda track: consumers.append(asyncio.ensure_future(consume(track))))
+    loop = asyncio.get_running_loop()
+    trunk_transport, trunk = await loop.create_datagram_endpoint(TrunkPeer, local_addr=("127.0.0.1", 0))
+    trunk_port = trunk_transport.get_extra_info("sockname")[1]
+    try:
+        trunk_offer = SessionDescription.parse(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=audio {trunk_port} RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n"
+            "a=ptime:20\r\na=sendrecv\r\n")
+        to_browser = await worker.offer("call-2", "trunk-tag", trunk_offer.to_bytes())
+        sd = SessionDescription.parse(to_browser)
+        assert sd.media[0].proto == "UDP/TLS/RTP/SAVPF" and sd.media[0].attribute("setup") == "actpass"
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=to_browser, type="offer"))
+        for transceiver in pc.getTransceivers():
+            transceiver.sender.replaceTrack(SineTrack())
+            transceiver.direction = "sendrecv"
+        await pc.setLocalDescription(await pc.createAnswer())
+        to_trunk = SessionDescription.parse(
+            await worker.answer("call-2", "trunk-tag", "agent-tag", pc.localDescription.sdp))
+        section = to_trunk.media[0]
+        assert section.proto == "RTP/AVP" and section.rtpmap[section.payload_types[0]].encoding == "PCMU"
+        bridge = worker.calls["call-2"].bridge
+        assert bridge.passthrough is prefer_passthrough
+        await trunk.play(("127.0.0.1", section.port), 2.0)
+        await asyncio.sleep(0.3)
+    finally:
+        await pc.close()
+        for task in consumers:
+            task.cancel()
+        trunk_transport.close()
+    await worker.delete("call-2")
+
+    audio = [p for p in trunk.received if p[1] & 0x7F == 0]
+    assert len(audio) >= 40, len(trunk.received)
+    pcm = np.frombuffer(g711.ulaw_decode(b"".join(p[12:] for p in audio[10:])), "<i2")
+    assert abs(dominant_frequency(pcm, 8000) - BROWSER_HZ) < 15
+    assert len(frames) >= 40, len(frames)
+    rate = frames[0].sample_rate
+    samples = np.concatenate([f.to_ndarray().reshape(-1, len(f.layout.channels))[:, 0] for f in frames[10:70]])
+    assert abs(dominant_frequency(samples, rate) - TRUNK_HZ) < 15
