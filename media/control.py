@@ -387,6 +387,9 @@ def start_workers(n: int, settings: MediaSettings, *, timeout: float = 30.0) -> 
     or through ``asyncio.to_thread``. The embedded default is ``start_workers(1, settings)``.
     """
     ctx = multiprocessing.get_context("spawn")
+    # Workers batch small numpy products every 20 ms: OpenBLAS threads made them 3-10x slower on a busy
+    # 2-core machine (benchmarks/media/dtmf.py). Spawned children read this before importing numpy.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     handles: list[WorkerProcess] = []
     try:
         for index in range(n):
