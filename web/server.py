@@ -1,7 +1,9 @@
 """The composition root: builds storage, the SIP stack, registrar/proxy/B2BUA and the web app from Settings.
 
 `serve(settings)` runs everything in one event loop (uvloop when installed): SIP over UDP/TCP/TLS on
-their own sockets, and the Starlette app (with SIP over WebSocket at /ws) under uvicorn.
+their own sockets, and the Starlette app (with SIP over WebSocket at /ws) under uvicorn. With
+``[media] enabled`` it also spawns the media worker processes (media.control.start_workers) and hands
+the B2BUA a ``MediaPool`` over their control connections, so back-to-back calls are media-anchored.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import signal
 import ssl
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +129,41 @@ def _self_signed(data_dir: Path, host: str) -> tuple[str, str]:
     return str(cert_path), str(key_path)
 
 
+class MediaStartError(RuntimeError):
+    """[media] is enabled but the workers could not be started or reached."""
+
+
+class MediaPool:
+    """The B2BUA's media controller over the workers' control clients.
+
+    A call stays on one worker (its Call-ID's CRC32 picks it), so offer, answer, re-offers and delete of
+    one call meet the same worker state. Failures are exceptions (the B2BUA logs and degrades).
+    """
+
+    def __init__(self, clients: list[Any]) -> None:
+        if not clients:
+            raise ValueError("a MediaPool needs at least one worker client")
+        self.clients = clients
+
+    def client_for(self, call_id: str) -> Any:
+        """The control client of the worker that owns ``call_id``."""
+        return self.clients[zlib.crc32(call_id.encode()) % len(self.clients)]
+
+    async def offer(self, call_id: str, from_tag: str, sdp: bytes, transport: str | None = None) -> str:
+        return await self.client_for(call_id).offer(call_id, from_tag, sdp, transport)
+
+    async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: bytes) -> str:
+        return await self.client_for(call_id).answer(call_id, from_tag, to_tag, sdp)
+
+    async def delete(self, call_id: str) -> Any:
+        return await self.client_for(call_id).delete(call_id)
+
+
+def _on_media_event(event: dict[str, Any]) -> None:
+    """Events pushed by the workers (DTMF, media timeouts, browser legs down): logged for now."""
+    log.info("media event %s", event, extra={"call_id": event.get("call_id")})
+
+
 class Application:
     """Everything one callpath process runs, built from Settings."""
 
@@ -141,6 +179,10 @@ class Application:
         self.b2bua: Any = None
         self._purge_task: asyncio.Task | None = None
         self.listening: list[str] = []
+        self.media_workers: list[Any] = []      # media.control.WorkerProcess handles
+        self.media_clients: list[Any] = []      # one MediaControlClient per worker
+        self.media_pool: MediaPool | None = None
+        self.media_lines: list[str] = []        # "media worker N on ICE port X, RTP ports A-B"
 
     async def start(self) -> None:
         """Open storage and the location service, bind the SIP transports, wire the TU."""
@@ -176,6 +218,8 @@ class Application:
         config = ProxyConfig(domain=sip.realm, auth=sip.auth, ephemeral_secret=sip.ephemeral_secret,
                              policy=RegistrarPolicy(sip.min_expires, sip.max_expires, sip.default_expires))
         self.proxy = Proxy(stack, config, self.users, self.location, authenticator)
+        if s.media.enabled:
+            await self._start_media()
         self._wire_b2bua()
         self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop())
 
@@ -191,8 +235,53 @@ class Application:
         self.proxy.ua = self.ua
         numbers = {e.number: e.target for e in self.settings.sip.b2bua}
         if numbers:
-            self.b2bua = BackToBack(self.ua, numbers)
+            self.b2bua = BackToBack(self.ua, numbers, media=self.media_pool,
+                                    media_timeout=self.settings.media.control_timeout)
             self.proxy.b2bua = self.b2bua
+
+    async def _start_media(self) -> None:
+        """Spawn the media workers (blocking: in a thread) and connect a control client to each."""
+        from media.control import MediaControlClient, start_workers
+        from media.worker import MediaSettings as WorkerSettings
+
+        s = self.settings
+        m = s.media
+        certificates = s.data_path / "dtls"
+        certificates.mkdir(parents=True, exist_ok=True)
+        template = WorkerSettings(
+            bind_host=m.listen, advertised_address=m.advertise or s.sip.advertise_host, ice_port=m.ice_port,
+            rtp_port_min=m.rtp_port_min, rtp_port_max=m.rtp_port_max, certificate_dir=str(certificates),
+            prefer_passthrough=m.prefer_passthrough,
+        )
+        try:
+            self.media_workers = await asyncio.to_thread(start_workers, m.workers, template)
+        except Exception as exc:
+            raise MediaStartError(f"media workers did not start: {exc}") from exc
+        try:
+            for worker in self.media_workers:
+                client = await asyncio.wait_for(MediaControlClient.connect(
+                    worker.address, on_event=_on_media_event, timeout=m.control_timeout), 10)
+                self.media_clients.append(client)
+                status = await client.ping()
+                own = worker.settings
+                self.media_lines.append(f"media worker {worker.index} on ICE port {status.get('ice_port')}, "
+                                        f"RTP ports {own.rtp_port_min}-{own.rtp_port_max}")
+        except Exception as exc:
+            await self._stop_media()
+            raise MediaStartError(f"cannot reach the media workers: {type(exc).__name__}: {exc}") from exc
+        self.media_pool = MediaPool(self.media_clients)
+        log.info("media: %d worker(s), SDP address %s", len(self.media_workers), template.advertised_address)
+
+    async def _stop_media(self) -> None:
+        """Close the control connections, then stop the worker processes (SIGTERM, join in a thread)."""
+        clients, self.media_clients = self.media_clients, []
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.close()
+        workers, self.media_workers = self.media_workers, []
+        if workers:
+            await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers), return_exceptions=True)
+        self.media_pool = None
 
     async def _purge_loop(self) -> None:
         """Expired bindings are dropped even when nobody looks them up."""
@@ -210,8 +299,12 @@ class Application:
         """Close sockets and storage."""
         if self._purge_task:
             self._purge_task.cancel()
+        if self.b2bua is not None and hasattr(self.b2bua, "close"):
+            with contextlib.suppress(Exception):
+                await self.b2bua.close()
         if self.stack:
             await self.stack.close()
+        await self._stop_media()
         if self.location:
             await self.location.close()
         if self.hep:
@@ -248,7 +341,12 @@ async def _main(settings: Settings) -> int:
     from .app import build_app
 
     app = Application(settings)
-    await app.start()
+    try:
+        await app.start()
+    except MediaStartError as exc:
+        print(f"callpath: error: {exc}", file=sys.stderr, flush=True)
+        await app.stop()
+        return 1
     _tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -277,6 +375,8 @@ async def _main(settings: Settings) -> int:
         app.listening.append(f"{scheme}:{settings.web.listen}:{settings.web.port} (SIP over WebSocket at /ws)")
     for where in app.listening:
         print(f"callpath: listening on {where}", flush=True)
+    for line in app.media_lines:
+        print(f"callpath: {line}", flush=True)
     print(f"callpath: SIP domain {settings.sip.realm}; auth {'on' if settings.sip.auth else 'off'}; "
           f"database {settings.database_url}", flush=True)
     print("callpath: add a SIP account with: callpath user add alice --password secret --extension 1001", flush=True)

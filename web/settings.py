@@ -113,6 +113,27 @@ class WebSettings:
 
 
 @dataclass
+class MediaSettings:
+    """[media]: the media workers that anchor RTP of back-to-back calls (docs/media.md).
+
+    Off by default: enabling spawns worker processes and binds a fixed UDP port (``ice_port``) and the RTP
+    range, so two callpath processes on one host (tests, a second instance) would collide unless configured.
+    """
+
+    enabled: bool = _setting(False, help="start media workers and anchor the RTP of [[sip.b2bua]] calls")
+    workers: int = _setting(1, help="media worker processes (each takes its share of the RTP range)")
+    listen: str = _setting("0.0.0.0", help="address the media (ICE and RTP) sockets bind")
+    advertise: str = _setting("", help="address put in SDP c= lines and ICE candidates; empty -> sip advertise")
+    ice_port: int = _setting(40000, help="UDP port of browser (ICE) legs, +1 per further worker; 0 -> any")
+    rtp_port_min: int = _setting(30000, help="lowest plain-RTP port (even RTP ports, RTCP on +1)")
+    rtp_port_max: int = _setting(39999, help="highest plain-RTP port")
+    prefer_passthrough: bool = _setting(True, help="same G.711 codec on both legs when both offer it")
+    control_timeout: float = _setting(
+        2.0, help="seconds SIP waits for a media worker's reply before degrading (see docs/interfaces.md)"
+    )
+
+
+@dataclass
 class Settings:
     """The whole configuration of one callpath process, one attribute per TOML section."""
 
@@ -120,6 +141,7 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     sip: SipSettings = field(default_factory=SipSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
 
     @property
     def data_path(self) -> Path:
@@ -143,6 +165,7 @@ SECTIONS: dict[str, type] = {
     "database": DatabaseSettings,
     "sip": SipSettings,
     "web": WebSettings,
+    "media": MediaSettings,
 }
 
 
@@ -208,6 +231,8 @@ def _type_name(tp: Any) -> str:
         return "a string"
     if tp is int:
         return "an integer"
+    if tp is float:
+        return "a number"
     if tp is bool:
         return "a boolean (true/false)"
     if tp == list[str]:
@@ -228,6 +253,10 @@ def _check_toml_value(name: str, tp: Any, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong
         return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong
+        return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise wrong
@@ -284,6 +313,11 @@ def _parse_env_value(var: str, tp: Any, text: str) -> Any:
             return int(text.strip())
         except ValueError:
             raise SettingsError(f"{var}={text!r}: expected an integer") from None
+    if tp is float:
+        try:
+            return float(text.strip())
+        except ValueError:
+            raise SettingsError(f"{var}={text!r}: expected a number") from None
     if tp == list[str]:
         return [item.strip() for item in text.split(",") if item.strip()]
     if tp == list[B2buaEntry]:
@@ -377,6 +411,39 @@ def _validate(s: Settings) -> None:
         numbers.add(entry.number)
         if not entry.target.lower().startswith(("sip:", "sips:")):
             raise SettingsError(f"sip.b2bua[{i}].target must be a sip: or sips: URI, got {entry.target!r}")
+    _validate_media(s.media)
+
+
+def _validate_media(m: MediaSettings) -> None:
+    """[media]: worker count, port ranges that every worker can share, a positive control timeout."""
+    if m.workers < 1:
+        raise SettingsError(f"media.workers must be at least 1, got {m.workers}")
+    if not m.listen:
+        raise SettingsError("media.listen must not be empty")
+    for name, port in (("media.rtp_port_min", m.rtp_port_min), ("media.rtp_port_max", m.rtp_port_max)):
+        if not 1024 <= port <= 65535:
+            raise SettingsError(f"{name} must be between 1024 and 65535, got {port}")
+    if m.rtp_port_min >= m.rtp_port_max:
+        raise SettingsError(
+            f"media.rtp_port_min must be below media.rtp_port_max, got {m.rtp_port_min}-{m.rtp_port_max}"
+        )
+    span = (m.rtp_port_max - m.rtp_port_min + 1) // m.workers
+    if span - span % 2 < 2:
+        raise SettingsError(
+            f"media RTP range {m.rtp_port_min}-{m.rtp_port_max} is too small for {m.workers} workers "
+            "(each needs at least one RTP/RTCP pair)"
+        )
+    if m.ice_port:
+        last = m.ice_port + m.workers - 1
+        if m.ice_port < 1 or last > 65535:
+            raise SettingsError(f"media.ice_port must be between 1 and {65536 - m.workers} (or 0), got {m.ice_port}")
+        if m.ice_port <= m.rtp_port_max and last >= m.rtp_port_min:
+            raise SettingsError(
+                f"media.ice_port {m.ice_port} (one per worker) overlaps the RTP range "
+                f"{m.rtp_port_min}-{m.rtp_port_max}"
+            )
+    if m.control_timeout <= 0:
+        raise SettingsError(f"media.control_timeout must be positive, got {m.control_timeout}")
 
 
 # ---------------------------------------------------------------------------------------------- help
@@ -407,7 +474,7 @@ def settings_help() -> str:
         section_defaults = getattr(defaults, section_name)
         for f in dataclasses.fields(cls):
             default = _format_default(getattr(section_defaults, f.name))
-            lines.append(f"    {f.name:<17} {env_var_name(section_name, f.name):<32} default {default}")
+            lines.append(f"    {f.name:<18} {env_var_name(section_name, f.name):<34} default {default}")
             lines.append(f"        {f.metadata.get('help', '')}")
     return "\n".join(lines)
 
@@ -415,6 +482,7 @@ def settings_help() -> str:
 __all__ = [
     "B2buaEntry",
     "DatabaseSettings",
+    "MediaSettings",
     "ServerSettings",
     "Settings",
     "SettingsError",

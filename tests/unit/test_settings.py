@@ -246,10 +246,81 @@ def test_settings_error_is_a_value_error() -> None:
 def test_help_lists_every_setting_with_env_var_and_default() -> None:
     text = settings_help()
     defaults = Settings()
-    for section in ("server", "database", "sip", "web"):
+    for section in ("server", "database", "sip", "web", "media"):
         assert f"[{section}]" in text
         for f in dataclasses.fields(getattr(defaults, section)):
             assert f.name in text
             assert env_var_name(section, f.name) in text
     assert 'default ["MD5", "SHA-256"]' in text
     assert "default 5060" in text and "default true" in text and 'default "./data"' in text
+
+
+# -- [media] -------------------------------------------------------------------------------------------
+
+
+def test_media_defaults() -> None:
+    m = load_settings(None, {}).media
+    assert (m.enabled, m.workers, m.listen, m.advertise) == (False, 1, "0.0.0.0", "")
+    assert (m.ice_port, m.rtp_port_min, m.rtp_port_max) == (40000, 30000, 39999)
+    assert m.prefer_passthrough is True and m.control_timeout == 2.0
+
+
+def test_media_from_file_and_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "[media]\nenabled = true\nworkers = 2\nadvertise = \"203.0.113.7\"\n"
+                           "ice_port = 0\nrtp_port_min = 20000\nrtp_port_max = 20999\n"
+                           "prefer_passthrough = false\ncontrol_timeout = 1\n")
+    m = load_settings(path, {}).media
+    assert (m.enabled, m.workers, m.advertise, m.ice_port) == (True, 2, "203.0.113.7", 0)
+    assert (m.rtp_port_min, m.rtp_port_max, m.prefer_passthrough) == (20000, 20999, False)
+    assert m.control_timeout == 1.0 and isinstance(m.control_timeout, float)
+    env = {"CALLPATH_MEDIA_ENABLED": "no", "CALLPATH_MEDIA_RTP_PORT_MAX": "21999",
+           "CALLPATH_MEDIA_CONTROL_TIMEOUT": "0.5", "CALLPATH_MEDIA_LISTEN": "127.0.0.1"}
+    m = load_settings(path, env).media
+    assert (m.enabled, m.rtp_port_max, m.control_timeout, m.listen) == (False, 21999, 0.5, "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("toml", "fragment"),
+    [
+        ("[media]\nenable = true\n", "unknown setting media.enable (did you mean 'enabled'?)"),
+        ("[media]\nworkers = \"2\"\n", "media.workers must be an integer"),
+        ("[media]\nenabled = 1\n", "media.enabled must be a boolean"),
+        ("[media]\ncontrol_timeout = \"2\"\n", "media.control_timeout must be a number"),
+    ],
+)
+def test_media_file_errors(tmp_path: Path, toml: str, fragment: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(write(tmp_path, toml), {})
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"CALLPATH_MEDIA_WORKERS": "0"}, "media.workers must be at least 1"),
+        ({"CALLPATH_MEDIA_RTP_PORT_MIN": "80"}, "media.rtp_port_min must be between 1024 and 65535"),
+        ({"CALLPATH_MEDIA_RTP_PORT_MAX": "70000"}, "media.rtp_port_max must be between 1024 and 65535"),
+        ({"CALLPATH_MEDIA_RTP_PORT_MIN": "39999"}, "media.rtp_port_min must be below media.rtp_port_max"),
+        ({"CALLPATH_MEDIA_RTP_PORT_MIN": "30000", "CALLPATH_MEDIA_RTP_PORT_MAX": "30003",
+          "CALLPATH_MEDIA_WORKERS": "3"}, "too small for 3 workers"),
+        ({"CALLPATH_MEDIA_ICE_PORT": "35000"}, "overlaps the RTP range"),
+        ({"CALLPATH_MEDIA_ICE_PORT": "70000"}, "media.ice_port must be between"),
+        ({"CALLPATH_MEDIA_CONTROL_TIMEOUT": "0"}, "media.control_timeout must be positive"),
+        ({"CALLPATH_MEDIA_CONTROL_TIMEOUT": "soon"}, "CALLPATH_MEDIA_CONTROL_TIMEOUT='soon': expected a number"),
+        ({"CALLPATH_MEDIA_LISTEN": ""}, "media.listen must not be empty"),
+        ({"CALLPATH_MEDIA_ADVERTIZE": "x"}, "unknown environment variable CALLPATH_MEDIA_ADVERTIZE"),
+    ],
+)
+def test_media_values_are_validated(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(None, env)
+    assert fragment in str(info.value)
+
+
+def test_help_lists_the_media_section() -> None:
+    text = settings_help()
+    assert "[media]" in text
+    for key in ("enabled", "workers", "advertise", "ice_port", "rtp_port_min", "rtp_port_max",
+                "prefer_passthrough", "control_timeout"):
+        assert env_var_name("media", key) in text
+    assert "default 40000" in text and "default 2.0" in text
