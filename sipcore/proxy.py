@@ -81,7 +81,7 @@ class Proxy:
         self.ua: Any = None     # sipcore.ua.UserAgent: owns dialogs callpath itself takes part in
         self.b2bua: Any = None  # sipcore.b2bua.BackToBack: numbers answered and re-originated
         self._tasks: set[asyncio.Task] = set()
-        self.stats = {"registers": 0, "forwarded": 0, "auth_failures": 0}
+        self.stats = {"registers": 0, "forwarded": 0, "auth_failures": 0, "rejected_overload": 0}
         stack.tu = self
         self.refresh_domains()
 
@@ -119,6 +119,11 @@ class Proxy:
             return
         flow_hint = self._pop_own_routes(req)
         to_tag = req.to.tag
+        if to_tag is None and self.stack.overloaded:
+            # Shed new work while the loop lags: calls in progress keep their timing, callers retry later.
+            self.stats["rejected_overload"] += 1
+            tx.reply(503, "Service Unavailable (overloaded)", headers=[("Retry-After", "5")])
+            return
         if req.has("route"):
             if to_tag is None:  # a pre-loaded route: relayed for authenticated users only, like a foreign domain
                 self._spawn(self._relay_foreign(tx, req, req.routes[0].uri), tx)

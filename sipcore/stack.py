@@ -79,6 +79,9 @@ class SipStack:
         self.client_ssl: ssl.SSLContext | None = None
         self.stats = {"parse_errors": 0, "bad_requests": 0, "messages_in": 0, "messages_out": 0, "send_errors": 0,
                       "timer_wakeups": 0}
+        self.overload_lag = 0.25      # seconds of event-loop lag that count as overload (0: never)
+        self.loop_lag = 0.0           # last measured lag of the event loop
+        self._lag_probe: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- set-up ------------------------------------------------------------------------------------
@@ -111,8 +114,31 @@ class SipStack:
         """Register a transport served elsewhere (WebSocket via the web app)."""
         self.listeners[transport] = Listener(transport, host, port, self.advertise)
 
+    # -- overload ---------------------------------------------------------------------------------
+    def start_load_monitor(self, interval: float = 0.05) -> None:
+        """Measure event-loop lag every `interval`: a server that lags retransmits into a collapse."""
+        loop = self._loop or asyncio.get_running_loop()
+        due = loop.time() + interval
+
+        def probe() -> None:
+            self.record_lag(loop.time() - due)
+            self.start_load_monitor(interval)
+
+        self._lag_probe = loop.call_at(due, probe)
+
+    def record_lag(self, lag: float) -> None:
+        """Fold one lag sample in: rises at once, decays over a few samples."""
+        self.loop_lag = max(lag, self.loop_lag * 0.7)
+
+    @property
+    def overloaded(self) -> bool:
+        """Whether new work should be refused (503) so the calls in progress keep their timing."""
+        return self.overload_lag > 0 and self.loop_lag > self.overload_lag
+
     async def close(self) -> None:
         """Stop listening and drop connections."""
+        if self._lag_probe:
+            self._lag_probe.cancel()
         if self._timer:
             self._timer.cancel()
         if self._udp:

@@ -200,6 +200,7 @@ class Application:
             await self.hep.start()
         stack = self.stack = SipStack(sip.advertise_host, max_message_size=sip.max_message_size,
                                       trace=sip.sip_trace, hep=self.hep)
+        stack.overload_lag = sip.overload_lag_ms / 1000.0
         if sip.udp_port:
             port = await stack.listen_udp(sip.listen, sip.udp_port)
             self.listening.append(f"udp:{sip.listen}:{port}")
@@ -221,6 +222,7 @@ class Application:
         if s.media.enabled:
             await self._start_media()
         self._wire_b2bua()
+        stack.start_load_monitor()
         self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop())
 
     def _wire_b2bua(self) -> None:

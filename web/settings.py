@@ -87,6 +87,8 @@ class SipSettings:
     sip_trace: bool = _setting(False, help="print every SIP message sent/received")
     hep: str = _setting("", help="host:port of a HEP v3 collector (Homer, sngrep -L); empty disables")
     max_message_size: int = _setting(65535, help="largest SIP message accepted (bytes)")
+    overload_lag_ms: int = _setting(
+        250, help="event-loop lag (ms) above which new calls/registrations get 503 + Retry-After; 0 disables")
     b2bua: list[B2buaEntry] = _setting(
         help="[[sip.b2bua]] number/target tables; env: NUMBER=TARGET,NUMBER=TARGET", factory=list
     )

@@ -263,3 +263,23 @@ async def test_calls_to_a_registration_with_path_go_to_the_edge_proxy_first():
     assert str(fwd.uri) == "sip:alice@10.9.9.9:5070"
     assert fwd.get("route") == "<sip:127.0.0.1:5099;lr>"
     assert fwd.max_forwards == 69 and fwd.get("record-route", ).startswith("<sip:127.0.0.1:5060;lr")
+
+
+async def test_overload_sheds_new_work_with_503_but_not_dialogs_in_progress():
+    h = Harness(auth=False)
+    h.stack.overload_lag = 0.25
+    h.stack.record_lag(0.6)  # the event loop ran 600 ms late
+    assert h.stack.overloaded
+    (r,) = await h.send(register())
+    assert status(r) == 503 and b"Retry-After: 5" in r
+    # an in-dialog request (To tag) is still routed: here it gets 481 as callpath knows no such dialog
+    bye = invite().replace("INVITE sip", "BYE sip").replace("1 INVITE", "2 BYE").replace(
+        "To: <sip:1001@127.0.0.1>", "To: <sip:1001@127.0.0.1>;tag=x")
+    (r,) = await h.send(bye)
+    assert status(r) == 481
+    for _ in range(10):  # the lag estimate decays once the loop keeps time again
+        h.stack.record_lag(0.0)
+    assert not h.stack.overloaded
+    (r,) = await h.send(register(call_id="after"))
+    assert status(r) == 200
+    assert h.proxy.stats["rejected_overload"] == 1
