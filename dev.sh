@@ -34,6 +34,11 @@ ensure_venv() {  # ensure_venv EXTRAS
         { command -v gcc >/dev/null && [ -f "$(/usr/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; } \
             || apt_install gcc python3-dev || echo "dev.sh: no compiler: using the pure-Python paths"
     fi
+    # a venv made from another interpreter (say pyenv's, before Debian's PGO+LTO build was preferred) is rebuilt
+    if [ -f "$VENV/pyvenv.cfg" ] && ! grep -q "^home = $(dirname "$(readlink -f "$(command -v "$PY")")")\$" "$VENV/pyvenv.cfg"; then
+        echo "dev.sh: $VENV was made from another Python: recreating it with $PY"
+        rm -rf "$VENV"
+    fi
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     local stamp="$VENV/.installed$1"
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
