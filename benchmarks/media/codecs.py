@@ -15,7 +15,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -25,35 +24,9 @@ import numpy as np  # noqa: E402
 
 from media import g711  # noqa: E402
 from media.opus import OpusDecoder, OpusEncoder, libopus_version  # noqa: E402
+from timing import Timing, measure  # noqa: E402  (benchmarks/media/timing.py)
 
 LEGS = 200  # legs converted per batched call (one media worker's calls)
-
-
-class Timing(float):
-    """Median µs per call over the runs (the float value), with the best run kept beside it."""
-
-    best: float
-
-    def __new__(cls, median: float, best: float) -> "Timing":
-        obj = super().__new__(cls, median)
-        obj.best = best
-        return obj
-
-    def __truediv__(self, other: float) -> "Timing":  # type: ignore[override]
-        return Timing(float(self) / other, self.best / other)
-
-
-def measure(fn: Callable[[], object], calls: int, runs: int) -> Timing:
-    """Median (and best) over runs of the mean µs per call of fn (after a short warm-up)."""
-    for _ in range(max(1, calls // 10)):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) / calls * 1e6)
-    return Timing(statistics.median(times), min(times))
 
 
 def _bound(fn: Callable[[object], object], arg: object) -> Callable[[], object]:

@@ -15,10 +15,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -30,37 +28,11 @@ from media import audio  # noqa: E402
 from media.mixer import Conference, ConferenceBatch, mix_two, reference_mix  # noqa: E402
 from media.player import Player, Prompt, PromptCache, decode_file  # noqa: E402
 from media.recorder import CallRecorder  # noqa: E402
+from timing import Timing, measure  # noqa: E402  (benchmarks/media/timing.py)
 
 S = 160
 CONFS = 100  # conferences per batched call (a worker's conferences)
 PLAYERS = 1000  # legs hearing the same MOH
-
-
-class Timing(float):
-    """Median µs per call over the runs (the float value), with the best run kept beside it."""
-
-    best: float
-
-    def __new__(cls, median: float, best: float) -> "Timing":
-        obj = super().__new__(cls, median)
-        obj.best = best
-        return obj
-
-    def __truediv__(self, other: float) -> "Timing":  # type: ignore[override]
-        return Timing(float(self) / other, self.best / other)
-
-
-def measure(fn: Callable[[], object], calls: int, runs: int) -> Timing:
-    """Median (and best) over runs of the mean µs per call of fn (after a short warm-up)."""
-    for _ in range(max(1, calls // 10)):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) / calls * 1e6)
-    return Timing(statistics.median(times), min(times))
 
 
 class Rows:
