@@ -8,7 +8,6 @@ telephone-event (aiortc drops payload types it does not know, so that is checked
 from __future__ import annotations
 
 import asyncio
-import fractions
 import random
 import struct
 import time
@@ -19,7 +18,7 @@ import pytest
 av = pytest.importorskip("av")
 aiortc = pytest.importorskip("aiortc")
 
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription  # noqa: E402
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription  # noqa: E402
 
 from media import g711  # noqa: E402
 from media.audio import dominant_frequency, tone  # noqa: E402
@@ -27,38 +26,12 @@ from media.dtmf import decode_telephone_event, packets_for_press  # noqa: E402
 from media.worker import MediaSettings, MediaWorker  # noqa: E402
 from sipcore.sdp import SessionDescription, create_answer  # noqa: E402
 
+from aiortc_peers import SineTrack  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
 BROWSER_HZ = 440.0
 TRUNK_HZ = 1000.0
-
-
-class SineTrack(MediaStreamTrack):
-    """A 440 Hz tone as 20 ms mono s16 frames at 48 kHz, paced in real time."""
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._start: float | None = None
-        self._pts = 0
-
-    async def recv(self) -> av.AudioFrame:
-        samples = 960
-        if self._start is None:
-            self._start = time.time()
-        else:
-            self._pts += samples
-            wait = self._start + self._pts / 48000 - time.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-        t = (np.arange(samples) + self._pts) / 48000
-        pcm = (np.sin(2 * np.pi * BROWSER_HZ * t) * 12000).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = 48000
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, 48000)
-        return frame
 
 
 class TrunkPeer(asyncio.DatagramProtocol):
@@ -130,7 +103,7 @@ async def worker():
 @pytest.mark.parametrize("pcmu_only", [False, True], ids=["opus-pcmu", "pcmu-passthrough"])
 async def test_browser_to_trunk_call(worker: MediaWorker, pcmu_only: bool):
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    transceiver = pc.addTransceiver(SineTrack(), direction="sendrecv")
+    transceiver = pc.addTransceiver(SineTrack(BROWSER_HZ), direction="sendrecv")
     wanted = "audio/pcmu" if pcmu_only else "audio/opus"
     caps = RTCRtpSender.getCapabilities("audio")
     transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType.lower() == wanted])
@@ -238,7 +211,7 @@ async def test_trunk_to_browser_call(worker: MediaWorker, prefer_passthrough: bo
         assert sd.media[0].proto == "UDP/TLS/RTP/SAVPF" and sd.media[0].attribute("setup") == "actpass"
         await pc.setRemoteDescription(RTCSessionDescription(sdp=to_browser, type="offer"))
         for transceiver in pc.getTransceivers():
-            transceiver.sender.replaceTrack(SineTrack())
+            transceiver.sender.replaceTrack(SineTrack(BROWSER_HZ))
             transceiver.direction = "sendrecv"
         await pc.setLocalDescription(await pc.createAnswer())
         to_trunk = SessionDescription.parse(

@@ -8,9 +8,7 @@ remote track yields decoded frames.
 from __future__ import annotations
 
 import asyncio
-import fractions
 import struct
-import time
 
 import numpy as np
 import pytest
@@ -19,7 +17,6 @@ av = pytest.importorskip("av")
 aiortc = pytest.importorskip("aiortc")
 
 from aiortc import (  # noqa: E402
-    MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
     RTCSessionDescription,
@@ -36,38 +33,12 @@ from media.webrtc import (  # noqa: E402
 )
 from sipcore.sdp import SessionDescription, create_answer  # noqa: E402
 
+from aiortc_peers import SineTrack  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
 SAMPLE_RATE = 48000
 TONE_HZ = 440.0
-
-
-class SineTrack(MediaStreamTrack):
-    """A 440 Hz tone, 20 ms mono s16 frames at 48 kHz, paced in real time."""
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._start: float | None = None
-        self._pts = 0
-
-    async def recv(self) -> av.AudioFrame:
-        samples = SAMPLE_RATE // 50
-        if self._start is None:
-            self._start = time.time()
-        else:
-            self._pts += samples
-            wait = self._start + self._pts / SAMPLE_RATE - time.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-        t = (np.arange(samples) + self._pts) / SAMPLE_RATE
-        pcm = (np.sin(2 * np.pi * TONE_HZ * t) * 12000).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
-        return frame
 
 
 def rtp_fields(packet: bytes) -> tuple[int, int, int, int, bytes]:
@@ -169,7 +140,7 @@ class Browser:
 
     async def call(self) -> None:
         """Offer (aiortc), answer (callpath), and run until media flowed both ways."""
-        self.pc.addTrack(SineTrack())
+        self.pc.addTrack(SineTrack(TONE_HZ))
         await self.pc.setLocalDescription(await self.pc.createOffer())
         self.offer = offer = SessionDescription.parse(self.pc.localDescription.sdp)
         assert offer.media[0].proto == "UDP/TLS/RTP/SAVPF"
