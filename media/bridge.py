@@ -19,7 +19,9 @@ that side; SRTP protection is the leg's job) and ``next_event()`` (``DtmfReceive
   and the audio is passed through, else through ``TelephoneEventTranslator`` (48000 <-> 8000) on the other
   side's event payload type and stream. If the other side negotiated no telephone-event, the digit is played
   in-band there (``dtmf_tone`` frames) instead. While an event is relayed, audio towards that side pauses
-  (the timeline keeps advancing), as endpoints do. A transcoded leg that negotiated no telephone-event is
+  (the timeline keeps advancing), as endpoints do. Received event packets use sequence numbers of the audio
+  stream they replace: on a transcoded path they are marked in the jitter buffer (``mark_non_audio``), so they
+  are neither counted lost nor concealed. A transcoded leg that negotiated no telephone-event is
   watched for in-band tones (``DtmfDetector`` on the decoded frames; reported with ``source="inband"``; the
   tones themselves go through in the audio).
 """
@@ -244,6 +246,9 @@ class Bridge:
                 path.stats.packets_out += 1
         elif pt == src.event_payload_type and src.event_payload_type is not None:
             path.stats.events_in += 1
+            if path.jitter is not None:
+                # the event takes sequence numbers of the audio stream: not a loss, nothing to conceal
+                path.jitter.mark_non_audio(seq, ts, now, ssrc)
             self._receive_event(path, packet, seq, ts, marker, now)
         else:
             path.stats.dropped += 1
@@ -475,7 +480,10 @@ def tick_bridges(bridges: Iterable[Bridge], now: float, *, batch: bool = True) -
         pcm = path.pending_pcm
         path.pending_codes = None
         if pcm is None:
-            if path.transcode and now >= path.event_until:
+            if path.transcode:
+                # nothing to send (before playout, silence, or a telephone-event in place of the audio, being
+                # relayed or not): the outgoing timeline still advances one frame, as it does when audio pauses
+                # for a relayed event, so the audio after it is stamped in real time past the event
                 path.sender.skip()
             continue
         if path.pending_good and path.src_law is not None:

@@ -18,7 +18,13 @@ How it works:
   most `max_conceal_ms`, then treated as silence until packets return and playout re-anchors;
 - a sequence jump beyond RFC 3550's dropout/misorder limits, a timestamp running backwards or jumping
   against the arrival clock, or a new SSRC (when `put` is given one) resynchronises the buffer; a
-  sequence jump with a continuous timeline is skipped over (counted lost) without a Missing per number.
+  sequence jump with a continuous timeline is skipped over (counted lost) without a Missing per number;
+- packets of the same stream that carry no audio (RFC 4733 telephone-events take sequence numbers of the
+  audio stream they replace) are recorded with `mark_non_audio`: their numbers go through the same sequence
+  tracking and resync as audio (one from another SSRC is ignored) but leave the delay estimate and the audio
+  counters alone, and `get` passes over them without a loss or a Missing. They take no playout time: the
+  audio after an event carries a later timestamp, so it plays like audio after a DTX gap (None until its
+  time, or a re-anchor when the buffer ran dry during the event), which keeps playout on the sender's clock.
 """
 from __future__ import annotations
 
@@ -107,6 +113,7 @@ class JitterBuffer:
     def _reset(self) -> None:
         """Forget the stream (keeps stats and the learned delay target)."""
         self._buf: dict[int, tuple[int, bytes]] = {}
+        self._marks: set[int] = set()         # extended sequences that carry no audio (mark_non_audio), not played yet
         self._state = _BUFFERING
         self._ssrc: int | None = None
         self._highest: int | None = None      # extended highest sequence received
@@ -152,35 +159,42 @@ class JitterBuffer:
         return len(self._buf)
 
     # -- input -------------------------------------------------------------------------------------
-    def put(self, seq: int, timestamp: int, payload: bytes, arrival: float, ssrc: int | None = None) -> None:
-        """Queue a received packet (16-bit seq, 32-bit timestamp) that arrived at `arrival` (seconds)."""
-        st = self._stats
-        st.received += 1
+    def _extend(self, seq: int, timestamp: int, ssrc: int | None, audio: bool) -> tuple[int, int, int]:
+        """SSRC change, 16/32-bit unrolling and resync: (extended seq, extended timestamp, seq step from the highest).
+
+        Non-audio packets (`audio` false) resync on an SSRC change or a sequence jump only: their timestamp is an
+        event's start, which lags the audio timeline by design, and they do not move the timestamp reference.
+        """
         if ssrc is not None and ssrc != self._ssrc:
             if self._ssrc is not None:
                 self.reset()
             self._ssrc = ssrc
         hi = self._highest
-        if hi is None:
-            ext, ets = seq, timestamp
-            self._highest, self._ref_ts = ext, ets
-        else:
+        if hi is not None:
             d = ((seq - hi + 0x8000) & 0xFFFF) - 0x8000
             ref = self._ref_ts
             dts = ((timestamp - ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-            if (d > MAX_DROPOUT or d < -MAX_MISORDER or dts > self.max_ts_jump or dts < -self.max_ts_jump
-                    or (d > 0 and dts < 0)):
-                keep = self._ssrc
-                self.reset()
-                self._ssrc = keep
-                ext, ets = seq, timestamp
-                self._highest, self._ref_ts = ext, ets
-            else:
+            if not (d > MAX_DROPOUT or d < -MAX_MISORDER
+                    or (audio and (dts > self.max_ts_jump or dts < -self.max_ts_jump or (d > 0 and dts < 0)))):
                 ext, ets = hi + d, ref + dts
                 if d > 0:
-                    self._highest, self._ref_ts = ext, ets
-                elif d < 0:
-                    st.reordered += 1
+                    self._highest = ext
+                    if audio:
+                        self._ref_ts = ets
+                return ext, ets, d
+            keep = self._ssrc
+            self.reset()
+            self._ssrc = keep
+        self._highest, self._ref_ts = seq, timestamp
+        return seq, timestamp, 0
+
+    def put(self, seq: int, timestamp: int, payload: bytes, arrival: float, ssrc: int | None = None) -> None:
+        """Queue a received packet (16-bit seq, 32-bit timestamp) that arrived at `arrival` (seconds)."""
+        st = self._stats
+        st.received += 1
+        ext, ets, d = self._extend(seq, timestamp, ssrc, True)
+        if d < 0:
+            st.reordered += 1
 
         # transit, its windowed minimum, the peak spread and the target delay
         transit = arrival - ets / self.clock_rate
@@ -228,7 +242,7 @@ class JitterBuffer:
             self._seen |= bit
             return
         buf = self._buf
-        if ext in buf:
+        if ext in buf or ext in self._marks:
             st.duplicate += 1
             return
         buf[ext] = (ets, payload)
@@ -237,6 +251,60 @@ class JitterBuffer:
             self._start_at = ets / self.clock_rate + base + target
         if len(buf) > self.capacity:
             self._overflow()
+
+    def mark_non_audio(self, seq: int, timestamp: int, arrival: float, ssrc: int | None = None) -> None:
+        """Record that sequence `seq` of the stream carries no audio (an RFC 4733 telephone-event packet).
+
+        The number goes through the same SSRC/sequence tracking and resync as `put` (timestamp checks aside),
+        so `get` passes over it: not lost, not concealed, no playout time. It is not counted as received audio
+        and does not feed the delay estimate (`arrival` is accepted for symmetry with `put`, and unused). If its
+        slot was already given up (counted lost), it is counted late instead, like an audio packet. A packet
+        from an SSRC other than the audio's (or before any audio, when `ssrc` is given) is ignored: it does not
+        share the audio's sequence numbers, and resynchronising on it would flush the buffered audio.
+        """
+        if ssrc is not None and ssrc != self._ssrc:
+            return
+        ext, _, _ = self._extend(seq, timestamp, None, False)
+        ns = self._next_seq
+        if ns is not None and ext < ns:
+            i = ns - 1 - ext
+            bit = 1 << i if i < 64 else 0
+            if not bit or self._seen & bit:
+                return
+            self._seen |= bit
+            st = self._stats
+            st.late += 1
+            if self._lostm & bit:
+                st.lost -= 1
+                self._lostm ^= bit
+            return
+        if ext in self._buf:
+            return
+        marks = self._marks
+        marks.add(ext)
+        if len(marks) > 4 * self.capacity + MAX_MISORDER:   # no audio to play them against: keep the newest
+            marks.discard(min(marks))
+
+    def _eat_marks(self) -> bool:
+        """Pass over the non-audio sequence numbers at the playout point; whether there were any."""
+        marks = self._marks
+        ns = self._next_seq
+        if ns is None or ns not in marks:
+            return False
+        seen, lostm = self._seen, self._lostm
+        while ns in marks:
+            marks.discard(ns)
+            ns += 1
+            seen = ((seen << 1) | 1) & _MASK64
+            lostm = (lostm << 1) & _MASK64
+        self._seen, self._lostm = seen, lostm
+        self._next_seq = ns
+        return True
+
+    def _drop_marks_below(self, seq: int) -> None:
+        """Forget non-audio marks the playout point jumped over without counting them."""
+        if self._marks:
+            self._marks = {m for m in self._marks if m >= seq}
 
     def _overflow(self) -> None:
         """Too many frames buffered (a burst after an outage): drop the oldest down to the target depth."""
@@ -249,6 +317,7 @@ class JitterBuffer:
             first = keys[-keep]
             self._seen = self._lostm = 0
             self._next_seq = first
+            self._drop_marks_below(first)
             self._play_ts = self._buf[first][0]
 
     # -- output ------------------------------------------------------------------------------------
@@ -258,17 +327,21 @@ class JitterBuffer:
         buf = self._buf
         st = self._stats
         if state != _PLAYING:
+            if self._marks:
+                self._eat_marks()                 # non-audio numbers (an event) arriving while idle
             if state == _IDLE or not buf or now + 1e-6 < self._start_at:
                 return None
             lowest = min(buf)
             ns = self._next_seq
             if ns is not None and lowest > ns:
-                self._skip(lowest - ns)
+                self._skip(ns, lowest - ns)
             self._next_seq = lowest
+            self._drop_marks_below(lowest)
             self._play_ts = buf[lowest][0]
             self._state = _PLAYING
             self._empty_run = 0
 
+        ate = self._eat_marks() if self._marks else False
         ns: int = self._next_seq  # type: ignore[assignment]  # set whenever playing
         rate = self.clock_rate
         base = self._mt_cur if self._mt_cur < self._mt_prev else self._mt_prev
@@ -314,7 +387,7 @@ class JitterBuffer:
             lowest = min(buf)
             if buf[lowest][0] <= self._play_ts:
                 # the sequence jumped but the timeline did not: nothing between is coming, skip to it
-                self._skip(lowest - ns)
+                self._skip(ns, lowest - ns)
                 self._next_seq = lowest
                 return self.get(now)
             if delay < target - frame:
@@ -324,9 +397,16 @@ class JitterBuffer:
             missing = Missing(ns & 0xFFFF, self._play_ts & 0xFFFFFFFF, None if nxt is None else nxt[1])
             self._next_seq = ns + 1
             self._play_ts += self.frame_samples
-            self._skip(1)
+            self._skip(ns, 1)
             st.concealed += 1
             return missing
+
+        if ate:
+            # the slot carried no audio (a telephone-event replaces it for its duration) and no audio is here yet:
+            # nothing to play, no concealment; like a silence gap, playout re-anchors on the audio that follows,
+            # at its own timestamp, so the event costs no drift however its packets were spaced
+            self._state = _IDLE
+            return None
 
         # empty: late packets (a spike) or the start of silence; conceal a little, holding the playout point
         self._empty_run += 1
@@ -338,11 +418,23 @@ class JitterBuffer:
         st.concealed += 1
         return Missing(ns & 0xFFFF, self._play_ts & 0xFFFFFFFF, None)
 
-    def _skip(self, gap: int) -> None:
-        """Count `gap` sequence numbers before next_seq as lost in the late/duplicate bookkeeping."""
-        self._stats.lost += gap
+    def _skip(self, start: int, gap: int) -> None:
+        """Pass over `gap` sequence numbers from `start` (late/duplicate bookkeeping): lost, unless marked non-audio."""
         if gap >= 64:
-            self._seen, self._lostm = 0, _MASK64
+            seen, lostm = 0, _MASK64
         else:
-            self._seen = (self._seen << gap) & _MASK64
-            self._lostm = ((self._lostm << gap) | ((1 << gap) - 1)) & _MASK64
+            seen = (self._seen << gap) & _MASK64
+            lostm = ((self._lostm << gap) | ((1 << gap) - 1)) & _MASK64
+        hits = 0
+        marks = self._marks
+        if marks:
+            end = start + gap
+            for m in [m for m in marks if start <= m < end]:
+                marks.discard(m)
+                hits += 1
+                i = end - 1 - m
+                if i < 64:
+                    seen |= 1 << i
+                    lostm &= ~(1 << i)
+        self._stats.lost += gap - hits
+        self._seen, self._lostm = seen, lostm

@@ -224,3 +224,50 @@ def test_inband_dtmf_from_a_trunk_without_telephone_event_is_reported():
     events = list(iter(bridge.next_event, None))
     assert [(e.leg, e.digit, e.source) for e in events] == [("b", "3", "inband")]
     assert abs(events[0].duration_ms - 100) <= 20
+
+
+def test_dtmf_inside_a_transcoded_audio_stream_is_not_counted_lost():
+    # a browser's audio stream with a 200 ms key press in it: the telephone-event packets replace the audio and
+    # take its sequence numbers (same SSRC); the audio resumes on the sender's clock after the press
+    bridge = Bridge(BROWSER_OPUS, TRUNK_PCMU)
+    opus = opus48_frames(440, 80)
+    press_at = 30
+    press = packets_for_press("5", 200, 48000 + 960 * press_at, 48000)
+    press_ticks = len(press)
+    seq, events_sent = 100, 0
+    audio_out: list[tuple[int, int]] = []              # (tick, RTP timestamp) of audio sent to the trunk
+    event_out: list[bytes] = []
+    for i in range(80):
+        now = i * TICK
+        if press_at <= i < press_at + press_ticks:
+            for pkt in press[i - press_at]:
+                bridge.receive_rtp("a", rtp(126, seq, pkt.timestamp, 0xAAAA, pkt.payload, pkt.marker), now + 0.003)
+                seq += 1
+                events_sent += 1
+        elif i < 74:
+            bridge.receive_rtp("a", rtp(111, seq, 48000 + 960 * i, 0xAAAA, opus[i]), now + 0.003)
+            seq += 1
+        tick_bridges([bridge], now + 0.01)
+        for side, p in bridge.packets_to_send():
+            if side == "b":
+                pt, _, ts, _, _ = peek_header(p)
+                if pt == 0:
+                    audio_out.append((i, ts))
+                elif pt == 101:
+                    event_out.append(p)
+    assert bridge.next_event() == DtmfReceived("a", "5", 200.0)
+    stats = bridge.stats()["a"]
+    assert stats["events_in"] == events_sent == 12      # 10 packets + 2 retransmitted ends
+    assert stats["lost"] == 0 and stats["late"] == 0
+    assert stats["concealed"] <= 3                      # only the end of the stream, after the last packet
+    # the trunk gets the digit as telephone-events and the audio around it on one real-time timeline
+    assert event_out and all(decode_telephone_event(p[12:]).event == 5 for p in event_out)
+    t0 = audio_out[0][1] - 160 * audio_out[0][0]
+    assert all((ts - 160 * i - t0) & 0xFFFFFFFF == 0 for i, ts in audio_out)
+    ev_ts = peek_header(event_out[0])[2]
+    before = [ts for _, ts in audio_out if ((ts - ev_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000 < 0]
+    after = [ts for _, ts in audio_out if ((ts - ev_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000 >= 0]
+    assert len(before) >= 25 and len(after) >= 30
+    duration = decode_telephone_event(event_out[-1][12:]).duration
+    assert ((after[0] - ev_ts) & 0xFFFFFFFF) >= duration   # no audio inside the event's span
+    bridge.close()

@@ -251,3 +251,132 @@ def test_sequence_jump_with_continuous_timeline_is_skipped_not_a_missing_storm()
     out = run(jb, pkts, 80)
     assert frames(out) == list(range(60))
     assert not missing(out) and jb.stats.resyncs == 0
+
+
+# -- non-audio packets sharing the sequence numbers (RFC 4733 telephone-events) ------------------------
+
+def with_event(n_before: int, n_event: int, n_after: int, *, end_retransmits: int = 2, seq0: int = 1000,
+               ts0: int = 50_000, t0: float = 0.005):
+    """A talkspurt, a key press, a talkspurt, as a browser sends them: (arrival, seq, ts, payload or None).
+
+    The event replaces the audio for n_event frames: one event packet per 20 ms, all with the event's start
+    timestamp, the final one sent 1 + end_retransmits times at once; the audio after it resumes on the
+    sender's clock. payload None marks a telephone-event packet; audio payloads are the frame index."""
+    out, seq = [], seq0
+    for i in range(n_before):
+        out.append((t0 + TICK * i, seq & 0xFFFF, ts0 + FS * i, str(i).encode()))
+        seq += 1
+    start = ts0 + FS * n_before
+    for k in range(n_event):
+        for _ in range(1 + (end_retransmits if k == n_event - 1 else 0)):
+            out.append((t0 + TICK * (n_before + k), seq & 0xFFFF, start, None))
+            seq += 1
+    for j in range(n_after):
+        i = n_before + n_event + j
+        out.append((t0 + TICK * i, seq & 0xFFFF, ts0 + FS * i, str(i).encode()))
+        seq += 1
+    return out
+
+
+def run_marked(jb: JitterBuffer, packets, ticks: int):
+    """Like run(), with payload None fed to mark_non_audio."""
+    pending = sorted(packets, key=lambda p: p[0])
+    out, k = [], 0
+    for n in range(ticks):
+        now = n * TICK
+        while k < len(pending) and pending[k][0] <= now:
+            arr, seq, ts, payload = pending[k]
+            if payload is None:
+                jb.mark_non_audio(seq, ts, arr, 0x5)
+            else:
+                jb.put(seq, ts, payload, arr, 0x5)
+            k += 1
+        out.append((now, jb.get(now)))
+    return out
+
+
+def test_marked_non_audio_packets_are_neither_lost_nor_concealed() -> None:
+    pkts = with_event(30, 10, 30)
+    assert len(pkts) == 72                                   # 12 event packets inside the audio's numbering
+    jb = JitterBuffer(RATE)
+    out = run_marked(jb, pkts, 90)
+    audio = [int(p[3]) for p in pkts if p[3] is not None]
+    assert frames(out) == audio
+    assert not missing(out)
+    st = jb.stats
+    assert st.lost == 0 and st.late == 0 and st.duplicate == 0 and st.resyncs == 0
+    assert st.received == 60 and st.played == 60            # the events are not received audio
+    # no drift: the audio after the event plays as late after its send time as the audio before it
+    when = {int(r.payload): t for t, r in out if isinstance(r, Frame)}
+    assert when[45] - when[25] == pytest.approx(20 * TICK)
+    # the event's ticks are silence (None), not a Missing; the clock sees a frame every tick otherwise
+    during = [r for t, r in out if when[29] < t < when[40]]
+    assert len(during) == 10 and all(r is None for r in during)
+
+
+def test_without_marks_the_event_numbers_count_as_lost() -> None:
+    # what the bridge did before marking them: the same stream, event packets simply not given to the buffer
+    pkts = [p for p in with_event(30, 10, 30) if p[3] is not None]
+    jb = JitterBuffer(RATE)
+    run_marked(jb, pkts, 90)
+    assert jb.stats.lost == 12
+
+
+def test_marked_packets_reordered_with_audio() -> None:
+    pkts = with_event(31, 10, 29)
+    # swap every pair of consecutive packets (audio/audio, audio/event, event/event) across the whole call
+    swapped = []
+    for i in range(0, len(pkts) - 1, 2):
+        a, b = pkts[i], pkts[i + 1]
+        swapped += [(b[0], *b[1:]), (b[0] + 0.001, *a[1:])]
+    assert len(swapped) == len(pkts)
+    kinds = [(swapped[i][3] is None, swapped[i + 1][3] is None) for i in range(0, len(swapped), 2)]
+    assert (True, False) in kinds and (False, True) in kinds   # an event packet overtakes audio, and the reverse
+    jb = JitterBuffer(RATE)
+    out = run_marked(jb, swapped, 100)
+    assert frames(out) == [int(p[3]) for p in pkts if p[3] is not None]
+    assert not missing(out)
+    assert jb.stats.lost == 0 and jb.stats.late == 0 and jb.stats.duplicate == 0
+    assert jb.stats.reordered > 0
+
+
+def test_marks_interleaved_with_continuing_audio_play_every_frame() -> None:
+    # a sender that keeps sending audio during the event, its event packets taking numbers in between
+    pkts, seq = [], 1000
+    for i in range(60):
+        pkts.append((0.005 + TICK * i, seq, 50_000 + FS * i, str(i).encode()))
+        seq += 1
+        if 20 <= i < 30:
+            pkts.append((0.006 + TICK * i, seq, 50_000 + FS * 20, None))   # the event's start timestamp
+            seq += 1
+    jb = JitterBuffer(RATE)
+    out = run_marked(jb, pkts, 70)
+    assert frames(out) == list(range(60))
+    assert not missing(out)
+    assert jb.stats.lost == 0 and jb.stats.resyncs == 0
+    results = [r for _, r in out]
+    first = next(i for i, r in enumerate(results) if isinstance(r, Frame))
+    assert None not in results[first:first + 60]          # marks take no playout time
+
+
+def test_lost_audio_next_to_marks_is_still_lost_and_a_late_mark_is_not() -> None:
+    pkts = with_event(30, 10, 30)
+    event = [i for i, p in enumerate(pkts) if p[3] is None]
+    lost_audio = event[-1] + 1                              # the first audio packet after the event
+    late_mark = event[4]                                    # an event packet held 300 ms by the network
+    pkts = [p for i, p in enumerate(pkts) if i != lost_audio]
+    pkts = [(p[0] + 0.3, *p[1:]) if i == late_mark else p for i, p in enumerate(pkts)]
+    jb = JitterBuffer(RATE)
+    out = run_marked(jb, pkts, 90)
+    assert jb.stats.lost == 1
+    assert jb.stats.late == 1                               # the held event packet: its number was passed over
+    assert [m.seq for m in missing(out)] in ([], [1000 + lost_audio])
+    assert frames(out) == [int(p[3]) for p in pkts if p[3] is not None]
+
+
+def test_marks_from_another_ssrc_do_not_resync() -> None:
+    jb = JitterBuffer(RATE)
+    for i in range(5):
+        jb.put(1000 + i, 50_000 + FS * i, str(i).encode(), 0.005 + TICK * i, 0xA)
+    jb.mark_non_audio(7, 123, 0.1, 0xB)
+    assert jb.stats.resyncs == 0 and len(jb) == 5
