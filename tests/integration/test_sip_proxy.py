@@ -6,8 +6,9 @@ the proxy (Record-Route, ACK/BYE through callpath); CANCEL; parallel forking to 
 """
 from __future__ import annotations
 
+import json
 import socket
-import time
+import urllib.request
 import uuid
 
 import pytest
@@ -56,9 +57,12 @@ def test_register_refresh_unregister_with_digest(server):
     result = run_sipp("register_auth.xml", server.target, local_port=port, users_csv=[ALICE[:2]],
                       keys=server.sipp_keys(contact_port=port))
     result.check(calls=1)
-    # the scenario ends with Expires: 0, so alice has no binding left: a call to her gets 480
+    # the scenario ends with Expires: 0: alice has no binding left
+    status = json.load(urllib.request.urlopen(server.web_url + "/api/v1/status", timeout=5))
+    assert status["bindings"] == 0 and status["proxy"]["registers"] >= 3
+    # an unauthenticated caller is challenged before anything else
     resp = sip_request(server, options_or_invite("INVITE", "1001", server))
-    assert resp.startswith("SIP/2.0 407")  # unauthenticated caller is challenged first
+    assert resp.startswith("SIP/2.0 407")
 
 
 def options_or_invite(method: str, user: str, server) -> str:
@@ -101,8 +105,11 @@ def test_authenticated_call_through_the_proxy(server):
         result.check(calls=1)
         uas_result = uas.wait(timeout=15)
     uas_result.check(calls=1)
-    # ACK and BYE went through callpath: the UAS saw them with callpath's Record-Route as Route
-    assert "Record-Route: <sip:127.0.0.1:" in uas_result.log or "Record-Route:" in uas_result.log
+    log = uas_result.log
+    # the INVITE was record-routed by callpath, and the BYE came back through callpath (its Via on top)
+    assert f"Record-Route: <sip:127.0.0.1:{server.sip_port};lr>" in log, log[-3000:]
+    bye = log[log.index("BYE sip:"):]
+    assert bye.split("Via: ", 1)[1].startswith(f"SIP/2.0/UDP 127.0.0.1:{server.sip_port};branch="), bye[:600]
 
 
 def test_call_to_unregistered_user_is_480_and_unknown_user_404(server):
