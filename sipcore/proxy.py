@@ -529,11 +529,11 @@ class ProxyContext:
             if flow is None:
                 flow = await self.proxy._resolve(_next_hop(uri, path))
             if flow is None:
-                self._branch_failed(Response(502, "Bad Gateway (cannot resolve next hop)") if len(targets) == 1 else None)
+                self._consider(Response(502, "Bad Gateway (cannot resolve the next hop)"))
                 continue
             self._send_branch(uri, flow, path, record_route, self.server_tx.flow)
-        if not self.branches and not self.final_sent:
-            self._send_final(Response(502, "Bad Gateway (no reachable target)"))
+        if not self.branches:
+            self._maybe_final()  # nothing could be sent: answer with the failure recorded above
         self.proxy.stack.flush()
 
     def _send_branch(self, uri: SipUri, flow: Flow, path: tuple, record_route: bool, in_flow: Flow) -> None:
@@ -605,8 +605,7 @@ class ProxyContext:
             self.cancel_branches(except_tx=tx)
             return
         self._finish_branch(tx)
-        if self.best is None or _better(resp, self.best):
-            self.best = resp
+        self._consider(resp)
         if code >= 600:
             self.cancel_branches(except_tx=tx)
         self._maybe_final()
@@ -621,12 +620,12 @@ class ProxyContext:
         if tx not in self.branches or tx in self.done:
             return
         self._finish_branch(tx)
-        if self.best is None or _better(resp, self.best):
-            self.best = resp
+        self._consider(resp)
         self._maybe_final()
 
-    def _branch_failed(self, resp: Response | None) -> None:
-        if resp is not None and (self.best is None or _better(resp, self.best)):
+    def _consider(self, resp: Response) -> None:
+        """Keep the best final response seen so far (§16.7 step 6)."""
+        if self.best is None or _better(resp, self.best):
             self.best = resp
 
     def _finish_branch(self, tx: ClientTransaction) -> None:
@@ -654,17 +653,10 @@ class ProxyContext:
         if not best.has("via"):  # synthesised (408/503/502): build it from the request
             self.server_tx.reply(code, best.reason)
             return
-        if code in (401, 407):
-            # aggregate challenges from every branch (§16.7 step 7)
-            pass
         if code == 503:
             self.server_tx.reply(500, "Server Internal Error (next hop unavailable)")
             return
         self.server_tx.respond(best)
-
-    def _send_final(self, resp: Response) -> None:
-        self.final_sent = True
-        self.server_tx.reply(resp.status, resp.reason)
 
     # -- CANCEL ------------------------------------------------------------------------------------
     def cancel(self) -> None:
