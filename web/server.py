@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -129,8 +130,21 @@ def _self_signed(data_dir: Path, host: str) -> tuple[str, str]:
     return str(cert_path), str(key_path)
 
 
-class MediaStartError(RuntimeError):
+class StartupError(RuntimeError):
+    """callpath cannot start as configured (a port in use, bad certificate...): said in one line, no traceback."""
+
+
+class MediaStartError(StartupError):
     """[media] is enabled but the workers could not be started or reached."""
+
+
+async def _listening(what: str, bind: Any) -> int:
+    """Await a bind; an OSError (port in use, address not here) becomes a StartupError naming the socket."""
+    try:
+        return await bind
+    except OSError as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+        raise StartupError(f"cannot listen on {what}: {cause.strerror or cause}") from exc
 
 
 class MediaPool:
@@ -202,16 +216,18 @@ class Application:
                                       trace=sip.sip_trace, hep=self.hep)
         stack.overload_lag = sip.overload_lag_ms / 1000.0
         if sip.udp_port:
-            port = await stack.listen_udp(sip.listen, sip.udp_port)
+            port = await _listening(f"udp {sip.listen}:{sip.udp_port}", stack.listen_udp(sip.listen, sip.udp_port))
             self.listening.append(f"udp:{sip.listen}:{port}")
         if sip.tcp_port:
-            port = await stack.listen_stream("tcp", sip.listen, sip.tcp_port)
+            port = await _listening(f"tcp {sip.listen}:{sip.tcp_port}",
+                                    stack.listen_stream("tcp", sip.listen, sip.tcp_port))
             self.listening.append(f"tcp:{sip.listen}:{port}")
         if sip.tls_port:
             cert, key = (sip.tls_cert, sip.tls_key) if sip.tls_cert else _self_signed(data, sip.advertise_host)
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(cert, key)
-            port = await stack.listen_stream("tls", sip.listen, sip.tls_port, ctx)
+            port = await _listening(f"tls {sip.listen}:{sip.tls_port}",
+                                    stack.listen_stream("tls", sip.listen, sip.tls_port, ctx))
             self.listening.append(f"tls:{sip.listen}:{port}")
         if s.web.port:
             stack.add_listener("wss" if s.web.tls_cert else "ws", s.web.listen, s.web.port)
@@ -345,7 +361,7 @@ async def _main(settings: Settings) -> int:
     app = Application(settings)
     try:
         await app.start()
-    except MediaStartError as exc:
+    except StartupError as exc:
         print(f"callpath: error: {exc}", file=sys.stderr, flush=True)
         await app.stop()
         return 1
@@ -367,10 +383,20 @@ async def _main(settings: Settings) -> int:
                                 if _has_ws_sansio() else "auto", **tls)
         server = uvicorn.Server(config)
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-        web_task = loop.create_task(server.serve())
+        try:  # bind here, so a port in use is a one-line error rather than uvicorn exiting the process
+            web_socket = _bind_tcp(settings.web.listen, settings.web.port)
+        except OSError as exc:
+            print(f"callpath: error: cannot listen on http {settings.web.listen}:{settings.web.port}: "
+                  f"{exc.strerror or exc}", file=sys.stderr, flush=True)
+            await app.stop()
+            return 1
+        web_task = loop.create_task(server.serve(sockets=[web_socket]))
         while not server.started:
             if web_task.done():
-                await web_task
+                with contextlib.suppress(BaseException):
+                    await web_task
+                print("callpath: error: the web server did not start (see the log above)", file=sys.stderr, flush=True)
+                await app.stop()
                 return 1
             await asyncio.sleep(0.02)
         scheme = "https+wss" if settings.web.tls_cert else "http+ws"
@@ -391,6 +417,19 @@ async def _main(settings: Settings) -> int:
             await asyncio.wait_for(web_task, 5)
     await app.stop()
     return 0
+
+
+def _bind_tcp(host: str, port: int) -> socket.socket:
+    """A listening TCP socket for the web server (IPv6 when the address is one)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _has_ws_sansio() -> bool:

@@ -157,3 +157,23 @@ def test_sip_traffic_is_exported_as_hep3(tmp_path):
     finally:
         srv.stop()
         collector.close()
+
+
+def test_a_port_in_use_is_a_one_line_error(tmp_path):
+    """Start-up problems are said in one line with a non-zero exit, not a traceback."""
+    import subprocess
+    import sys
+
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    port = busy.getsockname()[1]
+    config = tmp_path / "c.toml"
+    config.write_text(f'[server]\ndata_dir = "{tmp_path}/data"\n[sip]\nudp_port = {port}\ntcp_port = 0\n[web]\nport = 0\n')
+    try:
+        done = subprocess.run([sys.executable, "-m", "web.cli", "run", "--config", str(config)],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        busy.close()
+    assert done.returncode == 1
+    assert f"callpath: error: cannot listen on udp 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
