@@ -24,6 +24,10 @@ that side; SRTP protection is the leg's job) and ``next_event()`` (``DtmfReceive
   are neither counted lost nor concealed. A transcoded leg that negotiated no telephone-event is
   watched for in-band tones (``DtmfDetector`` on the decoded frames; reported with ``source="inband"``; the
   tones themselves go through in the audio).
+- **Worker hooks**: a side in ``muted`` gets none of the bridged audio/events (the worker sends a prompt,
+  injected DTMF or a whisper mix on that side's sender instead); with ``capture`` on, what each side sent is
+  kept in ``captured`` per tick (decoded frames when transcoding, raw payloads in passthrough) for the
+  recorder and the supervisor mix.
 """
 from __future__ import annotations
 
@@ -225,6 +229,12 @@ class Bridge:
         self._out: list[tuple[Side, bytes]] = []
         self._events: deque[DtmfReceived] = deque()
         self.closed = False
+        # worker hooks (play/record/dtmf injection): sides whose bridged audio is held back because the worker
+        # sends something else on that side's sender, and, when ``capture`` is on, what each side sent this
+        # tick: decoded int16 frames (transcoding) or raw G.711 payloads (passthrough), drained by the worker
+        self.muted: set[Side] = set()
+        self.capture = False
+        self.captured: dict[Side, list[np.ndarray | bytes]] = {"a": [], "b": []}
 
     # -- input -------------------------------------------------------------------------------------
     def receive_rtp(self, side: Side, packet: bytes, now: float) -> None:
@@ -241,7 +251,12 @@ class Bridge:
             if path.transcode:
                 assert path.jitter is not None
                 path.jitter.put(seq, ts, _payload(packet), now, ssrc)
-            elif now >= path.event_until:
+                return
+            if self.capture:
+                self.captured[side].append(_payload(packet))
+            if path.dst_side in self.muted:
+                return
+            if now >= path.event_until:
                 self._out.append((path.dst_side, path.sender.relay(packet, now, path.dst.payload_type)))
                 path.stats.packets_out += 1
         elif pt == src.event_payload_type and src.event_payload_type is not None:
@@ -267,6 +282,8 @@ class Bridge:
         if rx is not None:
             rx.receive_packet(payload, ts, seq, marker, now)
             self._drain_dtmf(path)
+        if path.dst_side in self.muted:
+            return                              # the worker owns that side's stream for now (prompt/DTMF)
         new_event = ts != path.event_ts
         path.event_ts = ts
         dst = path.dst
@@ -479,6 +496,13 @@ def tick_bridges(bridges: Iterable[Bridge], now: float, *, batch: bool = True) -
     for bridge, path in paths:
         pcm = path.pending_pcm
         path.pending_codes = None
+        if path.dst_side in bridge.muted:
+            # the worker sends a prompt/DTMF on that side's sender instead: keep the timeline to it, only
+            # record what came in
+            if pcm is not None and bridge.capture and path.transcode:
+                bridge.captured[path.src_side].append(pcm)
+            path.pending_pcm = None
+            continue
         if pcm is None:
             if path.transcode:
                 # nothing to send (before playout, silence, or a telephone-event in place of the audio, being
@@ -489,6 +513,8 @@ def tick_bridges(bridges: Iterable[Bridge], now: float, *, batch: bool = True) -
         if path.pending_good and path.src_law is not None:
             path.last_pcm = pcm                  # G.711 concealment repeats this frame, fading
             path.plc_gain = 1.0
+        if bridge.capture and path.transcode:
+            bridge.captured[path.src_side].append(pcm)
         if path.inband is not None:
             for event in path.inband.process_frame(pcm):
                 if isinstance(event, DtmfDigitEnded):

@@ -14,7 +14,8 @@ for ping) or ``"result": "error"`` with an ``"error-reason"``. Events are pushed
     <- {"id": 3, "result": "ok", "stats": {...}}
 
 Commands: ``offer``, ``answer``, ``delete``, ``query`` (a call's stats, or the worker's without ``call_id``),
-``ping``. ``LineFramer`` is the sans-IO framing both ends use; ``ControlServer`` (in the worker) and
+``ping``, and on an answered call ``play``/``stop_play``, ``record``/``stop_record``, ``dtmf``, ``mix``/``stop_mix``
+(docs/media.md). ``LineFramer`` is the sans-IO framing both ends use; ``ControlServer`` (in the worker) and
 ``MediaControlClient`` (in the SIP process) are the asyncio adapters. ``start_workers(n, settings)`` spawns one
 worker process per core, each serving its own control socket.
 """
@@ -178,8 +179,33 @@ class ControlServer:
             elif command == "query":
                 stats = worker.query(_text(request, "call_id")) if request.get("call_id") else worker.status()
                 body = {"result": "ok", "stats": stats}
+            elif command == "play":
+                file = request.get("file")
+                if file is not None and (not isinstance(file, str) or not file):
+                    raise MediaError("play: 'file' must be a non-empty string")
+                body = {"result": "ok", **await worker.play(_text(request, "call_id"), _text(request, "tag"),
+                                                            file, request.get("beep"), bool(request.get("loop")))}
+            elif command == "stop_play":
+                body = {"result": "ok", **worker.stop_play(_text(request, "call_id"), _text(request, "tag"))}
+            elif command == "record":
+                body = {"result": "ok", **worker.record(_text(request, "call_id"), _text(request, "path"))}
+            elif command == "stop_record":
+                body = {"result": "ok", **worker.stop_record(_text(request, "call_id"))}
+            elif command == "dtmf":
+                duration = request.get("duration_ms", request.get("duration", 100))
+                body = {"result": "ok", **worker.dtmf(_text(request, "call_id"), _text(request, "tag"),
+                                                      _text(request, "digits"), duration)}
+            elif command == "mix":
+                whisper_to = request.get("whisper_to")
+                sdp = await worker.mix(_text(request, "call_id"), _text(request, "tag"), _text(request, "sdp"),
+                                       str(request.get("mode") or "listen"),
+                                       whisper_to if isinstance(whisper_to, str) else None)
+                body = {"result": "ok", "sdp": sdp}
+            elif command == "stop_mix":
+                body = {"result": "ok", **worker.stop_mix(_text(request, "call_id"))}
             else:
-                raise MediaError(f"unknown command {command!r} (offer, answer, delete, query, ping)")
+                raise MediaError(f"unknown command {command!r} (offer, answer, delete, query, ping, play, "
+                                 "stop_play, record, stop_record, dtmf, mix, stop_mix)")
         except MediaError as exc:
             body = {"result": "error", "error-reason": str(exc)}
         except Exception as exc:  # noqa: BLE001 - report, keep serving
@@ -298,6 +324,45 @@ class MediaControlClient:
     async def ping(self) -> dict[str, Any]:
         """Liveness and load of the worker."""
         return await self.request("ping")
+
+    async def play(self, call_id: str, tag: str, file: str | None = None, *, beep: bool | dict[str, Any] = False,
+                   loop: bool = False) -> dict[str, Any]:
+        """Play a file on the worker's host (or a beep) to the leg ``tag``, instead of the other party."""
+        args: dict[str, Any] = {"call_id": call_id, "tag": tag, "loop": loop}
+        if file is not None:
+            args["file"] = file
+        if beep:
+            args["beep"] = beep
+        return await self.request("play", **args)
+
+    async def stop_play(self, call_id: str, tag: str) -> dict[str, Any]:
+        """Stop what is played to the leg ``tag``."""
+        return await self.request("stop_play", call_id=call_id, tag=tag)
+
+    async def record(self, call_id: str, path: str) -> dict[str, Any]:
+        """Start recording the call to a two-channel WAV at ``path`` (caller left, callee right)."""
+        return await self.request("record", call_id=call_id, path=path)
+
+    async def stop_record(self, call_id: str) -> dict[str, Any]:
+        """Finish the call's recording; returns its path and duration."""
+        return await self.request("stop_record", call_id=call_id)
+
+    async def mix(self, call_id: str, tag: str, sdp: str | bytes, mode: str = "listen",
+                  whisper_to: str | None = None) -> str:
+        """Join a supervisor leg (its plain-RTP offer in, our answer out): ``listen`` or ``whisper`` to a tag."""
+        args: dict[str, Any] = {"call_id": call_id, "tag": tag, "mode": mode,
+                                "sdp": sdp.decode() if isinstance(sdp, bytes) else sdp}
+        if whisper_to:
+            args["whisper_to"] = whisper_to
+        return (await self.request("mix", **args))["sdp"]
+
+    async def stop_mix(self, call_id: str) -> dict[str, Any]:
+        """Drop the call's supervisor leg."""
+        return await self.request("stop_mix", call_id=call_id)
+
+    async def dtmf(self, call_id: str, tag: str, digits: str, duration_ms: int = 100) -> dict[str, Any]:
+        """Send DTMF digits to the leg ``tag`` (RFC 4733 if it negotiated telephone-event, else in-band)."""
+        return await self.request("dtmf", call_id=call_id, tag=tag, digits=digits, duration_ms=duration_ms)
 
     async def close(self) -> None:
         self._writer.close()

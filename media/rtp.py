@@ -232,6 +232,10 @@ class RtpSender:
         """Mark the next packet (first after silence/DTX) with the marker bit."""
         self._marker_next = True
 
+    def forget_relayed_source(self) -> None:
+        """Packets we numbered ourselves were sent: a relayed source coming back gets a fresh seq/ts mapping."""
+        self._source = self._previous = None
+
     def packetize(self, payload: bytes, now: float | None = None, *, samples: int | None = None,
                   marker: bool = False) -> bytes:
         """Build the next packet of the stream for a frame we produced, then advance seq and timestamp."""
@@ -242,7 +246,7 @@ class RtpSender:
         self.sequence = (seq + 1) & 0xFFFF
         self.timestamp = (ts + (self.frame_samples if samples is None else samples)) & 0xFFFFFFFF
         self._account(ts, len(payload), now)
-        self._source = self._previous = None   # a relayed source switched back in later gets a fresh mapping
+        self.forget_relayed_source()
         return data
 
     def skip(self, samples: int | None = None) -> None:

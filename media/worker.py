@@ -21,19 +21,36 @@ both) or its best one otherwise (transcoding: Opus for a browser), and joins the
 the codecs stay, the address and direction follow, and the matching ``answer(call_id, offerer_tag,
 answerer_tag, sdp)`` completes it. DTMF digits come out through ``on_event`` as dicts
 (``{"event": "dtmf", ...}``).
+
+On an answered call, ``play`` (a file through ``PromptCache.preload`` in an executor, or a beep) and ``dtmf``
+(RFC 4733 on the leg's stream, or in-band tones) replace what one leg hears: the bridge holds its audio
+towards that side back (``Bridge.muted``) and the clock sends the prompt/events on that side's sender, so
+the leg sees one continuous stream. ``record`` writes a two-channel WAV (caller left, callee right) from what
+the bridge captures each tick (``Bridge.capture``: decoded frames, or relayed payloads decoded here).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 from sipcore.sdp import RtpMap, SdpError, SessionDescription, bump_version, create_answer, create_offer
 
-from .bridge import Bridge, LegCodec, Side, tick_bridges
+from . import g711
+from .bridge import FRAME_SAMPLES, PCM_RATE, Bridge, LegCodec, Side, tick_bridges
 from .certificate import DtlsCertificate
+from .dtmf import DtmfEventSender, digit_to_event, dtmf_tone, encode_telephone_event
+from .mixer import Conference
+from .opus import OpusDecoder, OpusEncoder
+from .player import Player, PlayerError, Prompt, PromptCache, beep
+from .recorder import CallRecorder, RecorderError
+from .rtp import RtpSender
 from .ports import PortAllocator
 from .rtp_port import PlainRtpPort
 from .session import MediaTimeout, RtpSession, SessionEvent
@@ -51,6 +68,9 @@ _TRUNK_CODECS: list[tuple[str, int] | tuple[str, int, int]] = [
     ("PCMU", 8000), ("PCMA", 8000), ("telephone-event", 8000)]
 _FMTP = {"opus": "minptime=10;useinbandfec=1", "telephone-event": "0-16"}
 _AUDIO = ("opus", "pcmu", "pcma")
+_pack_hdr = struct.Struct("!BBHII").pack
+_DTMF_GAP_MS = 60                  # injected DTMF: silence between two digits
+_RECORD_BACKLOG = 3 * FRAME_SAMPLES  # recording of a passthrough leg: at most this much queued per channel
 
 
 class MediaError(Exception):
@@ -117,6 +137,11 @@ class MediaCall:
     answer_sdp: SessionDescription | None = None
     reoffer_from: str | None = None            # the tag whose re-offer (re-INVITE) awaits its answer
     events: list[dict[str, Any]] = field(default_factory=list)
+    sources: dict[str, "_PromptSource | _DtmfSource"] = field(default_factory=dict)  # by side: replaces its audio
+    recorder: CallRecorder | None = None
+    record_pcm: dict[str, np.ndarray] = field(default_factory=dict)     # passthrough recording: decoded backlog
+    record_decoders: dict[str, OpusDecoder] = field(default_factory=dict)  # Opus passthrough recording
+    supervisor: "_Supervisor | None" = None    # spy/whisper (mix)
 
     def leg(self, side: Side) -> MediaLeg:
         return self.caller if side == "a" else self.callee
@@ -130,6 +155,105 @@ class MediaCall:
 
     def other(self, leg: MediaLeg) -> MediaLeg:
         return self.callee if leg is self.caller else self.caller
+
+
+class _PromptSource:
+    """A prompt (file or beep, or in-band DTMF tones) sent to one leg instead of the bridged audio."""
+
+    kind = "play"
+
+    def __init__(self, player: Player, done_event: str = "play-done") -> None:
+        self.player = player
+        self.done_event = done_event
+
+    def tick(self, sender: RtpSender, codec: LegCodec, now: float) -> list[bytes]:
+        """The packet of this 20 ms (none once the prompt has ended: ``done``)."""
+        frame = self.player.next_frame()
+        if frame is None:
+            return []
+        assert isinstance(frame, bytes)
+        return [sender.packetize(frame, now)]
+
+    @property
+    def done(self) -> bool:
+        return self.player.done
+
+    def stop(self) -> None:
+        self.player.stop()
+
+
+class _DtmfSource:
+    """Digits sent to one leg as RFC 4733 telephone-events on its stream; its audio pauses meanwhile."""
+
+    kind = "dtmf"
+    done_event = "dtmf-sent"
+
+    def __init__(self, digits: str, duration_ms: int, event_clock: int) -> None:
+        self.digits = list(digits)
+        self.duration_ms = duration_ms
+        self.events = DtmfEventSender(event_clock)
+        self.gap = 0                            # ticks of pause left before the next digit
+        self._ts = 0
+
+    def tick(self, sender: RtpSender, codec: LegCodec, now: float) -> list[bytes]:
+        ept = codec.event_payload_type
+        assert ept is not None
+        out: list[bytes] = []
+        events = self.events
+        if events.idle and self.gap <= 0 and self.digits:
+            ts = sender.timestamp
+            if codec.event_clock_rate != codec.clock_rate:
+                ts = (ts * codec.event_clock_rate // codec.clock_rate) & 0xFFFFFFFF
+            events.start(self.digits.pop(0), ts, self.duration_ms)
+            self.gap = _DTMF_GAP_MS // 20
+        if not events.idle:
+            for packet in events.tick():
+                seq = sender.sequence
+                out.append(_pack_hdr(0x80, (0x80 if packet.marker else 0) | ept, seq, packet.timestamp,
+                                     sender.ssrc) + encode_telephone_event(packet.event))
+                sender.sequence = (seq + 1) & 0xFFFF
+                sender.packets_sent += 1
+                sender.octets_sent += 4
+        elif self.gap > 0:
+            self.gap -= 1
+        sender.skip()                           # the audio timeline keeps real time under the events
+        return out
+
+    @property
+    def done(self) -> bool:
+        return self.events.idle and not self.digits and self.gap <= 0
+
+    def stop(self) -> None:
+        self.digits.clear()
+        self.events.stop()
+
+
+@dataclass
+class _Supervisor:
+    """A third, plain-RTP leg on a bridged call: hears both parties (listen), and in whisper mode is heard by
+    one of them (``target``) mixed into the other party's audio (``mixer.Conference``: a, b speakers; s a
+    listener or a whisperer to its target)."""
+
+    leg: MediaLeg
+    sender: RtpSender
+    conference: Conference
+    target: str | None = None                  # whisper: the side that hears the supervisor
+    pcm: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))   # received, decoded backlog
+    encoder: OpusEncoder | None = None         # whisper to an Opus leg
+
+    def close(self) -> None:
+        if self.encoder is not None:
+            self.encoder.close()
+            self.encoder = None
+
+
+def _dtmf_prompt(digits: str, duration_ms: int) -> Prompt:
+    """In-band DTMF: each digit's tone then a short silence, as one prompt at the bridge rate."""
+    gap = np.zeros(PCM_RATE * _DTMF_GAP_MS // 1000, np.int16)
+    parts: list[np.ndarray] = []
+    for digit in digits:
+        parts += [dtmf_tone(digit, duration_ms, PCM_RATE), gap]
+    return Prompt.from_samples(np.concatenate(parts), PCM_RATE, name=f"dtmf:{digits}")
 
 
 def is_webrtc(sd: SessionDescription) -> bool:
@@ -204,6 +328,7 @@ class MediaWorker:
         self.ticks = 0
         self.late_ticks = 0
         self.tick_seconds = 0.0                   # CPU-ish time spent in ticks (loop.time deltas)
+        self.prompts = PromptCache(PCM_RATE)      # decoded prompt files (loaded in an executor, never on the tick)
         self._schedule()
 
     @classmethod
@@ -249,22 +374,174 @@ class MediaWorker:
         calls = [c for c in self.calls.values() if c.bridge is not None]
         tick_bridges([c.bridge for c in calls], now, batch=self.settings.g711_batch)  # type: ignore[misc]
         for call in calls:
+            if call.sources:
+                self._tick_sources(call, now)
+            if call.recorder is not None or call.supervisor is not None:
+                frames = self._tick_frames(call)
+                if call.recorder is not None:
+                    self._tick_recorder(call, frames)
+                if call.supervisor is not None:
+                    self._tick_supervisor(call, call.supervisor, frames, now)
             self._flush(call)
         for call in self.calls.values():
             for leg in (call.caller, call.callee):
                 if leg.rtp is not None:
                     leg.rtp.poll(now)
+            if call.supervisor is not None and call.supervisor.leg.rtp is not None:
+                call.supervisor.leg.rtp.poll(now)
+
+    def _send(self, leg: MediaLeg, packet: bytes) -> None:
+        if leg.webrtc is not None:
+            self.port.send_rtp(leg.webrtc, packet)
+        elif leg.rtp is not None:
+            leg.rtp.send_rtp(packet)
+
+    def _tick_sources(self, call: MediaCall, now: float) -> None:
+        """Prompts and injected DTMF: one 20 ms step each, on the leg's own sender (its bridged audio is muted)."""
+        bridge = call.bridge
+        assert bridge is not None
+        for side, source in list(call.sources.items()):
+            leg = call.leg(side)  # type: ignore[arg-type]
+            assert leg.codec is not None
+            for packet in source.tick(bridge.senders[side], leg.codec, now):  # type: ignore[index]
+                self._send(leg, packet)
+            if source.done:
+                self._end_source(call, side, source)
+
+    def _end_source(self, call: MediaCall, side: str, source: _PromptSource | _DtmfSource,
+                    reason: str = "done") -> None:
+        """Give the leg its bridged audio back and tell the controller."""
+        if call.sources.get(side) is not source:
+            return
+        del call.sources[side]
+        if call.bridge is not None:
+            if call.supervisor is None or call.supervisor.target != side:
+                call.bridge.muted.discard(side)  # type: ignore[arg-type]
+            sender = call.bridge.senders[side]  # type: ignore[index]
+            sender.start_talkspurt()
+            # telephone-events were numbered by hand: relayed audio coming back needs a fresh seq/ts mapping
+            sender.forget_relayed_source()
+        self._emit({"event": source.done_event, "call_id": call.call_id, "tag": call.leg(side).tag,  # type: ignore[arg-type]
+                    "reason": reason})
+
+    def _tick_frames(self, call: MediaCall) -> list[np.ndarray | None]:
+        """This tick's 20 ms of what leg A and leg B sent, from what the bridge decoded/relayed (None: nothing)."""
+        bridge = call.bridge
+        assert bridge is not None
+        frames: list[np.ndarray | None] = []
+        for side in ("a", "b"):
+            captured = bridge.captured[side]  # type: ignore[index]
+            if bridge.passthrough:
+                # payloads as relayed: decode them here (G.711, or Opus at 8 kHz), queue, and take 20 ms a tick
+                # (packets arrive off the tick: a small backlog absorbs that; beyond it the oldest is dropped)
+                name = bridge.codecs[side].name  # type: ignore[index]
+                if name == "opus":
+                    decoder = call.record_decoders.get(side)
+                    if decoder is None:
+                        decoder = call.record_decoders[side] = OpusDecoder(PCM_RATE, 1)
+                    decode: Callable[[bytes], bytes] = decoder.decode
+                else:
+                    decode = g711.ulaw_decode if name == "pcmu" else g711.alaw_decode
+                parts = [call.record_pcm.get(side, np.zeros(0, np.int16))]
+                for payload in captured:
+                    if isinstance(payload, bytes) and payload:
+                        try:
+                            parts.append(np.frombuffer(decode(payload), "<i2"))
+                        except Exception:  # noqa: BLE001 - a corrupt packet is a gap in the recording
+                            pass
+                pcm = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                if pcm.size > _RECORD_BACKLOG:
+                    pcm = pcm[pcm.size - _RECORD_BACKLOG:]
+                if pcm.size >= FRAME_SAMPLES:
+                    frames.append(pcm[:FRAME_SAMPLES].astype(np.int16))
+                    pcm = pcm[FRAME_SAMPLES:]
+                else:
+                    frames.append(None)
+                call.record_pcm[side] = pcm
+            else:
+                pcm_frames = [p for p in captured if isinstance(p, np.ndarray)]
+                frames.append(pcm_frames[-1].astype(np.int16, copy=False) if pcm_frames else None)
+            captured.clear()
+        return frames
+
+    def _tick_recorder(self, call: MediaCall, frames: list[np.ndarray | None]) -> None:
+        """Feed the recording one 20 ms frame per leg (A left, B right)."""
+        recorder = call.recorder
+        assert recorder is not None
+        try:
+            recorder.write(frames[0], frames[1])
+        except RecorderError as exc:
+            self._stop_recording(call)
+            self._emit({"event": "record-failed", "call_id": call.call_id, "path": recorder.path,
+                        "reason": str(exc)})
+
+    def _tick_supervisor(self, call: MediaCall, sup: _Supervisor, frames: list[np.ndarray | None],
+                         now: float) -> None:
+        """The supervisor hears both parties; a whisper target hears the other party plus the supervisor."""
+        bridge = call.bridge
+        assert bridge is not None and sup.leg.codec is not None
+        heard_pcm = sup.pcm
+        s_frame: np.ndarray | None = None
+        if heard_pcm.size > _RECORD_BACKLOG:
+            heard_pcm = heard_pcm[heard_pcm.size - _RECORD_BACKLOG:]
+        if heard_pcm.size >= FRAME_SAMPLES:
+            s_frame, heard_pcm = heard_pcm[:FRAME_SAMPLES].astype(np.int16), heard_pcm[FRAME_SAMPLES:]
+        sup.pcm = heard_pcm
+        out = sup.conference.mix({"a": frames[0], "b": frames[1], "s": s_frame})
+        law = "ulaw" if sup.leg.codec.name == "pcmu" else "alaw"
+        self._send(sup.leg, sup.sender.packetize(g711.encode_batch(out["s"][None, :], law)[0].tobytes(), now))
+        target = sup.target
+        if target is None or target in call.sources:
+            return                                  # a prompt/DTMF on the target takes precedence
+        codec = bridge.codecs[target]  # type: ignore[index]
+        pcm = out[target]
+        if codec.name == "opus":
+            if sup.encoder is None:
+                sup.encoder = OpusEncoder(PCM_RATE, 1, bitrate=self.settings.opus_bitrate,
+                                          complexity=self.settings.opus_complexity)
+            payload = sup.encoder.encode(pcm)
+        else:
+            payload = g711.encode_batch(pcm[None, :], "ulaw" if codec.name == "pcmu" else "alaw")[0].tobytes()
+        self._send(call.leg(target), bridge.senders[target].packetize(payload, now))  # type: ignore[arg-type,index]
+
+    def _on_supervisor_rtp(self, call: MediaCall, packet: bytes, now: float) -> None:
+        sup = call.supervisor
+        if sup is None or sup.target is None or sup.leg.codec is None or len(packet) <= 12:
+            return
+        if packet[1] & 0x7F != sup.leg.codec.payload_type:
+            return
+        payload = packet[12 + 4 * (packet[0] & 0x0F):]
+        decode = g711.ulaw_decode if sup.leg.codec.name == "pcmu" else g711.alaw_decode
+        sup.pcm = np.concatenate([sup.pcm, np.frombuffer(decode(payload), "<i2")])
+
+    def _update_capture(self, call: MediaCall) -> None:
+        if call.bridge is not None:
+            call.bridge.capture = call.recorder is not None or call.supervisor is not None
+            if not call.bridge.capture:
+                for captured in call.bridge.captured.values():
+                    captured.clear()
+                call.record_pcm.clear()
+
+    def _stop_recording(self, call: MediaCall) -> dict[str, Any]:
+        recorder = call.recorder
+        assert recorder is not None
+        call.recorder = None
+        for decoder in call.record_decoders.values():
+            decoder.close()
+        call.record_decoders.clear()
+        self._update_capture(call)
+        try:
+            recorder.close()
+        except RecorderError as exc:
+            log.warning("closing recording %s: %s", recorder.path, exc)
+        return {"path": recorder.path, "duration": round(recorder.duration, 2)}
 
     def _flush(self, call: MediaCall) -> None:
         """Send what the bridge produced on each side's transport, and publish its events."""
         bridge = call.bridge
         assert bridge is not None
         for side, packet in bridge.packets_to_send():
-            leg = call.leg(side)
-            if leg.webrtc is not None:
-                self.port.send_rtp(leg.webrtc, packet)
-            elif leg.rtp is not None:
-                leg.rtp.send_rtp(packet)
+            self._send(call.leg(side), packet)
         while (event := bridge.next_event()) is not None:
             leg = call.leg(event.leg)
             self._emit({"event": "dtmf", "call_id": call.call_id, "tag": leg.tag, "digit": event.digit,
@@ -514,6 +791,221 @@ class MediaWorker:
         mode = bridge_stats.get("mode", {}).get("passthrough") if bridge_stats else None
         return {"call_id": call_id, "passthrough": mode, "legs": legs}
 
+    # -- prompts, recording, DTMF injection ---------------------------------------------------------------
+    def _bridged(self, call_id: str) -> MediaCall:
+        call = self.calls.get(call_id)
+        if call is None:
+            raise MediaError(f"unknown call {call_id!r}")
+        if call.bridge is None:
+            raise MediaError(f"call {call_id!r} is not answered yet (no media bridge)")
+        return call
+
+    def _start_source(self, call: MediaCall, leg: MediaLeg, source: _PromptSource | _DtmfSource) -> None:
+        """Replace what ``leg`` hears with ``source`` (a running prompt or DTMF on that leg is cut off)."""
+        bridge = call.bridge
+        assert bridge is not None
+        old = call.sources.get(leg.side)
+        if old is not None:
+            old.stop()
+            self._end_source(call, leg.side, old, "replaced")
+        call.sources[leg.side] = source
+        bridge.muted.add(leg.side)
+        bridge.senders[leg.side].start_talkspurt()
+
+    async def play(self, call_id: str, tag: str, file: str | None = None, beep_spec: Any = None,
+                   loop: bool = False) -> dict[str, Any]:
+        """Play a file (any format PyAV reads) or a beep to the leg ``tag`` instead of the other party's audio.
+
+        The file is decoded and encoded in the leg's codec in an executor (``PromptCache.preload``); the 20 ms
+        clock only ever reads the cached frames. A ``play-done`` event follows when it ends (or is replaced).
+        """
+        call = self._bridged(call_id)
+        leg = call.by_tag(tag)
+        assert leg.codec is not None
+        codec = leg.codec.name
+        if file is not None and beep_spec not in (None, False):
+            raise MediaError("play: give either 'file' or 'beep', not both")
+        if file is not None:
+            try:
+                prompt = await self._loop.run_in_executor(None, self.prompts.preload, file, (codec,))
+            except PlayerError as exc:
+                raise MediaError(f"play: {exc}") from None
+        elif beep_spec not in (None, False):
+            spec = beep_spec if isinstance(beep_spec, dict) else {}
+            try:
+                prompt = beep(float(spec.get("freq", 1000.0)), int(spec.get("ms", 200)))
+                await self._loop.run_in_executor(None, prompt.frames, codec)
+            except (PlayerError, TypeError, ValueError) as exc:
+                raise MediaError(f"play: bad beep {beep_spec!r}: {exc}") from None
+        else:
+            raise MediaError("play: needs 'file' (a path on the worker's host) or 'beep'")
+        call = self._bridged(call_id)              # the call may have gone while the prompt loaded
+        leg = call.by_tag(tag)
+        player = Player(prompt, codec, loop=bool(loop))
+        self._start_source(call, leg, _PromptSource(player))
+        return {"tag": tag, "duration": round(prompt.duration, 3), "frames": player.frame_count}
+
+    def stop_play(self, call_id: str, tag: str) -> dict[str, Any]:
+        """Stop a prompt (or injected DTMF) on the leg ``tag``; it hears the other party again."""
+        call = self._bridged(call_id)
+        leg = call.by_tag(tag)
+        source = call.sources.get(leg.side)
+        if source is None:
+            return {"tag": tag, "stopped": False}
+        source.stop()
+        self._end_source(call, leg.side, source, "stopped")
+        return {"tag": tag, "stopped": True}
+
+    def dtmf(self, call_id: str, tag: str, digits: str, duration_ms: int = 100) -> dict[str, Any]:
+        """Send ``digits`` to the leg ``tag``: RFC 4733 events if it negotiated telephone-event, else tones."""
+        call = self._bridged(call_id)
+        leg = call.by_tag(tag)
+        assert leg.codec is not None
+        if not isinstance(digits, str) or not digits:
+            raise MediaError("dtmf: 'digits' must be a non-empty string of 0-9 * # A-D")
+        try:
+            for digit in digits:
+                digit_to_event(digit)
+        except (KeyError, ValueError):
+            raise MediaError(f"dtmf: {digits!r} is not a string of DTMF digits (0-9 * # A-D)") from None
+        if not isinstance(duration_ms, int) or not 40 <= duration_ms <= 5000:
+            raise MediaError(f"dtmf: duration_ms must be an integer within 40..5000, not {duration_ms!r}")
+        if leg.codec.event_payload_type is not None:
+            source: _PromptSource | _DtmfSource = _DtmfSource(digits.upper(), duration_ms, leg.codec.event_clock_rate)
+            mode = "rfc4733"
+        else:
+            source = _PromptSource(Player(_dtmf_prompt(digits.upper(), duration_ms), leg.codec.name), "dtmf-sent")
+            mode = "inband"
+        self._start_source(call, leg, source)
+        return {"tag": tag, "digits": digits, "mode": mode}
+
+    def record(self, call_id: str, path: str) -> dict[str, Any]:
+        """Record the call to a two-channel WAV: the caller (leg A) left, the callee (leg B) right."""
+        call = self._bridged(call_id)
+        if call.recorder is not None:
+            raise MediaError(f"call {call_id!r} is already being recorded to {call.recorder.path}")
+        if not isinstance(path, str) or not path:
+            raise MediaError("record: missing 'path'")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise MediaError(f"record: directory {directory} does not exist")
+        try:
+            call.recorder = CallRecorder(path, channels=2, sample_rate=PCM_RATE)
+        except RecorderError as exc:
+            raise MediaError(f"record: {exc}") from None
+        assert call.bridge is not None
+        if not call.bridge.capture:
+            for captured in call.bridge.captured.values():
+                captured.clear()
+        call.bridge.capture = True
+        return {"path": path, "channels": {"left": call.caller.tag, "right": call.callee.tag}}
+
+    def stop_record(self, call_id: str) -> dict[str, Any]:
+        """Finish the call's recording (header completed); returns its path and duration."""
+        call = self._bridged(call_id)
+        if call.recorder is None:
+            raise MediaError(f"call {call_id!r} is not being recorded")
+        return self._stop_recording(call)
+
+    async def mix(self, call_id: str, tag: str, sdp: str | bytes, mode: str = "listen",
+                  whisper_to: str | None = None) -> str:
+        """Join a supervisor (plain RTP, PCMU/PCMA) to a bridged call: ``listen`` hears both parties, ``whisper``
+        is also heard by the leg ``whisper_to`` (mixed into the other party's audio; the other party never hears
+        the supervisor). ``sdp`` is the supervisor's offer; the answer comes back. Again on the same call: the
+        mode changes (the SDP is ignored)."""
+        call = self._bridged(call_id)
+        if mode not in ("listen", "whisper"):
+            raise MediaError(f"mix: mode must be 'listen' or 'whisper', not {mode!r}")
+        target: str | None = None
+        if mode == "whisper":
+            if not whisper_to:
+                raise MediaError("mix: whisper needs 'whisper_to' (the tag of the leg that hears the supervisor)")
+            target = call.by_tag(whisper_to).side
+        sup = call.supervisor
+        if sup is not None and sup.leg.tag != tag:
+            raise MediaError(f"call {call_id!r} already has supervisor {sup.leg.tag!r}")
+        if tag in (call.caller.tag, call.callee.tag):
+            raise MediaError(f"mix: {tag!r} is a party of the call, not a supervisor")
+        if sup is None:
+            offer = self._parse(sdp)
+            if is_webrtc(offer):
+                raise MediaError("mix: the supervisor leg must be plain RTP (RTP/AVP) for now")
+            law = "PCMU" if _offered(offer, "pcmu") else "PCMA" if _offered(offer, "pcma") else None
+            if law is None:
+                raise MediaError("mix: the supervisor must offer PCMU or PCMA")
+            leg = MediaLeg(tag, RTP, remote_sdp=offer, side="a")
+            await self._open_supervisor(call, leg, _rtp_address(offer))
+            if self.calls.get(call_id) is not call or call.supervisor is not None:
+                self._close_leg(leg)               # the call went (or got a supervisor) while the port opened
+                raise MediaError(f"call {call_id!r} changed while the supervisor leg was being set up")
+            assert leg.port is not None
+            local = create_answer(offer, [(law, 8000)], self.address, leg.port, single_codec=True)
+            leg.local_sdp = local
+            leg.codec = negotiated_codec(local)
+            assert leg.rtp is not None
+            sender = leg.rtp.session.sender
+            sender.payload_type = leg.codec.payload_type
+            conference = Conference(FRAME_SAMPLES, conference_id=call_id)
+            conference.add("a")
+            conference.add("b")
+            sup = _Supervisor(leg, sender, conference)
+            call.supervisor = sup
+        assert call.bridge is not None
+        old = sup.target
+        if old is not None and old not in call.sources:
+            call.bridge.muted.discard(old)  # type: ignore[arg-type]
+        if "s" in sup.conference:
+            sup.conference.remove("s")
+        if target is None:
+            sup.conference.add("s", "listener")
+        else:
+            sup.conference.add("s", "whisper", target=target)
+            call.bridge.muted.add(target)  # type: ignore[arg-type]
+            call.bridge.senders[target].start_talkspurt()  # type: ignore[index]
+        sup.target = target
+        call.bridge.capture = True
+        assert sup.leg.local_sdp is not None
+        return sup.leg.local_sdp.to_bytes().decode()
+
+    def stop_mix(self, call_id: str) -> dict[str, Any]:
+        """Drop the call's supervisor leg; the parties hear each other only."""
+        call = self._bridged(call_id)
+        if call.supervisor is None:
+            raise MediaError(f"call {call_id!r} has no supervisor")
+        tag = call.supervisor.leg.tag
+        self._drop_supervisor(call)
+        return {"tag": tag}
+
+    def _drop_supervisor(self, call: MediaCall) -> None:
+        sup = call.supervisor
+        if sup is None:
+            return
+        call.supervisor = None
+        if sup.target is not None and call.bridge is not None and sup.target not in call.sources:
+            call.bridge.muted.discard(sup.target)  # type: ignore[arg-type]
+            sender = call.bridge.senders[sup.target]  # type: ignore[index]
+            sender.start_talkspurt()
+        sup.close()
+        self._close_leg(sup.leg)
+        self._update_capture(call)
+
+    async def _open_supervisor(self, call: MediaCall, leg: MediaLeg, remote: tuple[str, int] | None) -> None:
+        for _ in range(16):
+            port = self.allocator.allocate()
+            session = RtpSession(clock_rate=8000, now=self._loop.time(), remote=remote, rtcp_mux=False,
+                                 media_timeout=self.settings.media_timeout)
+            try:
+                leg.rtp = await PlainRtpPort.open(
+                    self.settings.bind_host, port, session,
+                    lambda packet, now: self._on_supervisor_rtp(call, packet, now),
+                    lambda event: None)
+            except OSError:
+                self.allocator.release(port)
+                continue
+            leg.port = port
+            return
+        raise MediaError("no bindable RTP port in the range")
+
     async def delete(self, call_id: str) -> dict[str, Any]:
         """Tear a call down (DTLS close_notify, RTCP BYE, ports back to the range); returns its final stats."""
         call = self.calls.get(call_id)
@@ -525,6 +1017,10 @@ class MediaWorker:
 
     def _drop(self, call: MediaCall) -> None:
         self.calls.pop(call.call_id, None)
+        call.sources.clear()
+        if call.recorder is not None:
+            self._stop_recording(call)
+        self._drop_supervisor(call)
         if call.bridge is not None:
             call.bridge.close()
         for leg in (call.caller, call.callee):

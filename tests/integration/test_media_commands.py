@@ -1,0 +1,380 @@
+"""play/stop_play, record/stop_record and dtmf against a real worker process, plain-RTP peers on both legs."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import struct
+import tempfile
+import wave
+
+import numpy as np
+import pytest
+
+from media import g711
+from media.audio import dominant_frequency, tone
+from media.control import MediaControlClient, MediaControlError, start_workers
+from media.dtmf import decode_telephone_event
+from media.worker import MediaSettings
+from sipcore.sdp import SessionDescription, create_answer, create_offer
+
+pytestmark = pytest.mark.integration
+
+ULAW = 0
+
+
+@pytest.fixture(scope="module")
+def worker_process():
+    base = random.randrange(20000, 60000, 100)
+    path = os.path.join(tempfile.mkdtemp(prefix="callpath-media-"), "control.sock")
+    handles = start_workers(1, MediaSettings(bind_host="127.0.0.1", rtp_port_min=base, rtp_port_max=base + 99,
+                                             control_path=path))
+    yield handles[0]
+    for handle in handles:
+        handle.stop()
+
+
+class Peer(asyncio.DatagramProtocol):
+    """One party's RTP socket: keeps what the worker sends it, sends a tone when asked."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[float, bytes]] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if not 192 <= data[1] <= 223:                       # not RTCP
+            self.received.append((asyncio.get_running_loop().time(), data))
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return self.transport.get_extra_info("sockname")[1]
+
+    def audio(self, pt: int, since: float = 0.0) -> list[bytes]:
+        return [p for t, p in self.received if t >= since and p[1] & 0x7F == pt]
+
+    async def send_tone(self, freq: float, to: tuple[str, int], law: str, pt: int, stop: asyncio.Event) -> None:
+        """20 ms G.711 frames of a continuous tone until ``stop``."""
+        samples = tone(freq, 8000, 30.0, amplitude=0.3)
+        encode = g711.ulaw_encode if law == "ulaw" else g711.alaw_encode
+        seq, ts, i = random.randrange(65536), random.randrange(1 << 32), 0
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while not stop.is_set():
+            frame = samples[i * 160:(i + 1) * 160].astype("<i2").tobytes()
+            assert self.transport is not None
+            self.transport.sendto(struct.pack("!BBHII", 0x80, pt, seq, ts, 0xC0FFEE ^ int(freq)) + encode(frame), to)
+            seq, ts, i = (seq + 1) & 0xFFFF, (ts + 160) & 0xFFFFFFFF, i + 1
+            await asyncio.sleep(max(0.0, start + i * 0.02 - loop.time()))
+
+
+def decoded(packets: list[bytes], law: str = "ulaw") -> np.ndarray:
+    decode = g711.ulaw_decode if law == "ulaw" else g711.alaw_decode
+    return np.frombuffer(b"".join(decode(p[12:]) for p in packets), "<i2")
+
+
+class Call:
+    """A call through the worker between two plain-RTP peers (A offers ``a_codecs``, B answers ``b_codecs``)."""
+
+    def __init__(self, client: MediaControlClient, call_id: str) -> None:
+        self.client = client
+        self.call_id = call_id
+        self.a = Peer()
+        self.b = Peer()
+        self.to_a: tuple[str, int] = ("", 0)
+        self.to_b: tuple[str, int] = ("", 0)
+
+    async def setup(self, a_codecs, b_codecs) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self.a, local_addr=("127.0.0.1", 0))
+        await loop.create_datagram_endpoint(lambda: self.b, local_addr=("127.0.0.1", 0))
+        offer = create_offer("127.0.0.1", self.a.port, a_codecs)
+        to_b = SessionDescription.parse(await self.client.offer(self.call_id, "a-tag", offer.to_bytes(),
+                                                                transport="RTP/AVP"))
+        answer = create_answer(to_b, b_codecs, "127.0.0.1", self.b.port)
+        to_a = SessionDescription.parse(await self.client.answer(self.call_id, "a-tag", "b-tag", answer.to_bytes()))
+        self.to_a = ("127.0.0.1", to_a.media[0].port)      # where A sends (the worker's A-side port)
+        self.to_b = ("127.0.0.1", to_b.media[0].port)
+
+    async def close(self) -> None:
+        try:
+            await self.client.delete(self.call_id)
+        except MediaControlError:
+            pass
+        for peer in (self.a, self.b):
+            if peer.transport is not None:
+                peer.transport.close()
+
+
+PCMU_TE = [("PCMU", 8000), ("telephone-event", 8000)]
+
+
+def write_wav(path, freq: float, seconds: float) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(tone(freq, 8000, seconds, amplitude=0.4).astype("<i2").tobytes())
+
+
+async def test_play_file_replaces_what_the_leg_hears(worker_process, tmp_path):
+    wav = tmp_path / "prompt600.wav"
+    write_wav(wav, 600.0, 0.6)
+    events: list[dict] = []
+    done = asyncio.Event()
+
+    def on_event(event: dict) -> None:
+        events.append(event)
+        if event.get("event") == "play-done":
+            done.set()
+
+    client = await MediaControlClient.connect(worker_process.address, on_event=on_event)
+    call = Call(client, "call-play")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        await call.setup(PCMU_TE, PCMU_TE)
+        sender = asyncio.ensure_future(call.a.send_tone(440.0, call.to_a, "ulaw", ULAW, stop))
+        await asyncio.sleep(0.3)
+        before = decoded(call.b.audio(ULAW)[-10:])
+        assert abs(dominant_frequency(before, 8000) - 440) < 10        # B hears A
+
+        reply = await client.play("call-play", "b-tag", str(wav))
+        assert reply["frames"] == 30 and reply["tag"] == "b-tag"
+        started = loop.time()
+        await asyncio.wait_for(done.wait(), 3.0)
+        ended = loop.time()
+        during = [p for t, p in call.b.received if started + 0.1 <= t <= ended - 0.1 and p[1] & 0x7F == ULAW]
+        assert len(during) >= 10
+        assert abs(dominant_frequency(decoded(during), 8000) - 600) < 10   # the prompt instead of A
+        assert events[-1] == {"event": "play-done", "call_id": "call-play", "tag": "b-tag", "reason": "done"}
+        # A never heard the prompt: only its own leg changed
+        await asyncio.sleep(0.3)
+        after = decoded(call.b.audio(ULAW, since=ended + 0.1))
+        assert abs(dominant_frequency(after, 8000) - 440) < 10          # back to A
+        seqs = [struct.unpack_from("!H", p, 2)[0] for _, p in call.b.received]
+        assert all((y - x) & 0xFFFF == 1 for x, y in zip(seqs, seqs[1:]))   # one continuous stream
+
+        # a looping beep, stopped by stop_play
+        await client.play("call-play", "b-tag", beep={"freq": 800, "ms": 100}, loop=True)
+        await asyncio.sleep(0.4)
+        assert (await client.stop_play("call-play", "b-tag"))["stopped"] is True
+        assert (await client.stop_play("call-play", "b-tag"))["stopped"] is False
+        stop.set()
+        await sender
+    finally:
+        stop.set()
+        await call.close()
+        await client.close()
+
+
+@pytest.mark.parametrize("mode", ["passthrough", "transcoding"])
+async def test_record_puts_a_left_and_b_right(worker_process, tmp_path, mode):
+    client = await MediaControlClient.connect(worker_process.address)
+    call = Call(client, f"call-rec-{mode}")
+    stop = asyncio.Event()
+    path = tmp_path / "call.wav"
+    try:
+        if mode == "passthrough":
+            await call.setup(PCMU_TE, PCMU_TE)
+            a_law, a_pt = "ulaw", 0
+        else:
+            await call.setup([("PCMA", 8000), ("telephone-event", 8000)], PCMU_TE)   # A: PCMA, B: PCMU
+            a_law, a_pt = "alaw", 8
+        assert (await client.query(call.call_id))["passthrough"] is (mode == "passthrough")
+        senders = [asyncio.ensure_future(call.a.send_tone(440.0, call.to_a, a_law, a_pt, stop)),
+                   asyncio.ensure_future(call.b.send_tone(1000.0, call.to_b, "ulaw", ULAW, stop))]
+        await asyncio.sleep(0.2)
+        reply = await client.record(call.call_id, str(path))
+        assert reply["channels"] == {"left": "a-tag", "right": "b-tag"}
+        with pytest.raises(MediaControlError, match="already being recorded"):
+            await client.record(call.call_id, str(path))
+        await asyncio.sleep(1.0)
+        result = await client.stop_record(call.call_id)
+        stop.set()
+        await asyncio.gather(*senders)
+        assert result["path"] == str(path) and 0.8 <= result["duration"] <= 1.3
+        with pytest.raises(MediaControlError, match="not being recorded"):
+            await client.stop_record(call.call_id)
+    finally:
+        stop.set()
+        await call.close()
+        await client.close()
+    with wave.open(str(path), "rb") as w:
+        assert w.getnchannels() == 2 and w.getframerate() == 8000 and w.getsampwidth() == 2
+        data = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+    assert data.shape[0] >= 6000
+    middle = data[1000:-1000]
+    assert abs(dominant_frequency(middle[:, 0], 8000) - 440) < 10
+    assert abs(dominant_frequency(middle[:, 1], 8000) - 1000) < 10
+
+
+async def test_dtmf_to_a_leg_with_telephone_event(worker_process):
+    events: list[dict] = []
+    sent = asyncio.Event()
+
+    def on_event(event: dict) -> None:
+        events.append(event)
+        if event.get("event") == "dtmf-sent":
+            sent.set()
+
+    client = await MediaControlClient.connect(worker_process.address, on_event=on_event)
+    call = Call(client, "call-dtmf")
+    stop = asyncio.Event()
+    try:
+        await call.setup(PCMU_TE, PCMU_TE)
+        sender = asyncio.ensure_future(call.a.send_tone(440.0, call.to_a, "ulaw", ULAW, stop))
+        await asyncio.sleep(0.2)
+        reply = await client.dtmf("call-dtmf", "b-tag", "12", duration_ms=100)
+        assert reply["mode"] == "rfc4733"
+        await asyncio.wait_for(sent.wait(), 3.0)
+        await asyncio.sleep(0.2)
+        stop.set()
+        await sender
+    finally:
+        stop.set()
+        await call.close()
+        await client.close()
+    te = [p for _, p in call.b.received if p[1] & 0x7F == 101]
+    digits: list[str] = []
+    for p in te:
+        ev = decode_telephone_event(p[12:])
+        if ev.end and (not digits or digits[-1][1] != struct.unpack_from("!I", p, 4)[0]):
+            digits.append((ev.digit, struct.unpack_from("!I", p, 4)[0], ev.duration))
+    assert [d[0] for d in digits] == ["1", "2"]
+    assert all(d[2] == 800 for d in digits)                    # 100 ms at 8 kHz
+    assert sum(1 for p in te if p[1] & 0x80) == 2              # one marker per digit
+    seqs = [struct.unpack_from("!H", p, 2)[0] for _, p in call.b.received]
+    assert all((y - x) & 0xFFFF == 1 for x, y in zip(seqs, seqs[1:]))   # events inside B's one stream
+    assert events[-1]["event"] == "dtmf-sent" and events[-1]["tag"] == "b-tag"
+    # A's side heard no events
+    assert not [p for _, p in call.a.received if p[1] & 0x7F == 101]
+
+
+async def test_dtmf_in_band_when_the_leg_has_no_telephone_event(worker_process):
+    client = await MediaControlClient.connect(worker_process.address)
+    call = Call(client, "call-dtmf-inband")
+    try:
+        await call.setup(PCMU_TE, [("PCMU", 8000)])             # B negotiated no telephone-event
+        reply = await client.dtmf("call-dtmf-inband", "b-tag", "5", duration_ms=200)
+        assert reply["mode"] == "inband"
+        await asyncio.sleep(0.5)
+    finally:
+        await call.close()
+        await client.close()
+    from media.dtmf import DtmfDetector, DtmfDigitEnded
+    detector = DtmfDetector()
+    found = []
+    for p in call.b.audio(ULAW):
+        found += [e.digit for e in detector.process_frame(decoded([p])) if isinstance(e, DtmfDigitEnded)]
+    for _ in range(5):
+        found += [e.digit for e in detector.process_frame(np.zeros(160, np.int16)) if isinstance(e, DtmfDigitEnded)]
+    assert found == ["5"]
+
+
+async def test_errors_are_clear(worker_process, tmp_path):
+    client = await MediaControlClient.connect(worker_process.address)
+    call = Call(client, "call-err")
+    try:
+        with pytest.raises(MediaControlError, match="unknown call 'nope'"):
+            await client.play("nope", "b-tag", beep=True)
+        with pytest.raises(MediaControlError, match="unknown call 'nope'"):
+            await client.record("nope", str(tmp_path / "x.wav"))
+        with pytest.raises(MediaControlError, match="unknown call 'nope'"):
+            await client.dtmf("nope", "b-tag", "1")
+        await call.setup(PCMU_TE, PCMU_TE)
+        with pytest.raises(MediaControlError, match="no leg with tag 'zzz'"):
+            await client.play("call-err", "zzz", beep=True)
+        with pytest.raises(MediaControlError, match="no leg with tag 'zzz'"):
+            await client.dtmf("call-err", "zzz", "1")
+        with pytest.raises(MediaControlError, match="prompt file not found: .*missing.wav"):
+            await client.play("call-err", "b-tag", str(tmp_path / "missing.wav"))
+        with pytest.raises(MediaControlError, match="needs 'file'"):
+            await client.play("call-err", "b-tag")
+        with pytest.raises(MediaControlError, match="not a string of DTMF digits"):
+            await client.dtmf("call-err", "b-tag", "1x")
+        with pytest.raises(MediaControlError, match="duration_ms"):
+            await client.dtmf("call-err", "b-tag", "1", duration_ms=5)
+        with pytest.raises(MediaControlError, match="does not exist"):
+            await client.record("call-err", str(tmp_path / "no" / "such" / "dir.wav"))
+        with pytest.raises(MediaControlError, match="missing or non-string 'digits'"):
+            await client.request("dtmf", call_id="call-err", tag="b-tag")
+        # a call that is offered but not answered has no media to play into
+        offer = create_offer("127.0.0.1", 9, PCMU_TE)
+        await client.offer("call-half", "h-tag", offer.to_bytes(), transport="RTP/AVP")
+        with pytest.raises(MediaControlError, match="not answered yet"):
+            await client.play("call-half", "h-tag", beep=True)
+        await client.delete("call-half")
+        assert (await client.ping())["result"] == "pong"
+    finally:
+        await call.close()
+        await client.close()
+
+
+def band_level(samples: np.ndarray, freq: float) -> float:
+    """Spectral magnitude around ``freq`` (Hann window, +-15 Hz), relative to the strongest bin."""
+    x = samples.astype(np.float64)
+    spectrum = np.abs(np.fft.rfft((x - x.mean()) * np.hanning(x.size)))
+    bins = np.fft.rfftfreq(x.size, 1 / 8000)
+    return float(spectrum[np.abs(bins - freq) <= 15].max() / spectrum.max())
+
+
+@pytest.mark.parametrize("mode", ["passthrough", "transcoding"])
+async def test_mix_spy_then_whisper(worker_process, mode):
+    client = await MediaControlClient.connect(worker_process.address)
+    call = Call(client, "call-mix")
+    sup = Peer()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        if mode == "passthrough":
+            await call.setup(PCMU_TE, PCMU_TE)
+            a_law, a_pt = "ulaw", ULAW
+        else:
+            await call.setup([("PCMA", 8000), ("telephone-event", 8000)], PCMU_TE)   # A: PCMA, B: PCMU
+            a_law, a_pt = "alaw", 8
+        await loop.create_datagram_endpoint(lambda: sup, local_addr=("127.0.0.1", 0))
+        senders = [asyncio.ensure_future(call.a.send_tone(440.0, call.to_a, a_law, a_pt, stop)),
+                   asyncio.ensure_future(call.b.send_tone(1000.0, call.to_b, "ulaw", ULAW, stop))]
+        await asyncio.sleep(0.2)
+        offer = create_offer("127.0.0.1", sup.port, [("PCMU", 8000)])
+        answer = SessionDescription.parse(await client.mix("call-mix", "sup-tag", offer.to_bytes(), "listen"))
+        to_sup = ("127.0.0.1", answer.media[0].port)
+        t0 = loop.time()
+        await asyncio.sleep(0.8)
+        heard = decoded(sup.audio(ULAW, since=t0 + 0.2))
+        assert heard.size >= 160 * 20
+        assert band_level(heard, 440) > 0.5 and band_level(heard, 1000) > 0.5     # the supervisor hears both
+
+        # whisper to B: the supervisor sends 600 Hz; B hears A (440) + 600, A never hears 600
+        whisper = asyncio.ensure_future(sup.send_tone(600.0, to_sup, "ulaw", ULAW, stop))
+        await client.mix("call-mix", "sup-tag", offer.to_bytes(), "whisper", whisper_to="b-tag")
+        t1 = loop.time()
+        await asyncio.sleep(0.8)
+        b_heard = decoded(call.b.audio(ULAW, since=t1 + 0.2))
+        a_heard = decoded(call.a.audio(a_pt, since=t1 + 0.2), a_law)
+        assert band_level(b_heard, 440) > 0.5 and band_level(b_heard, 600) > 0.5
+        assert band_level(a_heard, 1000) > 0.9 and band_level(a_heard, 600) < 0.05
+        seqs = [struct.unpack_from("!H", p, 2)[0] for _, p in call.b.received]
+        assert all((y - x) & 0xFFFF == 1 for x, y in zip(seqs, seqs[1:]))
+
+        assert (await client.stop_mix("call-mix"))["tag"] == "sup-tag"
+        t2 = loop.time()
+        await asyncio.sleep(0.5)
+        b_after = decoded(call.b.audio(ULAW, since=t2 + 0.1))
+        assert band_level(b_after, 440) > 0.9 and band_level(b_after, 600) < 0.05
+        with pytest.raises(MediaControlError, match="no supervisor"):
+            await client.stop_mix("call-mix")
+        with pytest.raises(MediaControlError, match="whisper needs 'whisper_to'"):
+            await client.mix("call-mix", "sup-tag", offer.to_bytes(), "whisper")
+        stop.set()
+        await asyncio.gather(*senders, whisper)
+    finally:
+        stop.set()
+        await call.close()
+        await client.close()
+        if sup.transport is not None:
+            sup.transport.close()
