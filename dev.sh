@@ -41,7 +41,9 @@ ensure_venv() {  # ensure_venv EXTRAS
     fi
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     local stamp="$VENV/.installed$1"
-    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+    # reinstall when the metadata or a C accelerator's source changed (the .so files are built in place)
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+            || [ -n "$(find sipcore media -name '*.c' -newer "$stamp" 2>/dev/null)" ]; then
         "$VENV/bin/pip" install -q -U pip
         "$VENV/bin/pip" install -q -e ".$1"
         touch "$stamp"
