@@ -7,6 +7,8 @@ under CI=true, where that is a failure.
 """
 from __future__ import annotations
 
+from media_ports import free_udp_range  # noqa: F401  (re-exported for the browser tests)
+
 import asyncio
 import json
 import os
@@ -122,29 +124,6 @@ class Chromium:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
-
-
-def free_udp_range(count: int = 64, low: int = 20000, high: int = 32700, host: str = "127.0.0.1") -> int:
-    """The first port of ``count`` consecutive UDP ports (even start) bindable on ``host`` right now.
-
-    Searched below Linux's ephemeral range (32768-60999 by default), where no port-0 socket of Chromium or
-    of another test lands in the meantime; other workers on the machine may hold blocks, hence the probe.
-    """
-    for _ in range(50):
-        base = random.randrange(low, high - count, 2)
-        sockets: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sockets.append(sock)
-                sock.bind((host, port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError(f"no {count} free consecutive UDP ports in {low}-{high}")
 
 
 def write_tone_wav(path: Path, frequency: float, seconds: float = 10.0, rate: int = 48000) -> Path:

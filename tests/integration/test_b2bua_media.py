@@ -29,6 +29,8 @@ from sipcore.stack import SipStack
 from sipcore.ua import Answered, Confirmed, Ended, Failed, UserAgent
 from sipp_harness import free_udp_port, run_sipp, start_callpath, start_sipp
 
+from media_ports import free_udp_range  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
 ALICE = ("alice", "secret", "1001")
@@ -39,7 +41,7 @@ CODECS = [("PCMU", 8000), ("telephone-event", 8000)]
 
 def media_settings() -> dict:
     """A [media] section on a random 100-port slice of 20000-29999 (several test runs may share the host)."""
-    low = 20000 + 100 * random.randrange(100)
+    low = free_udp_range(100)
     return {"enabled": True, "workers": 1, "listen": MEDIA_IP, "advertise": MEDIA_IP, "ice_port": 0,
             "rtp_port_min": low, "rtp_port_max": low + 99}
 

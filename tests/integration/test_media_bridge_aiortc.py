@@ -28,6 +28,8 @@ from sipcore.sdp import SessionDescription, create_answer  # noqa: E402
 
 from aiortc_peers import SineTrack  # noqa: E402
 
+from media_ports import free_udp_range  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
 BROWSER_HZ = 440.0
@@ -91,7 +93,7 @@ def add_telephone_event(sdp: str, pt: int, rate: int) -> str:
 
 @pytest.fixture
 async def worker():
-    base = random.randrange(20000, 60000, 100)
+    base = free_udp_range(100)
     events: list[dict] = []
     w = await MediaWorker.start(MediaSettings(bind_host="127.0.0.1", rtp_port_min=base, rtp_port_max=base + 99),
                                 on_event=events.append)

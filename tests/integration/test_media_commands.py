@@ -18,6 +18,8 @@ from media.dtmf import decode_telephone_event
 from media.worker import MediaSettings
 from sipcore.sdp import SessionDescription, create_answer, create_offer
 
+from media_ports import free_udp_range  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
 ULAW = 0
@@ -25,7 +27,7 @@ ULAW = 0
 
 @pytest.fixture(scope="module")
 def worker_process():
-    base = random.randrange(20000, 60000, 100)
+    base = free_udp_range(100)
     path = os.path.join(tempfile.mkdtemp(prefix="callpath-media-"), "control.sock")
     handles = start_workers(1, MediaSettings(bind_host="127.0.0.1", rtp_port_min=base, rtp_port_max=base + 99,
                                              control_path=path))

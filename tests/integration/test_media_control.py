@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import struct
 import tempfile
 
@@ -16,6 +15,8 @@ from media.webrtc import WebRtcLeg
 from media.ice import IceLiteAgent
 from media.worker import MediaSettings
 from sipcore.sdp import SessionDescription, create_answer, create_offer
+
+from media_ports import free_udp_range  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ def browser_offer() -> str:
 
 @pytest.fixture(scope="module")
 def worker_process():
-    base = random.randrange(20000, 60000, 100)
+    base = free_udp_range(100)
     path = os.path.join(tempfile.mkdtemp(prefix="callpath-media-"), "control.sock")
     handles = start_workers(1, MediaSettings(bind_host="127.0.0.1", rtp_port_min=base, rtp_port_max=base + 99,
                                              control_path=path))
