@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import struct
-import tempfile
 import wave
 
 import numpy as np
@@ -13,27 +11,15 @@ import pytest
 
 from media import g711
 from media.audio import dominant_frequency, tone
-from media.control import MediaControlClient, MediaControlError, start_workers
+from media.control import MediaControlClient, MediaControlError
 from media.dtmf import decode_telephone_event
 from media.worker import MediaSettings
 from sipcore.sdp import SessionDescription, create_answer, create_offer
 
-from media_ports import free_udp_range  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 ULAW = 0
-
-
-@pytest.fixture(scope="module")
-def worker_process():
-    base = free_udp_range(100)
-    path = os.path.join(tempfile.mkdtemp(prefix="callpath-media-"), "control.sock")
-    handles = start_workers(1, MediaSettings(bind_host="127.0.0.1", rtp_port_min=base, rtp_port_max=base + 99,
-                                             control_path=path))
-    yield handles[0]
-    for handle in handles:
-        handle.stop()
 
 
 class Peer(asyncio.DatagramProtocol):

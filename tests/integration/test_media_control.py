@@ -3,20 +3,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import struct
-import tempfile
 
 import pytest
 
 from media.certificate import DtlsCertificate
-from media.control import LineFramer, MediaControlClient, MediaControlError, start_workers
+from media.control import LineFramer, MediaControlClient, MediaControlError
 from media.webrtc import WebRtcLeg
 from media.ice import IceLiteAgent
 from media.worker import MediaSettings
 from sipcore.sdp import SessionDescription, create_answer, create_offer
 
-from media_ports import free_udp_range  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -31,17 +28,6 @@ def browser_offer() -> str:
     offer.media[0].set_attribute("setup", "actpass")
     offer.attributes[:] = [a for a in offer.attributes if a.name != "ice-lite"]  # a browser is full ICE
     return offer.to_bytes().decode()
-
-
-@pytest.fixture(scope="module")
-def worker_process():
-    base = free_udp_range(100)
-    path = os.path.join(tempfile.mkdtemp(prefix="callpath-media-"), "control.sock")
-    handles = start_workers(1, MediaSettings(bind_host="127.0.0.1", rtp_port_min=base, rtp_port_max=base + 99,
-                                             control_path=path))
-    yield handles[0]
-    for handle in handles:
-        handle.stop()
 
 
 async def test_offer_answer_delete_round_trip(worker_process):
