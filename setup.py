@@ -12,6 +12,9 @@ OPTIONAL_EXTENSIONS: list = [
     Extension("sipcore._scan", ["sipcore/_scan.c"], extra_compile_args=["-O2"]),
     # G.711 µ-law/A-law table lookups for media.g711 (reference: media.g711.reference)
     Extension("media._g711", ["media/_g711.c"], extra_compile_args=["-O2"]),
+    # the passthrough data plane (epoll + recvmmsg/sendmmsg forwarding; reference: the Python path in
+    # media.session/bridge/rtp, switched in by media.relay). Linux only; bit-exact float order for jitter.
+    Extension("media._relay", ["media/_relay.c"], extra_compile_args=["-O2", "-ffp-contract=off", "-Wall"]),
 ]
 
 

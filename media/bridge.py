@@ -334,6 +334,22 @@ class Bridge:
         """One 20 ms media-clock step for this bridge alone (a worker uses ``tick_bridges`` for all of them)."""
         tick_bridges((self,), now)
 
+    @property
+    def idle(self) -> bool:
+        """Whether a tick has nothing to do here: passthrough, no DTMF event or in-band tone in progress,
+        nothing queued. A worker may leave such a bridge out of its ticks until a packet arrives."""
+        if self.closed:
+            return True
+        if not self.passthrough or self._out or self._events:
+            return False
+        for path in self.paths.values():
+            if path.tone is not None:
+                return False
+            rx = path.dtmf_rx
+            if rx is not None and rx.get_timer() is not None:
+                return False
+        return True
+
     # -- output ------------------------------------------------------------------------------------
     def packets_to_send(self) -> list[tuple[Side, bytes]]:
         """RTP packets produced since the last call, as (side to send on, packet)."""

@@ -419,6 +419,22 @@ class ReceptionStats:
                 d = abs(4294967296.0 - d)
             self.jitter += (d - self.jitter) / 16.0
 
+    def seq_state(self) -> tuple[int, int, int, int, int, int, float | None, float, float | None, int, int]:
+        """The A.1/A.8 state ``update`` works on, for a data plane that goes on counting (media._relay.Rule):
+        (probation, max_seq, cycles, base_seq, bad_seq, received, transit, jitter, last_arrival, clock_rate,
+        min_sequential)."""
+        return (self.probation, self.max_seq, self.cycles, self.base_seq, self.bad_seq, self.received,
+                self.transit, self.jitter, self.last_arrival, self.clock_rate, self.min_sequential)
+
+    def set_seq_state(self, state: tuple[int, int, int, int, int, int, float | None, float, float | None, int]) -> None:
+        """Take back what a data plane counted: (probation, max_seq, cycles, base_seq, bad_seq, received,
+        transit, jitter, last_arrival, reinit); ``reinit`` (it restarted the count) resets the interval counters."""
+        (self.probation, self.max_seq, self.cycles, self.base_seq, self.bad_seq, self.received, self.transit,
+         self.jitter, self.last_arrival, reinit) = state
+        if reinit:
+            self.expected_prior = 0
+            self.received_prior = 0
+
     @property
     def extended_max(self) -> int:
         """Extended highest sequence number received."""

@@ -290,6 +290,27 @@ class RtpSender:
         self.octets_sent += len(data) - HEADER_SIZE   # header extension/CSRCs/padding included: close enough
         return out
 
+    def relay_mapping(self) -> tuple[int, int, int, int | None] | None:
+        """(source SSRC, sequence offset, timestamp offset, highest sequence sent or None) while a source is
+        relayed onto this stream, else None: what a data plane needs to go on relaying it as ``relay`` does."""
+        if self._source is None:
+            return None
+        return self._source, self._seq_offset, self._ts_offset, self._highest_out_seq
+
+    def relayed(self, packets: int, octets: int, highest: int | None = None, last_timestamp: int = 0,
+                sent_at: float | None = None) -> None:
+        """Account packets of the current source that a data plane relayed by ``relay_mapping``; ``highest``
+        is the new highest sequence number sent (with its timestamp and time) when it moved."""
+        self.packets_sent += packets
+        self.octets_sent += octets
+        if highest is not None:
+            self._highest_out_seq = highest
+            self.sequence = (highest + 1) & 0xFFFF
+            self.timestamp = (last_timestamp + self.frame_samples) & 0xFFFFFFFF
+            self.last_timestamp = last_timestamp
+            if sent_at is not None:
+                self.last_sent_at = sent_at
+
     def _switch_source(self, ssrc: int, seq: int, ts: int, now: float | None) -> None:
         """Map a new source's seq/ts onto ours: next seq follows on, the timestamp advances by the time elapsed."""
         next_ts = self.timestamp

@@ -9,7 +9,7 @@ no timer handle of its own.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from typing import Any, Callable
 
 from .session import Datagram, RtpReceived, RtpSession, SessionEvent
 
@@ -49,15 +49,20 @@ class PlainRtpPort:
 
     @classmethod
     async def open(cls, host: str, port: int, session: RtpSession, on_rtp: Callable[[bytes, float], None],
-                   on_event: Callable[[SessionEvent], None] | None = None) -> PlainRtpPort:
-        """Bind the RTP socket (and the RTCP one above it when the session does not mux RTCP)."""
+                   on_event: Callable[[SessionEvent], None] | None = None, *,
+                   endpoints: Any = None) -> PlainRtpPort:
+        """Bind the RTP socket (and the RTCP one above it when the session does not mux RTCP).
+
+        ``endpoints`` makes the sockets (``create_datagram_endpoint``): the loop by default, or a
+        ``media.relay.MediaRelay`` whose C data plane reads them."""
         loop = asyncio.get_running_loop()
+        endpoints = endpoints or loop
         self = cls(session, on_rtp, on_event, loop.time)
-        _, self.rtp = await loop.create_datagram_endpoint(lambda: _Socket(self, False), local_addr=(host, port))
+        _, self.rtp = await endpoints.create_datagram_endpoint(lambda: _Socket(self, False), local_addr=(host, port))
         if not session.rtcp_mux:
             try:
-                _, self.rtcp = await loop.create_datagram_endpoint(lambda: _Socket(self, True),
-                                                                   local_addr=(host, port + 1))
+                _, self.rtcp = await endpoints.create_datagram_endpoint(lambda: _Socket(self, True),
+                                                                        local_addr=(host, port + 1))
             except OSError:
                 assert self.rtp.transport is not None
                 self.rtp.transport.close()

@@ -205,6 +205,20 @@ class RtpSession:
             return None
         return (self._remote[0], self._remote[1] + 1)
 
+    @property
+    def latched_source(self) -> tuple[Addr, int] | None:
+        """(address, SSRC) whose RTP is taken without any latching decision, once latched (None before)."""
+        if not self._latched or self._remote is None or self._latched_ssrc is None or self._closed:
+            return None
+        return self._remote, self._latched_ssrc
+
+    def forwarded(self, packets: int, last_arrival: float) -> None:
+        """Account RTP of the latched source that a data plane took (and relayed) without this session."""
+        if packets:
+            self.stats.rtp_received += packets
+            self._last_rtp = last_arrival
+            self._timed_out = False
+
     def set_remote(self, remote: Addr | None, remote_rtcp: Addr | None = None) -> None:
         """New SDP address (re-INVITE): a fresh hint, and learning starts over."""
         self._hint = self._remote = remote

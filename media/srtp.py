@@ -138,6 +138,32 @@ def _session(profile: SrtpProfile, key_salt: bytes, ssrc_type: int, window_size:
         raise SrtpError(str(exc)) from exc
 
 
+def _libsrtp_functions() -> tuple[int, int] | None:
+    """Addresses of srtp_protect and srtp_unprotect in the libsrtp that pylibsrtp carries (None if its cffi
+    module is not the known one): the C data plane calls them on the same sessions as this module."""
+    try:
+        from pylibsrtp import _binding
+
+        ffi, lib = _binding.ffi, _binding.lib
+        return (int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect"))),
+                int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_unprotect"))))
+    except Exception:  # noqa: BLE001 - another pylibsrtp layout: the Python path only
+        return None
+
+
+_LIBSRTP = _libsrtp_functions()
+
+
+def _srtp_t(session: Session) -> int | None:
+    """The srtp_t of a pylibsrtp Session as an integer (its ``_srtp`` is an ``srtp_t *`` cdata)."""
+    try:
+        from pylibsrtp import _binding
+
+        return int(_binding.ffi.cast("uintptr_t", session._srtp[0]))  # noqa: SLF001
+    except Exception:  # noqa: BLE001
+        return None
+
+
 class SrtpContext:
     """The SRTP state of one leg: ``local_key_salt`` protects what we send, ``remote_key_salt``
     unprotects what we receive. Both are master key || master salt of ``profile``'s lengths."""
@@ -155,6 +181,18 @@ class SrtpContext:
         self.profile = profile
         self._tx = _session(profile, local_key_salt, Policy.SSRC_ANY_OUTBOUND, replay_window)
         self._rx = _session(profile, remote_key_salt, Policy.SSRC_ANY_INBOUND, replay_window)
+
+    def c_handles(self) -> tuple[tuple[Session, int, int], tuple[Session, int, int]] | None:
+        """For the C data plane (``media._relay``): ``(session, srtp_t, srtp_unprotect)`` of the inbound
+        session and ``(session, srtp_t, srtp_protect)`` of the outbound one, the pointers as integers; None
+        when pylibsrtp's internals are not the known ones (then only this Python path is used). Both paths
+        then share one libsrtp session per direction: keys, replay window and rollover counter."""
+        if _LIBSRTP is None:
+            return None
+        rx, tx = _srtp_t(self._rx), _srtp_t(self._tx)
+        if rx is None or tx is None:
+            return None
+        return (self._rx, rx, _LIBSRTP[1]), (self._tx, tx, _LIBSRTP[0])
 
     def protect(self, packet: bytes) -> bytes:
         """RTP -> SRTP."""

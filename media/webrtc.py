@@ -30,6 +30,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sipcore.sdp import Attribute, Connection, MediaDescription, SessionDescription
 
@@ -442,11 +443,14 @@ class WebRtcPort(asyncio.DatagramProtocol):
         certificate: DtlsCertificate,
         host: str = "0.0.0.0",
         port: int = 0,
+        *,
+        endpoints: Any = None,
         **kwargs,  # noqa: ANN003 - the keyword arguments of __init__
     ) -> WebRtcPort:
-        """Bind ``host:port`` (0: any free port) and start serving."""
+        """Bind ``host:port`` (0: any free port) and start serving; ``endpoints`` makes the socket (the loop by
+        default, or a ``media.relay.MediaRelay`` whose C data plane reads it)."""
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_datagram_endpoint(
+        _, protocol = await (endpoints or loop).create_datagram_endpoint(
             lambda: cls(certificate, **kwargs), local_addr=(host, port)
         )
         return protocol
@@ -461,6 +465,11 @@ class WebRtcPort(asyncio.DatagramProtocol):
     def public_ip(self) -> str:
         """The address advertised in candidates (the bound one unless ``public_ip`` was given)."""
         return self._public_ip or self.address[0]
+
+    @property
+    def transport(self) -> asyncio.DatagramTransport | None:
+        """The socket's transport (None once closed)."""
+        return self._transport
 
     def now(self) -> float:
         if self._clock is not None:

@@ -50,6 +50,9 @@ from .mixer import Conference
 from .opus import OpusDecoder, OpusEncoder
 from .player import Player, PlayerError, Prompt, PromptCache, beep
 from .recorder import CallRecorder, RecorderError
+from .relay import Forward, MediaRelay
+from .relay import available as relay_available
+from .relay import fileno
 from .rtp import RtpSender
 from .ports import PortAllocator
 from .rtp_port import PlainRtpPort
@@ -71,6 +74,7 @@ _AUDIO = ("opus", "pcmu", "pcma")
 _pack_hdr = struct.Struct("!BBHII").pack
 _DTMF_GAP_MS = 60                  # injected DTMF: silence between two digits
 _RECORD_BACKLOG = 3 * FRAME_SAMPLES  # recording of a passthrough leg: at most this much queued per channel
+_POLL_TICKS = 5                    # RTP sessions' timers (RTCP reports, media timeout) are looked at every 100 ms
 
 
 class MediaError(Exception):
@@ -96,6 +100,8 @@ class MediaSettings:
     media_timeout: float = 60.0
     tick_ms: int = 20
     g711_batch: bool = True                   # G.711 of all calls of a tick in one numpy call
+    c_relay: bool = True                      # passthrough packets forwarded by the C data plane when built
+    ice_socket_buffer: int = 8 << 20          # kernel buffers of the browser port, which every browser leg shares
 
     def advertised(self) -> str:
         """The address for SDP: the configured one, the bind address, else the host's primary address."""
@@ -142,6 +148,7 @@ class MediaCall:
     record_pcm: dict[str, np.ndarray] = field(default_factory=dict)     # passthrough recording: decoded backlog
     record_decoders: dict[str, OpusDecoder] = field(default_factory=dict)  # Opus passthrough recording
     supervisor: "_Supervisor | None" = None    # spy/whisper (mix)
+    forwards: dict[str, Forward] = field(default_factory=dict)  # by source side: directions forwarded in C
 
     def leg(self, side: Side) -> MediaLeg:
         return self.caller if side == "a" else self.callee
@@ -256,6 +263,24 @@ def _dtmf_prompt(digits: str, duration_ms: int) -> Prompt:
     return Prompt.from_samples(np.concatenate(parts), PCM_RATE, name=f"dtmf:{digits}")
 
 
+def _grow_socket_buffers(sock: Any, size: int) -> None:
+    """Receive/send buffers of ``size`` bytes on a UDP socket (beyond net.core.rmem_max/wmem_max when root).
+
+    The browser port carries every browser leg of the worker: at 500 legs the default 208 KiB holds ~10 ms of
+    packets, so any pause of the loop longer than that lost packets in the kernel."""
+    if sock is None or size <= 0:
+        return
+    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF),
+                         (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)      # needs CAP_NET_ADMIN
+        except (OSError, AttributeError):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)  # capped by net.core.[rw]mem_max
+            except (OSError, AttributeError) as exc:
+                log.debug("socket buffer not set: %s", exc)
+
+
 def is_webrtc(sd: SessionDescription) -> bool:
     """Whether an SDP's first audio section is a WebRTC (DTLS-SRTP + ICE) one."""
     section = sd.media[0]
@@ -313,9 +338,15 @@ class MediaWorker:
     """The media plane of one process: browser port, RTP ports, calls and their bridges, the 20 ms clock."""
 
     def __init__(self, settings: MediaSettings, port: WebRtcPort,
-                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_event: Callable[[dict[str, Any]], None] | None = None,
+                 relay: MediaRelay | None = None) -> None:
         self.settings = settings
         self.port = port
+        self.relay = relay                        # the C data plane reading every socket (None: asyncio + Python)
+        self._touched: dict[str, MediaCall] = {}  # calls whose forwards Python pulled back, to load again
+        self._ticking: dict[str, MediaCall] = {}  # answered calls the 20 ms clock has work for (not idle relays)
+        if relay is not None:
+            relay.before_drain = relay.after_drain = self._commit
         self.address = settings.advertised()
         self.allocator = PortAllocator(settings.rtp_port_min, settings.rtp_port_max)
         self.calls: dict[str, MediaCall] = {}
@@ -341,10 +372,18 @@ class MediaWorker:
         else:
             certificate = DtlsCertificate.generate()
         holder: list[MediaWorker] = []
-        port = await WebRtcPort.open(certificate, settings.bind_host, settings.ice_port,
-                                     public_ip=settings.advertised(),
-                                     on_event=lambda event: holder[0]._on_webrtc_event(event))
-        worker = cls(settings, port, on_event)
+        relay = MediaRelay() if settings.c_relay and relay_available() else None
+        try:
+            port = await WebRtcPort.open(certificate, settings.bind_host, settings.ice_port, endpoints=relay,
+                                         public_ip=settings.advertised(),
+                                         on_event=lambda event: holder[0]._on_webrtc_event(event))
+        except BaseException:
+            if relay is not None:
+                relay.close()
+            raise
+        if port.transport is not None:
+            _grow_socket_buffers(port.transport.get_extra_info("socket"), settings.ice_socket_buffer)
+        worker = cls(settings, port, on_event, relay)
         holder.append(worker)
         return worker
 
@@ -369,9 +408,11 @@ class MediaWorker:
         self._schedule()
 
     def _tick(self, now: float) -> None:
-        """One media step: every bridge's transcoding, then the plain legs' RTCP/timeouts."""
+        """One media step: the bridges with work (transcoding, prompts, recording, DTMF in progress; a passthrough
+        call that only relays is left out until a packet for Python comes), then every 100 ms the plain legs'
+        RTCP/timeouts."""
         self.ticks += 1
-        calls = [c for c in self.calls.values() if c.bridge is not None]
+        calls = list(self._ticking.values())
         tick_bridges([c.bridge for c in calls], now, batch=self.settings.g711_batch)  # type: ignore[misc]
         for call in calls:
             if call.sources:
@@ -383,10 +424,24 @@ class MediaWorker:
                 if call.supervisor is not None:
                     self._tick_supervisor(call, call.supervisor, frames, now)
             self._flush(call)
+            bridge = call.bridge
+            if (bridge is None or bridge.idle) and not call.sources and call.recorder is None \
+                    and call.supervisor is None:
+                self._ticking.pop(call.call_id, None)
+        if self.ticks % _POLL_TICKS == 0:
+            self._poll_sessions(now)
+        self._commit()
+
+    def _poll_sessions(self, now: float) -> None:
+        """RTCP reports and media timeouts of the plain-RTP legs that are due."""
         for call in self.calls.values():
             for leg in (call.caller, call.callee):
-                if leg.rtp is not None:
-                    leg.rtp.poll(now)
+                rtp = leg.rtp
+                if rtp is not None:
+                    timer = rtp.session.get_timer()
+                    if timer is not None and now >= timer:
+                        self._touch(call)             # RTCP reports and timeouts read what C counted
+                        rtp.poll(now)
             if call.supervisor is not None and call.supervisor.leg.rtp is not None:
                 call.supervisor.leg.rtp.poll(now)
 
@@ -560,11 +615,14 @@ class MediaWorker:
         if found is None:
             return
         call, leg = found
+        self._touch(call)
         if type(event) is RtpReceived:
             bridge = call.bridge
             if bridge is not None:
                 bridge.receive_rtp(leg.side, event.packet, self._loop.time())
                 self._flush(call)
+                if call.call_id not in self._ticking and not bridge.idle:
+                    self._ticking[call.call_id] = call
         elif isinstance(event, (LegFailed, LegClosed)):
             self._emit({"event": "leg-down", "call_id": call.call_id, "tag": leg.tag,
                         "reason": getattr(event, "reason", "closed")})
@@ -574,10 +632,118 @@ class MediaWorker:
         if bridge is not None:
             bridge.receive_rtp(leg.side, packet, now)
             self._flush(call)
+            if call.call_id not in self._ticking and not bridge.idle:
+                self._ticking[call.call_id] = call
 
     def _on_session_event(self, call: MediaCall, leg: MediaLeg, event: SessionEvent) -> None:
         if isinstance(event, MediaTimeout):
             self._emit({"event": "timeout", "call_id": call.call_id, "tag": leg.tag, "idle": round(event.idle, 1)})
+
+    # -- the C data plane: passthrough directions forwarded without Python ---------------------------
+    def _touch(self, call: MediaCall) -> None:
+        """Python is about to look at or change this call's media state: take back what C counted first."""
+        if self.relay is None or call.call_id in self._touched:
+            return
+        bridge = call.bridge
+        if bridge is not None and not bridge.passthrough:
+            return                                # a transcoded call never has forwards
+        self._touched[call.call_id] = call
+        for forward in call.forwards.values():
+            forward.pull()
+
+    def _commit(self) -> None:
+        """Load the forwards of the calls Python touched (runs before the relay reads its sockets again)."""
+        if not self._touched:
+            return
+        touched, self._touched = self._touched, {}
+        for call in touched.values():
+            if self.calls.get(call.call_id) is call:
+                for side in ("a", "b"):
+                    self._load_forward(call, side)  # type: ignore[arg-type]
+
+    def _load_forward(self, call: MediaCall, side: Side) -> None:
+        """Install, update or remove the C forward of the direction from ``side``: only while the Python path
+        would do nothing with its packets but relay them (same codec, no recording/supervisor, no prompt,
+        DTMF tone or telephone-event in progress towards the other side, both ends known and keyed)."""
+        relay = self.relay
+        assert relay is not None
+        forward = call.forwards.get(side)
+        plan = self._forward_plan(call, side)
+        if plan is None:
+            if forward is not None:
+                forward.remove()
+                del call.forwards[side]
+            return
+        key, out, srtp_in, srtp_out, session, reception = plan
+        bridge = call.bridge
+        assert bridge is not None
+        path = bridge.paths[side]
+        if forward is not None and (forward.key != key or forward.reception is not reception):
+            forward.remove()
+            forward = None
+        if forward is None:
+            forward = call.forwards[side] = Forward(relay, key, path.stats, path.sender, session, reception)
+        mapping = path.sender.relay_mapping()
+        assert mapping is not None
+        source, seq_off, ts_off, highest = mapping
+        forward.load(in_pt=path.src.payload_type, source=source, out_pt=path.dst.payload_type, seq_off=seq_off,
+                     ts_off=ts_off, highest=highest, hold_until=path.event_until, out=out, srtp_in=srtp_in,
+                     srtp_out=srtp_out)
+
+    def _forward_plan(self, call: MediaCall, side: Side) -> tuple[Any, ...] | None:
+        """(key, out, srtp_in, srtp_out, input session, its ReceptionStats) when the direction can be
+        forwarded in C, else None."""
+        bridge = call.bridge
+        if bridge is None or not bridge.passthrough or bridge.closed or bridge.capture:
+            return None
+        path = bridge.paths[side]
+        if path.dst_side in bridge.muted or path.tone is not None:
+            return None
+        mapping = path.sender.relay_mapping()
+        if mapping is None:
+            return None                          # no source relayed yet: the first packet goes through Python
+        source = mapping[0]
+        src, dst = call.leg(side), call.leg(path.dst_side)
+        session = reception = srtp_in = srtp_out = None
+        if src.rtp is not None:
+            session = src.rtp.session
+            latched = session.latched_source
+            fd = fileno(src.rtp.rtp.transport) if src.rtp.rtp is not None else None
+            if latched is None or latched[1] != source or fd is None:
+                return None
+            reception = session.sources.get(source)
+            if reception is None:
+                return None
+            key = (fd, latched[0][0], latched[0][1])
+        elif src.webrtc is not None:
+            leg = src.webrtc
+            fd = fileno(self.port.transport)
+            address = leg.remote_address
+            handles = leg.srtp.c_handles() if leg.srtp is not None else None
+            if fd is None or address is None or handles is None:
+                return None
+            key = (fd, address[0], address[1])
+            srtp_in = handles[0]
+        else:
+            return None
+        if dst.rtp is not None:
+            remote = dst.rtp.session.remote
+            fd = fileno(dst.rtp.rtp.transport) if dst.rtp.rtp is not None else None
+            if remote is None or fd is None:
+                return None
+            out = (fd, remote[0], remote[1])
+        elif dst.webrtc is not None:
+            leg = dst.webrtc
+            fd = fileno(self.port.transport)
+            address = leg.remote_address
+            handles = leg.srtp.c_handles() if leg.srtp is not None else None
+            if fd is None or address is None or handles is None:
+                return None
+            out = (fd, address[0], address[1])
+            srtp_out = handles[1]
+        else:
+            return None
+        return key, out, srtp_in, srtp_out, session, reception
 
     # -- legs ----------------------------------------------------------------------------------------
     async def _open_rtp(self, call: MediaCall, leg: MediaLeg, remote: tuple[str, int] | None) -> None:
@@ -590,11 +756,15 @@ class MediaWorker:
                 leg.rtp = await PlainRtpPort.open(
                     self.settings.bind_host, port, session,
                     lambda packet, now: self._on_rtp(call, leg, packet, now),
-                    lambda event: self._on_session_event(call, leg, event))
+                    lambda event: self._on_session_event(call, leg, event), endpoints=self.relay)
             except OSError:
                 self.allocator.release(port)
                 continue
             leg.port = port
+            for sock in (leg.rtp.rtp, leg.rtp.rtcp):
+                if sock is not None and self.relay is not None:
+                    # a datagram for the Python path: take C's counts back before the session sees it
+                    sock.transport.hook = lambda: self._touch(call)  # type: ignore[union-attr]
             return
         raise MediaError("no bindable RTP port in the range")
 
@@ -621,6 +791,7 @@ class MediaWorker:
         offer = self._parse(sdp)
         existing = self.calls.get(call_id)
         if existing is not None:
+            self._touch(existing)
             if existing.bridge is not None:
                 return self._reoffer(existing, from_tag, offer)
             if existing.caller.tag == from_tag and existing.callee.local_sdp is not None:
@@ -673,6 +844,7 @@ class MediaWorker:
         call = self.calls.get(call_id)
         if call is None:
             raise MediaError(f"unknown call {call_id!r}")
+        self._touch(call)
         if call.bridge is not None and call.reoffer_from is not None and call.reoffer_from == from_tag:
             return self._reanswer(call, to_tag, self._parse(sdp))
         if call.caller.tag != from_tag:
@@ -725,6 +897,7 @@ class MediaWorker:
         except ValueError as exc:
             raise MediaError(str(exc)) from None
         call.answer_sdp = local
+        self._ticking[call_id] = call
         return local.to_bytes().decode()
 
     # -- re-INVITEs (hold/resume, a new address): same codecs, direction and address follow ---------------
@@ -771,6 +944,7 @@ class MediaWorker:
         call = self.calls.get(call_id)
         if call is None:
             raise MediaError(f"unknown call {call_id!r}")
+        self._touch(call)
         bridge_stats = call.bridge.stats() if call.bridge is not None else {}
         legs: dict[str, Any] = {}
         for leg in (call.caller, call.callee):
@@ -798,6 +972,8 @@ class MediaWorker:
             raise MediaError(f"unknown call {call_id!r}")
         if call.bridge is None:
             raise MediaError(f"call {call_id!r} is not answered yet (no media bridge)")
+        self._touch(call)
+        self._ticking[call_id] = call             # a command may give the clock work (prompt, recording...)
         return call
 
     def _start_source(self, call: MediaCall, leg: MediaLeg, source: _PromptSource | _DtmfSource) -> None:
@@ -998,7 +1174,7 @@ class MediaWorker:
                 leg.rtp = await PlainRtpPort.open(
                     self.settings.bind_host, port, session,
                     lambda packet, now: self._on_supervisor_rtp(call, packet, now),
-                    lambda event: None)
+                    lambda event: None, endpoints=self.relay)
             except OSError:
                 self.allocator.release(port)
                 continue
@@ -1017,6 +1193,11 @@ class MediaWorker:
 
     def _drop(self, call: MediaCall) -> None:
         self.calls.pop(call.call_id, None)
+        self._touched.pop(call.call_id, None)
+        self._ticking.pop(call.call_id, None)
+        for forward in call.forwards.values():
+            forward.remove()
+        call.forwards.clear()
         call.sources.clear()
         if call.recorder is not None:
             self._stop_recording(call)
@@ -1028,9 +1209,12 @@ class MediaWorker:
 
     def status(self) -> dict[str, Any]:
         """Worker-wide figures (for ping/query without a call)."""
-        return {"calls": len(self.calls), "ice_port": self.port.port, "rtp_ports_in_use": self.allocator.in_use,
-                "ticks": self.ticks, "late_ticks": self.late_ticks,
-                "tick_ms_avg": round(1000 * self.tick_seconds / max(1, self.ticks), 3)}
+        status: dict[str, Any] = {
+            "calls": len(self.calls), "ice_port": self.port.port, "rtp_ports_in_use": self.allocator.in_use,
+            "ticks": self.ticks, "late_ticks": self.late_ticks,
+            "tick_ms_avg": round(1000 * self.tick_seconds / max(1, self.ticks), 3)}
+        status["relay"] = self.relay.stats() if self.relay is not None else None
+        return status
 
     @staticmethod
     def _parse(sdp: str | bytes) -> SessionDescription:
@@ -1050,3 +1234,5 @@ class MediaWorker:
         for call in list(self.calls.values()):
             self._drop(call)
         self.port.close()
+        if self.relay is not None:
+            self.relay.close()

@@ -130,6 +130,9 @@ class MediaSettings:
     rtp_port_min: int = _setting(30000, help="lowest plain-RTP port (even RTP ports, RTCP on +1)")
     rtp_port_max: int = _setting(39999, help="highest plain-RTP port")
     prefer_passthrough: bool = _setting(True, help="same G.711 codec on both legs when both offer it")
+    c_relay: bool = _setting(True, help="forward passthrough RTP/SRTP in the C data plane (media._relay) when built")
+    opus_complexity: int = _setting(5, help="libopus encoder complexity 0-10 of transcoded calls (CPU vs quality)")
+    opus_bitrate: int = _setting(24000, help="Opus bitrate towards browsers, bits/s (6000-510000)")
     control_timeout: float = _setting(
         2.0, help="seconds SIP waits for a media worker's reply before degrading (see docs/interfaces.md)"
     )
@@ -446,6 +449,10 @@ def _validate_media(m: MediaSettings) -> None:
             )
     if m.control_timeout <= 0:
         raise SettingsError(f"media.control_timeout must be positive, got {m.control_timeout}")
+    if not 0 <= m.opus_complexity <= 10:
+        raise SettingsError(f"media.opus_complexity must be between 0 and 10, got {m.opus_complexity}")
+    if not 6000 <= m.opus_bitrate <= 510000:
+        raise SettingsError(f"media.opus_bitrate must be between 6000 and 510000, got {m.opus_bitrate}")
 
 
 # ---------------------------------------------------------------------------------------------- help

@@ -222,8 +222,13 @@ async def test_trunk_to_browser_call(worker: MediaWorker, prefer_passthrough: bo
         assert section.proto == "RTP/AVP" and section.rtpmap[section.payload_types[0]].encoding == "PCMU"
         bridge = worker.calls["call-2"].bridge
         assert bridge.passthrough is prefer_passthrough
+        before = worker.relay.stats()["forwarded"] if worker.relay is not None else 0
         await trunk.play(("127.0.0.1", section.port), 2.0)
         await asyncio.sleep(0.3)
+        if worker.relay is not None:
+            # SRTP<->RTP passthrough runs in the C data plane (both directions), transcoding never does
+            forwarded = worker.relay.stats()["forwarded"] - before
+            assert forwarded > 150 if prefer_passthrough else forwarded == 0, worker.relay.stats()
     finally:
         await pc.close()
         for task in consumers:

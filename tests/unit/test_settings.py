@@ -263,6 +263,7 @@ def test_media_defaults() -> None:
     assert (m.enabled, m.workers, m.listen, m.advertise) == (False, 1, "0.0.0.0", "")
     assert (m.ice_port, m.rtp_port_min, m.rtp_port_max) == (40000, 30000, 39999)
     assert m.prefer_passthrough is True and m.control_timeout == 2.0
+    assert (m.c_relay, m.opus_complexity, m.opus_bitrate) == (True, 5, 24000)
 
 
 def test_media_from_file_and_environment(tmp_path: Path) -> None:
@@ -308,6 +309,9 @@ def test_media_file_errors(tmp_path: Path, toml: str, fragment: str) -> None:
         ({"CALLPATH_MEDIA_CONTROL_TIMEOUT": "0"}, "media.control_timeout must be positive"),
         ({"CALLPATH_MEDIA_CONTROL_TIMEOUT": "soon"}, "CALLPATH_MEDIA_CONTROL_TIMEOUT='soon': expected a number"),
         ({"CALLPATH_MEDIA_LISTEN": ""}, "media.listen must not be empty"),
+        ({"CALLPATH_MEDIA_OPUS_COMPLEXITY": "11"}, "media.opus_complexity must be between 0 and 10"),
+        ({"CALLPATH_MEDIA_OPUS_BITRATE": "100"}, "media.opus_bitrate must be between 6000 and 510000"),
+        ({"CALLPATH_MEDIA_C_RELAY": "maybe"}, "CALLPATH_MEDIA_C_RELAY"),
         ({"CALLPATH_MEDIA_ADVERTIZE": "x"}, "unknown environment variable CALLPATH_MEDIA_ADVERTIZE"),
     ],
 )
@@ -321,6 +325,6 @@ def test_help_lists_the_media_section() -> None:
     text = settings_help()
     assert "[media]" in text
     for key in ("enabled", "workers", "advertise", "ice_port", "rtp_port_min", "rtp_port_max",
-                "prefer_passthrough", "control_timeout"):
+                "prefer_passthrough", "c_relay", "opus_complexity", "opus_bitrate", "control_timeout"):
         assert env_var_name("media", key) in text
     assert "default 40000" in text and "default 2.0" in text

@@ -1,0 +1,842 @@
+/* media._relay: the C data plane of passthrough media (what rtpengine's kernel module does, in user space).
+ *
+ * A media worker hands its UDP sockets to one Relay (an epoll set the asyncio loop watches through one file
+ * descriptor). Relay.drain(now) reads every ready socket with recvmmsg, and for each datagram that matches a
+ * forwarding Rule -- (socket, source address) of a latched leg, the audio payload type and the SSRC being
+ * relayed -- it does in C exactly what the Python path does (media.session.RtpSession.receive_datagram,
+ * media.bridge.Bridge.receive_rtp, media.rtp.RtpSender.relay, media.webrtc SRTP): RFC 3550 A.1/A.8 receive
+ * statistics, SRTP unprotect, the header rewrite onto the outgoing stream (our SSRC, sequence/timestamp
+ * offsets, the other side's payload type), SRTP protect, and sends it with sendmmsg. Everything else (STUN,
+ * DTLS, RTCP, telephone-events, a new source or address, anything malformed) is returned to Python untouched
+ * as (fd, datagram, (host, port)) and handled by the reference path, which then updates the rules.
+ *
+ * The Python objects stay the authority: the worker reads a rule's counters and stream state back into them
+ * (media.relay) before it touches a call, and writes the rule again afterwards. Measured reason (see
+ * benchmarks/media/RESULTS.md): the Python path costs 30-50 us per relayed packet, of which the bridge logic
+ * is a small part; the rest is one event-loop callback, one sendto and the object chain per datagram.
+ *
+ * SRTP goes through the libsrtp that pylibsrtp carries: the caller passes the srtp_t of a pylibsrtp Session
+ * and the addresses of srtp_protect/srtp_unprotect from its cffi module (media.relay does that), so the same
+ * libsrtp session (keys, replay window, rollover counter) serves the Python path and this one.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define VLEN 64            /* datagrams per recvmmsg/sendmmsg */
+#define BUF_SIZE 4096
+#define TAIL_ROOM 160      /* SRTP trailer room: SRTP_MAX_TAG_LEN + SRTP_MAX_MKI_LEN = 144 */
+#define MAX_EVENTS 64
+#define KEY_SIZE 24
+#define MAX_DROPOUT 3000
+#define MAX_MISORDER 100
+#define SEQ_MOD 65536
+
+typedef int (*srtp_fn)(void *ctx, void *hdr, int *len);
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Rule: one direction of a passthrough call                                                               */
+/* ------------------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    /* what matches */
+    int in_pt;
+    unsigned int src_ssrc;
+    /* the rewrite onto the outgoing stream */
+    int out_pt;
+    unsigned int out_ssrc;
+    unsigned int seq_off;
+    unsigned int ts_off;
+    double hold_until;          /* audio towards the other side pauses until then (a DTMF event relayed) */
+    /* where it goes */
+    int out_fd;
+    struct sockaddr_storage out_addr;
+    socklen_t out_addrlen;
+    /* SRTP (either may be absent) */
+    void *srtp_in_ctx;
+    srtp_fn srtp_in;
+    PyObject *srtp_in_owner;
+    void *srtp_out_ctx;
+    srtp_fn srtp_out;
+    PyObject *srtp_out_owner;
+    /* counters since Python last took them */
+    long long packets_in;
+    long long packets_out;
+    long long octets_out;
+    long long held;
+    long long srtp_errors;
+    long long send_errors;
+    double last_arrival;
+    /* the outgoing stream (RtpSender's highest sequence sent) */
+    int highest_out_seq;        /* -1: none sent since the mapping was set */
+    unsigned int last_out_ts;
+    double last_sent_at;
+    int advanced;               /* highest_out_seq moved since Python last looked */
+    /* receive statistics of the source (RFC 3550 A.1, A.8): media.rtcp.ReceptionStats' fields */
+    int track_reception;
+    int probation;
+    int min_sequential;
+    long long max_seq;
+    long long cycles;
+    long long base_seq;
+    long long bad_seq;
+    long long received;
+    int has_transit;
+    double transit;
+    double jitter;
+    double clock_rate;
+    int has_rec_arrival;
+    double rec_arrival;
+    int reinit;                 /* init_seq ran: the interval counters (expected/received_prior) restart */
+} Rule;
+
+static void rec_init_seq(Rule *r, long long seq)
+{
+    r->base_seq = seq;
+    r->max_seq = seq;
+    r->bad_seq = SEQ_MOD + 1;
+    r->cycles = 0;
+    r->received = 0;
+    r->reinit = 1;
+}
+
+static void rec_jitter(Rule *r, unsigned int ts, double arrival)
+{
+    double transit = arrival * r->clock_rate - (double)ts;
+    r->rec_arrival = arrival;
+    r->has_rec_arrival = 1;
+    if (r->has_transit) {
+        double d = transit - r->transit;
+        if (d < 0)
+            d = -d;
+        if (d > 2147483648.0) {
+            d = 4294967296.0 - d;
+            if (d < 0)
+                d = -d;
+        }
+        r->jitter += (d - r->jitter) * 0.0625;
+    }
+    r->transit = transit;
+    r->has_transit = 1;
+}
+
+/* media.rtcp.ReceptionStats.update, line for line */
+static void rec_update(Rule *r, long long seq, unsigned int ts, double arrival)
+{
+    long long max_seq, udelta;
+    if (r->max_seq < 0) {
+        rec_init_seq(r, seq);
+        r->max_seq = (seq - 1) & 0xFFFF;
+        r->probation = r->min_sequential;
+    }
+    max_seq = r->max_seq;
+    udelta = (seq - max_seq) & 0xFFFF;
+    if (r->probation) {
+        if (seq == ((max_seq + 1) & 0xFFFF)) {
+            r->probation -= 1;
+            r->max_seq = seq;
+            if (r->probation == 0) {
+                rec_init_seq(r, seq);
+                r->received = 1;
+                rec_jitter(r, ts, arrival);
+            }
+        } else {
+            r->probation = r->min_sequential - 1;
+            r->max_seq = seq;
+        }
+        return;
+    }
+    if (udelta < MAX_DROPOUT) {
+        if (seq < max_seq)
+            r->cycles += SEQ_MOD;
+        r->max_seq = seq;
+    } else if (udelta <= SEQ_MOD - MAX_MISORDER) {
+        if (seq == r->bad_seq) {
+            rec_init_seq(r, seq);
+            r->has_transit = 0;
+        } else {
+            r->bad_seq = (seq + 1) & 0xFFFF;
+            return;
+        }
+    }
+    r->received += 1;
+    rec_jitter(r, ts, arrival);
+}
+
+static int parse_address(const char *host, int port, struct sockaddr_storage *out, socklen_t *len)
+{
+    memset(out, 0, sizeof(*out));
+    if (port < 0 || port > 65535)
+        return -1;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)out;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        *len = sizeof(struct sockaddr_in);
+        return 0;
+    }
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)out;
+    if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        *len = sizeof(struct sockaddr_in6);
+        return 0;
+    }
+    return -1;
+}
+
+static void rule_clear_srtp(PyObject **owner, void **ctx, srtp_fn *fn)
+{
+    Py_CLEAR(*owner);
+    *ctx = NULL;
+    *fn = NULL;
+}
+
+static int Rule_init(Rule *self, PyObject *args, PyObject *kwds)
+{
+    if (!PyArg_ParseTuple(args, ""))
+        return -1;
+    self->in_pt = -1;
+    self->out_pt = -1;
+    self->out_fd = -1;
+    self->hold_until = -1e300;
+    self->highest_out_seq = -1;
+    self->max_seq = -1;
+    self->min_sequential = 1;
+    self->probation = 1;
+    self->bad_seq = SEQ_MOD + 1;
+    self->clock_rate = 8000.0;
+    return 0;
+}
+
+static void Rule_dealloc(Rule *self)
+{
+    Py_CLEAR(self->srtp_in_owner);
+    Py_CLEAR(self->srtp_out_owner);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyDoc_STRVAR(Rule_set_output_doc, "set_output(fd, host, port): send forwarded packets from socket fd to host:port.");
+static PyObject *Rule_set_output(Rule *self, PyObject *args)
+{
+    int fd, port;
+    const char *host;
+    if (!PyArg_ParseTuple(args, "isi", &fd, &host, &port))
+        return NULL;
+    if (parse_address(host, port, &self->out_addr, &self->out_addrlen) < 0) {
+        PyErr_Format(PyExc_ValueError, "not an IP address and port: %s %d", host, port);
+        return NULL;
+    }
+    self->out_fd = fd;
+    Py_RETURN_NONE;
+}
+
+static PyObject *set_srtp(PyObject *args, PyObject **owner, void **ctx, srtp_fn *fn)
+{
+    PyObject *o;
+    unsigned long long c = 0, f = 0;
+    if (!PyArg_ParseTuple(args, "O|KK", &o, &c, &f))
+        return NULL;
+    rule_clear_srtp(owner, ctx, fn);
+    if (o != Py_None) {
+        if (!c || !f) {
+            PyErr_SetString(PyExc_ValueError, "an SRTP session needs its srtp_t and function addresses");
+            return NULL;
+        }
+        Py_INCREF(o);
+        *owner = o;
+        *ctx = (void *)(uintptr_t)c;
+        *fn = (srtp_fn)(uintptr_t)f;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Rule_set_srtp_in_doc,
+             "set_srtp_in(owner, srtp_t, srtp_unprotect) or set_srtp_in(None): unprotect what comes in.\n"
+             "owner (the pylibsrtp Session) is kept alive while the rule uses its srtp_t.");
+static PyObject *Rule_set_srtp_in(Rule *self, PyObject *args)
+{
+    return set_srtp(args, &self->srtp_in_owner, &self->srtp_in_ctx, &self->srtp_in);
+}
+
+PyDoc_STRVAR(Rule_set_srtp_out_doc, "set_srtp_out(owner, srtp_t, srtp_protect) or set_srtp_out(None): protect what goes out.");
+static PyObject *Rule_set_srtp_out(Rule *self, PyObject *args)
+{
+    return set_srtp(args, &self->srtp_out_owner, &self->srtp_out_ctx, &self->srtp_out);
+}
+
+PyDoc_STRVAR(Rule_take_doc,
+             "take() -> (packets_in, packets_out, octets_out, held, last_arrival, advanced): the counters since\n"
+             "the last take (then zeroed) and whether the highest sequence sent moved.");
+static PyObject *Rule_take(Rule *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *t = Py_BuildValue("LLLLdi", self->packets_in, self->packets_out, self->octets_out, self->held,
+                                self->last_arrival, self->advanced);
+    self->packets_in = self->packets_out = self->octets_out = self->held = 0;
+    self->advanced = 0;
+    return t;
+}
+
+PyDoc_STRVAR(Rule_reception_doc,
+             "reception() -> (probation, max_seq, cycles, base_seq, bad_seq, received, transit|None, jitter,\n"
+             "last_arrival|None, reinit): the RFC 3550 receive state (reinit is cleared).");
+static PyObject *Rule_reception(Rule *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *transit = self->has_transit ? PyFloat_FromDouble(self->transit) : Py_NewRef(Py_None);
+    PyObject *arrival = self->has_rec_arrival ? PyFloat_FromDouble(self->rec_arrival) : Py_NewRef(Py_None);
+    if (!transit || !arrival) {
+        Py_XDECREF(transit);
+        Py_XDECREF(arrival);
+        return NULL;
+    }
+    PyObject *t = Py_BuildValue("iLLLLLNdNi", self->probation, self->max_seq, self->cycles, self->base_seq,
+                                self->bad_seq, self->received, transit, self->jitter, arrival, self->reinit);
+    self->reinit = 0;
+    return t;
+}
+
+PyDoc_STRVAR(Rule_set_reception_doc,
+             "set_reception(probation, max_seq, cycles, base_seq, bad_seq, received, transit|None, jitter,\n"
+             "last_arrival|None, clock_rate, min_sequential): start tracking from this state.");
+static PyObject *Rule_set_reception(Rule *self, PyObject *args)
+{
+    PyObject *transit, *arrival;
+    int probation, min_sequential;
+    long long max_seq, cycles, base_seq, bad_seq, received;
+    double jitter, clock_rate;
+    if (!PyArg_ParseTuple(args, "iLLLLLOdOdi", &probation, &max_seq, &cycles, &base_seq, &bad_seq, &received,
+                          &transit, &jitter, &arrival, &clock_rate, &min_sequential))
+        return NULL;
+    double t = 0, a = 0;
+    if (transit != Py_None && (t = PyFloat_AsDouble(transit)) == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (arrival != Py_None && (a = PyFloat_AsDouble(arrival)) == -1.0 && PyErr_Occurred())
+        return NULL;
+    self->probation = probation;
+    self->max_seq = max_seq;
+    self->cycles = cycles;
+    self->base_seq = base_seq;
+    self->bad_seq = bad_seq;
+    self->received = received;
+    self->has_transit = transit != Py_None;
+    self->transit = t;
+    self->jitter = jitter;
+    self->has_rec_arrival = arrival != Py_None;
+    self->rec_arrival = a;
+    self->clock_rate = clock_rate;
+    self->min_sequential = min_sequential;
+    self->reinit = 0;
+    self->track_reception = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Rule_methods[] = {
+    {"set_output", (PyCFunction)Rule_set_output, METH_VARARGS, Rule_set_output_doc},
+    {"set_srtp_in", (PyCFunction)Rule_set_srtp_in, METH_VARARGS, Rule_set_srtp_in_doc},
+    {"set_srtp_out", (PyCFunction)Rule_set_srtp_out, METH_VARARGS, Rule_set_srtp_out_doc},
+    {"take", (PyCFunction)Rule_take, METH_NOARGS, Rule_take_doc},
+    {"reception", (PyCFunction)Rule_reception, METH_NOARGS, Rule_reception_doc},
+    {"set_reception", (PyCFunction)Rule_set_reception, METH_VARARGS, Rule_set_reception_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Rule_members[] = {
+    {"in_pt", T_INT, offsetof(Rule, in_pt), 0, "payload type forwarded (others go to Python)"},
+    {"src_ssrc", T_UINT, offsetof(Rule, src_ssrc), 0, "SSRC forwarded (another one goes to Python)"},
+    {"out_pt", T_INT, offsetof(Rule, out_pt), 0, "payload type written out"},
+    {"out_ssrc", T_UINT, offsetof(Rule, out_ssrc), 0, "SSRC written out"},
+    {"seq_off", T_UINT, offsetof(Rule, seq_off), 0, "added to the sequence number (mod 2^16)"},
+    {"ts_off", T_UINT, offsetof(Rule, ts_off), 0, "added to the timestamp (mod 2^32)"},
+    {"hold_until", T_DOUBLE, offsetof(Rule, hold_until), 0, "counted but not sent before this time"},
+    {"out_fd", T_INT, offsetof(Rule, out_fd), READONLY, "socket it sends from"},
+    {"srtp_errors", T_LONGLONG, offsetof(Rule, srtp_errors), 0, "packets dropped by SRTP (auth, replay)"},
+    {"send_errors", T_LONGLONG, offsetof(Rule, send_errors), 0, "packets the kernel refused to send"},
+    {"highest_out_seq", T_INT, offsetof(Rule, highest_out_seq), 0, "highest sequence sent, -1 if none"},
+    {"last_out_ts", T_UINT, offsetof(Rule, last_out_ts), 0, "timestamp of that packet"},
+    {"last_sent_at", T_DOUBLE, offsetof(Rule, last_sent_at), 0, "when it was sent"},
+    {"track_reception", T_INT, offsetof(Rule, track_reception), 0, "keep RFC 3550 receive statistics"},
+    {NULL},
+};
+
+static PyTypeObject RuleType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "media._relay.Rule",
+    .tp_basicsize = sizeof(Rule),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One direction of a passthrough call: what matches, the rewrite, where it goes, its counters.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Rule_init,
+    .tp_dealloc = (destructor)Rule_dealloc,
+    .tp_methods = Rule_methods,
+    .tp_members = Rule_members,
+};
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Relay: the epoll set, the rule table, the batch loop                                                    */
+/* ------------------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    int epfd;
+    PyObject *rules;            /* dict: key (bytes) -> Rule */
+    long long forwarded, slow, dropped, truncated, recv_errors, send_errors;
+    struct mmsghdr in_msgs[VLEN];
+    struct iovec in_iov[VLEN];
+    struct sockaddr_storage in_addr[VLEN];
+    uint8_t *bufs;              /* VLEN * BUF_SIZE */
+    struct mmsghdr out_msgs[VLEN];
+    struct iovec out_iov[VLEN];
+    int out_fd[VLEN];
+    Rule *out_rule[VLEN];
+    int nout;
+} Relay;
+
+static void make_key(char key[KEY_SIZE], int fd, const struct sockaddr *sa)
+{
+    memset(key, 0, KEY_SIZE);
+    memcpy(key, &fd, sizeof(int));
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a4 = (const struct sockaddr_in *)sa;
+        key[4] = 4;
+        memcpy(key + 6, &a4->sin_port, 2);
+        memcpy(key + 8, &a4->sin_addr, 4);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)sa;
+        key[4] = 6;
+        memcpy(key + 6, &a6->sin6_port, 2);
+        memcpy(key + 8, &a6->sin6_addr, 16);
+    } else {
+        key[4] = (char)0xFF;
+    }
+}
+
+static PyObject *key_for(int fd, const char *host, int port)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char key[KEY_SIZE];
+    if (parse_address(host, port, &ss, &len) < 0) {
+        PyErr_Format(PyExc_ValueError, "not an IP address and port: %s %d", host, port);
+        return NULL;
+    }
+    make_key(key, fd, (struct sockaddr *)&ss);
+    return PyBytes_FromStringAndSize(key, KEY_SIZE);
+}
+
+static PyObject *address_tuple(const struct sockaddr_storage *ss)
+{
+    char host[INET6_ADDRSTRLEN];
+    int port;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a4 = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a4->sin_addr, host, sizeof(host));
+        port = ntohs(a4->sin_port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a6->sin6_addr, host, sizeof(host));
+        port = ntohs(a6->sin6_port);
+    } else {
+        return Py_BuildValue("(si)", "", 0);
+    }
+    return Py_BuildValue("(si)", host, port);
+}
+
+static int Relay_init(Relay *self, PyObject *args, PyObject *kwds)
+{
+    if (!PyArg_ParseTuple(args, ""))
+        return -1;
+    self->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (self->epfd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    self->rules = PyDict_New();
+    self->bufs = PyMem_Malloc((size_t)VLEN * BUF_SIZE);
+    if (!self->rules || !self->bufs) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int i = 0; i < VLEN; i++) {
+        self->in_iov[i].iov_base = self->bufs + (size_t)i * BUF_SIZE;
+        self->in_iov[i].iov_len = BUF_SIZE - TAIL_ROOM;
+    }
+    return 0;
+}
+
+static void Relay_dealloc(Relay *self)
+{
+    for (int i = 0; i < self->nout; i++)
+        Py_XDECREF(self->out_rule[i]);
+    if (self->epfd >= 0)
+        close(self->epfd);
+    Py_CLEAR(self->rules);
+    PyMem_Free(self->bufs);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int check_open(Relay *self)
+{
+    if (self->epfd < 0) {
+        PyErr_SetString(PyExc_ValueError, "the relay is closed");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(Relay_fileno_doc, "fileno(): the epoll descriptor (readable when a socket has datagrams).");
+static PyObject *Relay_fileno(Relay *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(self->epfd);
+}
+
+PyDoc_STRVAR(Relay_add_socket_doc, "add_socket(fd): read this non-blocking UDP socket in drain().");
+static PyObject *Relay_add_socket(Relay *self, PyObject *args)
+{
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd) || check_open(self) < 0)
+        return NULL;
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Relay_remove_socket_doc,
+             "remove_socket(fd): stop reading it; rules that read or send on it are removed too.");
+static PyObject *Relay_remove_socket(Relay *self, PyObject *args)
+{
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd) || check_open(self) < 0)
+        return NULL;
+    if (epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL) < 0 && errno != ENOENT && errno != EBADF)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    PyObject *stale = PyList_New(0);
+    if (!stale)
+        return NULL;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(self->rules, &pos, &key, &value)) {
+        int key_fd;
+        memcpy(&key_fd, PyBytes_AS_STRING(key), sizeof(int));
+        if (key_fd == fd || ((Rule *)value)->out_fd == fd) {
+            if (PyList_Append(stale, key) < 0) {
+                Py_DECREF(stale);
+                return NULL;
+            }
+        }
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(stale); i++)
+        PyDict_DelItem(self->rules, PyList_GET_ITEM(stale, i));
+    Py_DECREF(stale);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Relay_set_rule_doc,
+             "set_rule(fd, host, port, rule): forward what socket fd receives from host:port by rule.");
+static PyObject *Relay_set_rule(Relay *self, PyObject *args)
+{
+    int fd, port;
+    const char *host;
+    PyObject *rule;
+    if (!PyArg_ParseTuple(args, "isiO!", &fd, &host, &port, &RuleType, &rule) || check_open(self) < 0)
+        return NULL;
+    PyObject *key = key_for(fd, host, port);
+    if (!key)
+        return NULL;
+    int rc = PyDict_SetItem(self->rules, key, rule);
+    Py_DECREF(key);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Relay_del_rule_doc, "del_rule(fd, host, port): forget that rule (no error if there is none).");
+static PyObject *Relay_del_rule(Relay *self, PyObject *args)
+{
+    int fd, port;
+    const char *host;
+    if (!PyArg_ParseTuple(args, "isi", &fd, &host, &port))
+        return NULL;
+    PyObject *key = key_for(fd, host, port);
+    if (!key)
+        return NULL;
+    if (PyDict_DelItem(self->rules, key) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_KeyError)) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        PyErr_Clear();
+    }
+    Py_DECREF(key);
+    Py_RETURN_NONE;
+}
+
+static void flush_out(Relay *self)
+{
+    int i = 0;
+    while (i < self->nout) {
+        int fd = self->out_fd[i];
+        int j = i + 1;
+        while (j < self->nout && self->out_fd[j] == fd)
+            j++;
+        int k = i;
+        while (k < j) {
+            int sent = sendmmsg(fd, &self->out_msgs[k], (unsigned int)(j - k), MSG_DONTWAIT);
+            if (sent <= 0) {
+                if (sent < 0 && errno == EINTR)
+                    continue;
+                /* this datagram was refused (buffer full, ICMP error pending): drop it, go on */
+                self->send_errors++;
+                self->out_rule[k]->send_errors++;
+                k++;
+            } else {
+                k += sent;
+            }
+        }
+        i = j;
+    }
+    for (i = 0; i < self->nout; i++) {
+        Py_DECREF(self->out_rule[i]);
+        self->out_rule[i] = NULL;
+    }
+    self->nout = 0;
+}
+
+/* 1: consumed here (forwarded, held or dropped); 0: for Python */
+static int forward(Relay *self, int fd, uint8_t *buf, int len, const struct sockaddr_storage *from, double now)
+{
+    if (len < 12 || (buf[0] >> 6) != 2 || (buf[1] >= 192 && buf[1] <= 223))
+        return 0;                                   /* not RTP (STUN, DTLS, RTCP) or malformed */
+    char key[KEY_SIZE];
+    make_key(key, fd, (const struct sockaddr *)from);
+    PyObject *k = PyBytes_FromStringAndSize(key, KEY_SIZE);
+    if (!k) {
+        PyErr_Clear();
+        return 0;
+    }
+    Rule *r = (Rule *)PyDict_GetItemWithError(self->rules, k);
+    Py_DECREF(k);
+    if (!r) {
+        PyErr_Clear();
+        return 0;
+    }
+    int pt = buf[1] & 0x7F;
+    unsigned int ssrc = ((unsigned int)buf[8] << 24) | ((unsigned int)buf[9] << 16) |
+                        ((unsigned int)buf[10] << 8) | buf[11];
+    if (pt != r->in_pt || ssrc != r->src_ssrc || r->out_fd < 0)
+        return 0;                                   /* a telephone-event, a new source: the Python path */
+    if (r->srtp_in) {
+        int l = len;
+        if (r->srtp_in(r->srtp_in_ctx, buf, &l) != 0) {
+            r->srtp_errors++;
+            self->dropped++;
+            return 1;                               /* forged, corrupt or replayed: dropped, as in Python */
+        }
+        len = l;
+        if (len < 12)
+            return 1;
+    }
+    unsigned int seq = ((unsigned int)buf[2] << 8) | buf[3];
+    unsigned int ts = ((unsigned int)buf[4] << 24) | ((unsigned int)buf[5] << 16) |
+                      ((unsigned int)buf[6] << 8) | buf[7];
+    if (r->track_reception)
+        rec_update(r, seq, ts, now);
+    r->packets_in++;
+    r->last_arrival = now;
+    if (now < r->hold_until) {
+        r->held++;
+        return 1;
+    }
+    unsigned int out_seq = (seq + r->seq_off) & 0xFFFF;
+    unsigned int out_ts = ts + r->ts_off;
+    buf[1] = (uint8_t)((buf[1] & 0x80) | (r->out_pt & 0x7F));
+    buf[2] = (uint8_t)(out_seq >> 8);
+    buf[3] = (uint8_t)out_seq;
+    buf[4] = (uint8_t)(out_ts >> 24);
+    buf[5] = (uint8_t)(out_ts >> 16);
+    buf[6] = (uint8_t)(out_ts >> 8);
+    buf[7] = (uint8_t)out_ts;
+    buf[8] = (uint8_t)(r->out_ssrc >> 24);
+    buf[9] = (uint8_t)(r->out_ssrc >> 16);
+    buf[10] = (uint8_t)(r->out_ssrc >> 8);
+    buf[11] = (uint8_t)r->out_ssrc;
+    int hi = r->highest_out_seq;
+    if (hi < 0 || ((((int)out_seq - hi + 0x8000) & 0xFFFF) - 0x8000) > 0) {
+        r->highest_out_seq = (int)out_seq;
+        r->last_out_ts = out_ts;
+        r->last_sent_at = now;
+        r->advanced = 1;
+    }
+    r->packets_out++;
+    r->octets_out += len - 12;
+    if (r->srtp_out) {
+        int l = len;
+        if (r->srtp_out(r->srtp_out_ctx, buf, &l) != 0) {
+            r->srtp_errors++;
+            self->dropped++;
+            return 1;
+        }
+        len = l;
+    }
+    int n = self->nout;
+    self->out_iov[n].iov_base = buf;
+    self->out_iov[n].iov_len = (size_t)len;
+    struct msghdr *h = &self->out_msgs[n].msg_hdr;
+    memset(h, 0, sizeof(*h));
+    h->msg_name = &r->out_addr;
+    h->msg_namelen = r->out_addrlen;
+    h->msg_iov = &self->out_iov[n];
+    h->msg_iovlen = 1;
+    self->out_fd[n] = r->out_fd;
+    Py_INCREF(r);
+    self->out_rule[n] = r;
+    self->nout = n + 1;
+    self->forwarded++;
+    return 1;
+}
+
+PyDoc_STRVAR(Relay_drain_doc,
+             "drain(now, budget=4096) -> [(fd, datagram, (host, port)), ...]\n"
+             "Read every ready socket; forward what the rules match (stamped with now); return the rest.");
+static PyObject *Relay_drain(Relay *self, PyObject *args)
+{
+    double now;
+    int budget = 4096;
+    if (!PyArg_ParseTuple(args, "d|i", &now, &budget) || check_open(self) < 0)
+        return NULL;
+    PyObject *slow = PyList_New(0);
+    if (!slow)
+        return NULL;
+    struct epoll_event events[MAX_EVENTS];
+    int nev = epoll_wait(self->epfd, events, MAX_EVENTS, 0);
+    if (nev < 0 && errno != EINTR) {
+        Py_DECREF(slow);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    int total = 0;
+    for (int e = 0; e < nev && total < budget; e++) {
+        int fd = events[e].data.fd;
+        for (;;) {
+            for (int i = 0; i < VLEN; i++) {
+                struct msghdr *h = &self->in_msgs[i].msg_hdr;
+                memset(h, 0, sizeof(*h));
+                h->msg_name = &self->in_addr[i];
+                h->msg_namelen = sizeof(struct sockaddr_storage);
+                h->msg_iov = &self->in_iov[i];
+                h->msg_iovlen = 1;
+            }
+            int m = recvmmsg(fd, self->in_msgs, VLEN, MSG_DONTWAIT, NULL);
+            if (m < 0) {
+                if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                    self->recv_errors++;            /* e.g. an ICMP error queued on the socket */
+                break;
+            }
+            for (int i = 0; i < m; i++) {
+                uint8_t *buf = self->bufs + (size_t)i * BUF_SIZE;
+                int len = (int)self->in_msgs[i].msg_len;
+                if (self->in_msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+                    self->truncated++;              /* larger than any RTP/DTLS datagram we handle */
+                    continue;
+                }
+                if (forward(self, fd, buf, len, &self->in_addr[i], now))
+                    continue;
+                self->slow++;
+                PyObject *data = PyBytes_FromStringAndSize((const char *)buf, len);
+                PyObject *addr = data ? address_tuple(&self->in_addr[i]) : NULL;
+                PyObject *item = addr ? Py_BuildValue("(iNN)", fd, data, addr) : NULL;
+                if (!item || PyList_Append(slow, item) < 0) {
+                    if (!item) {
+                        Py_XDECREF(data);
+                        Py_XDECREF(addr);
+                    }
+                    Py_XDECREF(item);
+                    flush_out(self);
+                    Py_DECREF(slow);
+                    return NULL;
+                }
+                Py_DECREF(item);
+            }
+            flush_out(self);                        /* before the next recvmmsg reuses the buffers */
+            total += m;
+            if (m < VLEN || total >= budget)
+                break;
+        }
+    }
+    return slow;
+}
+
+PyDoc_STRVAR(Relay_stats_doc, "stats() -> dict of the relay's counters.");
+static PyObject *Relay_stats(Relay *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("{sLsLsLsLsLsLsn}", "forwarded", self->forwarded, "slow", self->slow, "dropped",
+                         self->dropped, "truncated", self->truncated, "recv_errors", self->recv_errors,
+                         "send_errors", self->send_errors, "rules", PyDict_Size(self->rules));
+}
+
+PyDoc_STRVAR(Relay_close_doc, "close(): close the epoll descriptor and forget every rule (sockets stay open).");
+static PyObject *Relay_close(Relay *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->epfd >= 0) {
+        close(self->epfd);
+        self->epfd = -1;
+    }
+    PyDict_Clear(self->rules);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Relay_methods[] = {
+    {"fileno", (PyCFunction)Relay_fileno, METH_NOARGS, Relay_fileno_doc},
+    {"add_socket", (PyCFunction)Relay_add_socket, METH_VARARGS, Relay_add_socket_doc},
+    {"remove_socket", (PyCFunction)Relay_remove_socket, METH_VARARGS, Relay_remove_socket_doc},
+    {"set_rule", (PyCFunction)Relay_set_rule, METH_VARARGS, Relay_set_rule_doc},
+    {"del_rule", (PyCFunction)Relay_del_rule, METH_VARARGS, Relay_del_rule_doc},
+    {"drain", (PyCFunction)Relay_drain, METH_VARARGS, Relay_drain_doc},
+    {"stats", (PyCFunction)Relay_stats, METH_NOARGS, Relay_stats_doc},
+    {"close", (PyCFunction)Relay_close, METH_NOARGS, Relay_close_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject RelayType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "media._relay.Relay",
+    .tp_basicsize = sizeof(Relay),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A worker's UDP sockets in one epoll set, with the forwarding rules of its passthrough calls.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Relay_init,
+    .tp_dealloc = (destructor)Relay_dealloc,
+    .tp_methods = Relay_methods,
+};
+
+static struct PyModuleDef relay_module = {
+    PyModuleDef_HEAD_INIT, "media._relay",
+    "C data plane of passthrough media: epoll + recvmmsg/sendmmsg forwarding with header rewrite and SRTP.",
+    -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__relay(void)
+{
+    if (PyType_Ready(&RuleType) < 0 || PyType_Ready(&RelayType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&relay_module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&RuleType);
+    Py_INCREF(&RelayType);
+    if (PyModule_AddObject(m, "Rule", (PyObject *)&RuleType) < 0 ||
+        PyModule_AddObject(m, "Relay", (PyObject *)&RelayType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,240 @@
+"""The asyncio side of the C data plane (``media._relay``): a worker's UDP sockets read in batches, and the
+packets of passthrough calls forwarded in C while the Python objects stay the authority.
+
+``MediaRelay`` stands in for ``loop.create_datagram_endpoint``: the sockets it opens are read by one C
+``Relay`` (an epoll set the loop watches through a single descriptor, ``recvmmsg``/``sendmmsg``). Datagrams
+that match a forwarding rule never reach Python; every other one is handed to its protocol's
+``datagram_received`` as usual (STUN, DTLS, RTCP, telephone-events, a new source, a transcoded call's audio).
+
+A ``Forward`` is one direction of a passthrough call in the data plane: the C ``Rule`` plus the Python
+objects it stands in for (the bridge path's counters, the outgoing ``RtpSender``, the input leg's
+``RtpSession`` and ``ReceptionStats``). ``Forward.load`` writes their state into the rule; ``Forward.pull``
+reads what C counted and changed back into them. The worker pulls a call before any Python code touches it
+(a datagram for Python, a timer, a control command) and loads it again afterwards (``MediaWorker._commit``,
+always before the relay next reads its sockets), so the Python reference path and the C path give the same
+packets and the same statistics (tests/unit/test_relay.py compares them).
+
+Without the extension (no compiler, not Linux) ``available()`` is False and the worker uses asyncio
+endpoints and the Python path for everything.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any, Callable
+
+from .bridge import BridgeStats
+from .rtcp import ReceptionStats
+from .rtp import RtpSender
+from .session import RtpSession
+
+try:
+    from . import _relay as _c
+except ImportError:  # pragma: no cover - built by setup.py where a compiler is present
+    _c = None
+
+__all__ = ["Forward", "MediaRelay", "RelayTransport", "available", "fileno"]
+
+log = logging.getLogger(__name__)
+
+Addr = tuple[str, int]
+
+
+def available() -> bool:
+    """Whether the C data plane is built (``media._relay``)."""
+    return _c is not None
+
+
+class RelayTransport(asyncio.DatagramTransport):
+    """A datagram transport over a non-blocking socket that the relay reads (sends go straight out)."""
+
+    def __init__(self, relay: MediaRelay, sock: socket.socket, protocol: asyncio.DatagramProtocol) -> None:
+        super().__init__({"socket": sock, "sockname": sock.getsockname()})
+        self._relay = relay
+        self._sock = sock
+        self._protocol = protocol
+        self._closing = False
+        self.fd = sock.fileno()
+        self.hook: Callable[[], None] | None = None   # run before a datagram is handed to the protocol
+        self.dropped = 0                               # sends refused because the socket buffer was full
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._closing:
+            return
+        try:
+            self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self.dropped += 1                          # UDP: a full send buffer loses the datagram
+        except OSError as exc:
+            self._protocol.error_received(exc)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._relay._forget(self)
+        self._sock.close()
+        self._protocol.connection_lost(None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+class MediaRelay:
+    """One C ``Relay`` on the running loop: the endpoints it reads, their protocols, the drain callback.
+
+    ``before_drain``/``after_drain`` (set by the worker) run around each batch: the worker loads the rules
+    of calls that Python touched, before C reads more packets.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if _c is None:
+            raise RuntimeError("media._relay is not built (no C compiler when callpath was installed)")
+        self.c = _c.Relay()
+        self._loop = loop or asyncio.get_running_loop()
+        self._endpoints: dict[int, RelayTransport] = {}
+        self.before_drain: Callable[[], None] | None = None
+        self.after_drain: Callable[[], None] | None = None
+        self.drains = 0
+        self._loop.add_reader(self.c.fileno(), self._on_readable)
+
+    async def create_datagram_endpoint(
+        self, protocol_factory: Callable[[], asyncio.DatagramProtocol], local_addr: Addr
+    ) -> tuple[RelayTransport, asyncio.DatagramProtocol]:
+        """What ``loop.create_datagram_endpoint(factory, local_addr=...)`` does, on a socket the relay reads."""
+        host, port = local_addr
+        infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP)
+        if not infos:
+            raise OSError(f"cannot resolve {host!r}")
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        protocol = protocol_factory()
+        transport = RelayTransport(self, sock, protocol)
+        self.c.add_socket(transport.fd)
+        self._endpoints[transport.fd] = transport
+        protocol.connection_made(transport)
+        return transport, protocol
+
+    def _forget(self, transport: RelayTransport) -> None:
+        if self._endpoints.get(transport.fd) is transport:
+            del self._endpoints[transport.fd]
+            self.c.remove_socket(transport.fd)         # and every rule reading or sending on it
+
+    def _on_readable(self) -> None:
+        if self.before_drain is not None:
+            self.before_drain()
+        self.drains += 1
+        endpoints = self._endpoints
+        for fd, data, addr in self.c.drain(self._loop.time()):
+            transport = endpoints.get(fd)
+            if transport is None:
+                continue
+            try:
+                if transport.hook is not None:
+                    transport.hook()
+                transport._protocol.datagram_received(data, addr)  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001 - as asyncio does: one bad datagram must not stop the others
+                log.exception("media datagram handler failed")
+        if self.after_drain is not None:
+            self.after_drain()
+
+    def set_rule(self, key: tuple[int, str, int], rule: Any) -> None:
+        self.c.set_rule(key[0], key[1], key[2], rule)
+
+    def del_rule(self, key: tuple[int, str, int]) -> None:
+        self.c.del_rule(key[0], key[1], key[2])
+
+    def stats(self) -> dict[str, int]:
+        """Packets forwarded in C, handed to Python, dropped (SRTP), ... and the rules in place."""
+        return dict(self.c.stats(), drains=self.drains)
+
+    def close(self) -> None:
+        """Stop reading (the endpoints' own close() closes their sockets)."""
+        try:
+            self._loop.remove_reader(self.c.fileno())
+        except (ValueError, RuntimeError):  # the loop is already closed
+            pass
+        self.c.close()
+
+
+def fileno(transport: asyncio.BaseTransport | None) -> int | None:
+    """The socket descriptor under a relay transport (None for any other transport)."""
+    return transport.fd if isinstance(transport, RelayTransport) and not transport.is_closing() else None
+
+
+class Forward:
+    """One direction of a passthrough call in the C data plane, and the Python objects it stands in for.
+
+    ``key`` is (socket fd, source host, port) the packets come in on; ``out`` is (socket fd, host, port) they
+    leave by; ``srtp_in``/``srtp_out`` are ``SrtpContext.c_handles()`` halves (None: plain RTP).
+    """
+
+    __slots__ = ("relay", "key", "rule", "stats", "sender", "session", "reception")
+
+    def __init__(self, relay: MediaRelay, key: tuple[int, str, int], stats: BridgeStats, sender: RtpSender,
+                 session: RtpSession | None, reception: ReceptionStats | None) -> None:
+        assert _c is not None
+        self.relay = relay
+        self.key = key
+        self.rule = _c.Rule()
+        self.stats = stats
+        self.sender = sender
+        self.session = session
+        self.reception = reception
+        relay.set_rule(key, self.rule)
+
+    def load(self, *, in_pt: int, source: int, out_pt: int, seq_off: int, ts_off: int, highest: int | None,
+             hold_until: float, out: tuple[int, str, int], srtp_in: tuple[Any, int, int] | None,
+             srtp_out: tuple[Any, int, int] | None) -> None:
+        """Write the Python state into the rule (after Python handled something of this call)."""
+        rule = self.rule
+        sender = self.sender
+        rule.in_pt = in_pt
+        rule.src_ssrc = source
+        rule.out_pt = out_pt
+        rule.out_ssrc = sender.ssrc
+        rule.seq_off = seq_off
+        rule.ts_off = ts_off
+        rule.hold_until = hold_until
+        rule.highest_out_seq = -1 if highest is None else highest
+        rule.last_out_ts = sender.last_timestamp or 0
+        rule.last_sent_at = sender.last_sent_at or 0.0
+        rule.set_output(*out)
+        rule.set_srtp_in(*(srtp_in or (None,)))
+        rule.set_srtp_out(*(srtp_out or (None,)))
+        if self.reception is not None:
+            rule.set_reception(*self.reception.seq_state())
+        else:
+            rule.track_reception = 0
+
+    def pull(self) -> None:
+        """Read what C counted and changed since the last pull back into the Python objects."""
+        rule = self.rule
+        packets_in, packets_out, octets, _held, last_arrival, advanced = rule.take()
+        if packets_in:
+            self.stats.packets_in += packets_in
+            if self.session is not None:
+                self.session.forwarded(packets_in, last_arrival)
+            if self.reception is not None:
+                self.reception.set_seq_state(rule.reception())
+        if packets_out or advanced:
+            self.stats.packets_out += packets_out
+            self.sender.relayed(packets_out, octets, rule.highest_out_seq if advanced else None,
+                                rule.last_out_ts, rule.last_sent_at)
+
+    def remove(self) -> None:
+        """Take the rule out of the relay (after a last ``pull``)."""
+        self.relay.del_rule(self.key)
