@@ -58,7 +58,9 @@ typedef struct {
     unsigned int seq_off;
     unsigned int ts_off;
     double hold_until;          /* audio towards the other side pauses until then (a DTMF event relayed) */
-    /* where it goes */
+    /* a transcoded direction: accepted packets (decrypted) go to this callable, sink(packet, now) */
+    PyObject *sink;
+    /* where it goes (forwarding) */
     int out_fd;
     struct sockaddr_storage out_addr;
     socklen_t out_addrlen;
@@ -221,6 +223,7 @@ static int Rule_init(Rule *self, PyObject *args, PyObject *kwds)
 
 static void Rule_dealloc(Rule *self)
 {
+    Py_CLEAR(self->sink);
     Py_CLEAR(self->srtp_in_owner);
     Py_CLEAR(self->srtp_out_owner);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -257,6 +260,23 @@ static PyObject *set_srtp(PyObject *args, PyObject **owner, void **ctx, srtp_fn 
         *owner = o;
         *ctx = (void *)(uintptr_t)c;
         *fn = (srtp_fn)(uintptr_t)f;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Rule_set_sink_doc,
+             "set_sink(callable) or set_sink(None): deliver accepted packets, decrypted, to callable(packet, now)\n"
+             "(after drain() returns) instead of forwarding them: the receive side of a transcoded call.");
+static PyObject *Rule_set_sink(Rule *self, PyObject *sink)
+{
+    if (sink != Py_None && !PyCallable_Check(sink)) {
+        PyErr_SetString(PyExc_TypeError, "the sink must be callable or None");
+        return NULL;
+    }
+    Py_CLEAR(self->sink);
+    if (sink != Py_None) {
+        Py_INCREF(sink);
+        self->sink = sink;
     }
     Py_RETURN_NONE;
 }
@@ -342,6 +362,7 @@ static PyObject *Rule_set_reception(Rule *self, PyObject *args)
 
 static PyMethodDef Rule_methods[] = {
     {"set_output", (PyCFunction)Rule_set_output, METH_VARARGS, Rule_set_output_doc},
+    {"set_sink", (PyCFunction)Rule_set_sink, METH_O, Rule_set_sink_doc},
     {"set_srtp_in", (PyCFunction)Rule_set_srtp_in, METH_VARARGS, Rule_set_srtp_in_doc},
     {"set_srtp_out", (PyCFunction)Rule_set_srtp_out, METH_VARARGS, Rule_set_srtp_out_doc},
     {"take", (PyCFunction)Rule_take, METH_NOARGS, Rule_take_doc},
@@ -389,7 +410,7 @@ typedef struct {
     PyObject_HEAD
     int epfd;
     PyObject *rules;            /* dict: key (bytes) -> Rule */
-    long long forwarded, slow, dropped, truncated, recv_errors, send_errors;
+    long long forwarded, delivered, slow, dropped, truncated, recv_errors, send_errors;
     struct mmsghdr in_msgs[VLEN];
     struct iovec in_iov[VLEN];
     struct sockaddr_storage in_addr[VLEN];
@@ -612,8 +633,9 @@ static void flush_out(Relay *self)
     self->nout = 0;
 }
 
-/* 1: consumed here (forwarded, held or dropped); 0: for Python */
-static int forward(Relay *self, int fd, uint8_t *buf, int len, const struct sockaddr_storage *from, double now)
+/* 1: consumed here (forwarded, delivered, held or dropped); 0: for Python; -1: error (exception set) */
+static int forward(Relay *self, int fd, uint8_t *buf, int len, const struct sockaddr_storage *from, double now,
+                   PyObject *out_list)
 {
     if (len < 12 || (buf[0] >> 6) != 2 || (buf[1] >= 192 && buf[1] <= 223))
         return 0;                                   /* not RTP (STUN, DTLS, RTCP) or malformed */
@@ -633,7 +655,7 @@ static int forward(Relay *self, int fd, uint8_t *buf, int len, const struct sock
     int pt = buf[1] & 0x7F;
     unsigned int ssrc = ((unsigned int)buf[8] << 24) | ((unsigned int)buf[9] << 16) |
                         ((unsigned int)buf[10] << 8) | buf[11];
-    if (pt != r->in_pt || ssrc != r->src_ssrc || r->out_fd < 0)
+    if (pt != r->in_pt || ssrc != r->src_ssrc || (r->out_fd < 0 && !r->sink))
         return 0;                                   /* a telephone-event, a new source: the Python path */
     if (r->srtp_in) {
         int l = len;
@@ -653,6 +675,18 @@ static int forward(Relay *self, int fd, uint8_t *buf, int len, const struct sock
         rec_update(r, seq, ts, now);
     r->packets_in++;
     r->last_arrival = now;
+    if (r->sink) {
+        PyObject *data = PyBytes_FromStringAndSize((const char *)buf, len);
+        PyObject *item = data ? PyTuple_Pack(3, r->sink, data, Py_None) : NULL;
+        Py_XDECREF(data);
+        if (!item || PyList_Append(out_list, item) < 0) {
+            Py_XDECREF(item);
+            return -1;
+        }
+        Py_DECREF(item);
+        self->delivered++;
+        return 1;
+    }
     if (now < r->hold_until) {
         r->held++;
         return 1;
@@ -706,8 +740,9 @@ static int forward(Relay *self, int fd, uint8_t *buf, int len, const struct sock
 }
 
 PyDoc_STRVAR(Relay_drain_doc,
-             "drain(now, budget=4096) -> [(fd, datagram, (host, port)), ...]\n"
-             "Read every ready socket; forward what the rules match (stamped with now); return the rest.");
+             "drain(now, budget=4096) -> [(fd, datagram, (host, port)) | (sink, packet, None), ...]\n"
+             "Read every ready socket; forward what the rules match (stamped with now); return the rest, and what\n"
+             "sink rules accepted (decrypted) for their sink, in arrival order.");
 static PyObject *Relay_drain(Relay *self, PyObject *args)
 {
     double now;
@@ -748,7 +783,13 @@ static PyObject *Relay_drain(Relay *self, PyObject *args)
                     self->truncated++;              /* larger than any RTP/DTLS datagram we handle */
                     continue;
                 }
-                if (forward(self, fd, buf, len, &self->in_addr[i], now))
+                int done = forward(self, fd, buf, len, &self->in_addr[i], now, slow);
+                if (done < 0) {
+                    flush_out(self);
+                    Py_DECREF(slow);
+                    return NULL;
+                }
+                if (done)
                     continue;
                 self->slow++;
                 PyObject *data = PyBytes_FromStringAndSize((const char *)buf, len);
@@ -775,10 +816,74 @@ static PyObject *Relay_drain(Relay *self, PyObject *args)
     return slow;
 }
 
+PyDoc_STRVAR(Relay_send_doc,
+             "send([(fd, datagram, (host, port)), ...]) -> datagrams refused\n"
+             "Send them with sendmmsg, one call per run of the same fd (order kept per fd): the worker's output\n"
+             "of a 20 ms tick in a few system calls. A refused datagram (buffer full, ICMP error) is dropped.");
+static PyObject *Relay_send(Relay *self, PyObject *items)
+{
+    if (!PyList_Check(items)) {
+        PyErr_SetString(PyExc_TypeError, "send() takes a list of (fd, datagram, (host, port))");
+        return NULL;
+    }
+    struct sockaddr_storage addrs[VLEN];
+    long long refused = 0;
+    Py_ssize_t n = PyList_GET_SIZE(items), i = 0;
+    while (i < n) {
+        int count = 0, fd = -1;
+        while (i < n && count < VLEN) {
+            PyObject *item = PyList_GET_ITEM(items, i);
+            int item_fd, port;
+            const char *host;
+            Py_buffer data;
+            if (!PyArg_ParseTuple(item, "iy*(si)", &item_fd, &data, &host, &port))
+                return NULL;
+            if (count && item_fd != fd) {
+                PyBuffer_Release(&data);
+                break;
+            }
+            if (data.len > BUF_SIZE || parse_address(host, port, &addrs[count], &self->out_msgs[count].msg_hdr.msg_namelen) < 0) {
+                PyBuffer_Release(&data);
+                PyErr_Format(PyExc_ValueError, "cannot send %zd bytes to %s %d", data.len, host, port);
+                return NULL;
+            }
+            fd = item_fd;
+            memcpy(self->bufs + (size_t)count * BUF_SIZE, data.buf, (size_t)data.len);
+            self->out_iov[count].iov_base = self->bufs + (size_t)count * BUF_SIZE;
+            self->out_iov[count].iov_len = (size_t)data.len;
+            PyBuffer_Release(&data);
+            struct msghdr *h = &self->out_msgs[count].msg_hdr;
+            socklen_t namelen = h->msg_namelen;
+            memset(h, 0, sizeof(*h));
+            h->msg_name = &addrs[count];
+            h->msg_namelen = namelen;
+            h->msg_iov = &self->out_iov[count];
+            h->msg_iovlen = 1;
+            count++;
+            i++;
+        }
+        int k = 0;
+        while (k < count) {
+            int sent = sendmmsg(fd, &self->out_msgs[k], (unsigned int)(count - k), MSG_DONTWAIT);
+            if (sent < 0 && errno == EINTR)
+                continue;
+            if (sent <= 0) {
+                refused++;
+                k++;
+            } else {
+                k += sent;
+            }
+        }
+    }
+    self->send_errors += refused;
+    return PyLong_FromLongLong(refused);
+}
+
 PyDoc_STRVAR(Relay_stats_doc, "stats() -> dict of the relay's counters.");
 static PyObject *Relay_stats(Relay *self, PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("{sLsLsLsLsLsLsn}", "forwarded", self->forwarded, "slow", self->slow, "dropped",
+    return Py_BuildValue("{sLsLsLsLsLsLsLsn}", "forwarded", self->forwarded, "delivered", self->delivered,
+                         "slow", self->slow, "dropped",
                          self->dropped, "truncated", self->truncated, "recv_errors", self->recv_errors,
                          "send_errors", self->send_errors, "rules", PyDict_Size(self->rules));
 }
@@ -801,6 +906,7 @@ static PyMethodDef Relay_methods[] = {
     {"set_rule", (PyCFunction)Relay_set_rule, METH_VARARGS, Relay_set_rule_doc},
     {"del_rule", (PyCFunction)Relay_del_rule, METH_VARARGS, Relay_del_rule_doc},
     {"drain", (PyCFunction)Relay_drain, METH_VARARGS, Relay_drain_doc},
+    {"send", (PyCFunction)Relay_send, METH_O, Relay_send_doc},
     {"stats", (PyCFunction)Relay_stats, METH_NOARGS, Relay_stats_doc},
     {"close", (PyCFunction)Relay_close, METH_NOARGS, Relay_close_doc},
     {NULL, NULL, 0, NULL},

@@ -70,6 +70,8 @@ _PLC_FADE = 0.6                  # G.711 concealment: each repeated frame is thi
 _TONE_MS = 3000                  # in-band DTMF: the longest tone played per event
 _pack_hdr = struct.Struct("!BBHII").pack
 _OTHER: dict[str, Side] = {"a": "b", "b": "a"}
+_LOSS_TICKS = 50                 # the Opus encoder's expected loss is re-estimated every second
+_MAX_LOSS_PERC = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +154,13 @@ class _Path:
             if src.name == "opus":
                 self.decoder = OpusDecoder(PCM_RATE, 1)
             if dst.name == "opus":
-                self.encoder = OpusEncoder(PCM_RATE, 1, bitrate=opus_bitrate, complexity=opus_complexity)
+                # in-band FEC stays on, but costs encode time and bitrate only while loss is expected: the
+                # expected loss starts at 0 and follows the network (``_adapt_fec``), as browsers do
+                self.encoder = OpusEncoder(PCM_RATE, 1, bitrate=opus_bitrate, complexity=opus_complexity,
+                                           fec=True, packet_loss_perc=0)
+        self.reported_loss = 0.0          # fraction lost that the dst leg reported about our stream (RTCP RR)
+        self.loss_ticks = 0
+        self.loss_mark = (0, 0)           # (received, lost) of the reverse path at the last estimate
         self.dst_samples = dst.clock_rate * FRAME_MS // 1000      # RTP timestamp units per 20 ms frame out
         self.last_pcm: np.ndarray | None = None                   # G.711 PLC: the last good frame
         self.plc_gain = 1.0
@@ -360,6 +368,13 @@ class Bridge:
         """The next bridge event, or None."""
         return self._events.popleft() if self._events else None
 
+    def report_loss(self, side: Side, fraction: float) -> None:
+        """What leg ``side`` reported (RTCP receiver report, 0..1) about the stream we send it: the Opus encoder
+        towards it protects that much loss with in-band FEC."""
+        path = self.paths[_OTHER[side]]
+        path.reported_loss = max(0.0, min(1.0, fraction))
+        _adapt_fec(self, path)
+
     def stats(self) -> dict[str, dict[str, object]]:
         """Per side: packets in from it, out to it, jitter-buffer figures for its receive path (transcoding)."""
         result: dict[str, dict[str, object]] = {}
@@ -467,6 +482,25 @@ def _pull(path: _Path, now: float) -> None:
         path.pending_pcm = np.zeros(FRAME_SAMPLES, np.int16)
 
 
+def _adapt_fec(bridge: Bridge, path: _Path) -> None:
+    """Set the expected loss of the Opus encoder on ``path`` (towards dst) from the larger of what dst reported
+    (RTCP) and what we lost of dst's own stream over the last second (the same network path, the other way)."""
+    encoder = path.encoder
+    if encoder is None:
+        return
+    reverse = bridge.paths[path.dst_side].jitter
+    observed = 0.0
+    if reverse is not None:
+        received, lost = reverse.stats.received, reverse.stats.lost
+        d_received, d_lost = received - path.loss_mark[0], lost - path.loss_mark[1]
+        path.loss_mark = (received, lost)
+        if d_lost > 0:
+            observed = d_lost / max(1, d_lost + d_received)
+    percent = min(_MAX_LOSS_PERC, int(100 * max(observed, path.reported_loss) + 0.999))
+    if percent != encoder.packet_loss_perc:
+        encoder.packet_loss_perc = percent
+
+
 def tick_bridges(bridges: Iterable[Bridge], now: float, *, batch: bool = True) -> None:
     """One media-clock step for many bridges: pull/decode every receive path, G.711 batched, encode, packetize.
 
@@ -540,6 +574,11 @@ def tick_bridges(bridges: Iterable[Bridge], now: float, *, batch: bool = True) -
             path.pending_pcm = None
             continue
         encoder = path.encoder
+        if encoder is not None:
+            path.loss_ticks += 1
+            if path.loss_ticks >= _LOSS_TICKS:
+                path.loss_ticks = 0
+                _adapt_fec(bridge, path)
         if encoder is None and path.dst_law is None:   # in-band DTMF towards an Opus passthrough leg
             encoder = path.encoder = OpusEncoder(PCM_RATE, 1, bitrate=bridge.opus_bitrate,
                                                  complexity=bridge.opus_complexity)

@@ -188,6 +188,11 @@ class JitterBuffer:
         self._highest, self._ref_ts = seq, timestamp
         return seq, timestamp, 0
 
+    @property
+    def ssrc(self) -> int | None:
+        """The SSRC of the stream being buffered (None before the first packet with one)."""
+        return self._ssrc
+
     def put(self, seq: int, timestamp: int, payload: bytes, arrival: float, ssrc: int | None = None) -> None:
         """Queue a received packet (16-bit seq, 32-bit timestamp) that arrived at `arrival` (seconds)."""
         st = self._stats

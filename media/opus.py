@@ -49,6 +49,7 @@ OPUS_AUTO = -1000
 OPUS_BITRATE_MAX = -1
 
 _SET_BITRATE, _GET_BITRATE = 4002, 4003
+_SET_MAX_BANDWIDTH, _GET_MAX_BANDWIDTH = 4004, 4005
 _SET_VBR, _GET_VBR = 4006, 4007
 _SET_COMPLEXITY, _GET_COMPLEXITY = 4010, 4011
 _SET_INBAND_FEC, _GET_INBAND_FEC = 4012, 4013
@@ -276,6 +277,28 @@ class OpusEncoder:
     @vbr.setter
     def vbr(self, on: bool) -> None:
         self._set(_SET_VBR, 1 if on else 0)
+
+    @property
+    def max_bandwidth(self) -> str:
+        """The widest audio bandwidth coded ("narrowband" ... "fullband"): what a peer's SDP
+        ``maxplaybackrate`` asks for (RFC 7587 §6.1; 8000 -> narrowband), and what decoding costs."""
+        return BANDWIDTHS[self._read(_GET_MAX_BANDWIDTH)]
+
+    @max_bandwidth.setter
+    def max_bandwidth(self, name: str) -> None:
+        codes = {v: k for k, v in BANDWIDTHS.items()}
+        if name not in codes:
+            raise ValueError(f"max_bandwidth must be one of {sorted(codes, key=codes.get)}, got {name!r}")
+        self._set(_SET_MAX_BANDWIDTH, codes[name])
+
+    @staticmethod
+    def bandwidth_for_playback_rate(rate: int) -> str:
+        """The Opus bandwidth that a ``maxplaybackrate`` of ``rate`` Hz allows (RFC 7587 §6.1)."""
+        for limit, name in ((8000, "narrowband"), (12000, "mediumband"), (16000, "wideband"),
+                            (24000, "superwideband")):
+            if rate <= limit:
+                return name
+        return "fullband"
 
     @property
     def lookahead(self) -> int:

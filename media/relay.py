@@ -62,6 +62,10 @@ class RelayTransport(asyncio.DatagramTransport):
     def sendto(self, data: Any, addr: Any = None) -> None:
         if self._closing:
             return
+        pending = self._relay.pending
+        if pending is not None:                        # corked: sent with the batch (sendmmsg)
+            pending.append((self.fd, data, addr))
+            return
         try:
             self._sock.sendto(data, addr)
         except (BlockingIOError, InterruptedError):
@@ -103,6 +107,7 @@ class MediaRelay:
         self.before_drain: Callable[[], None] | None = None
         self.after_drain: Callable[[], None] | None = None
         self.drains = 0
+        self.pending: list[tuple[int, Any, Addr]] | None = None   # sends held back while corked
         self._loop.add_reader(self.c.fileno(), self._on_readable)
 
     async def create_datagram_endpoint(
@@ -133,23 +138,51 @@ class MediaRelay:
             del self._endpoints[transport.fd]
             self.c.remove_socket(transport.fd)         # and every rule reading or sending on it
 
+    def cork(self) -> None:
+        """Hold sends back until ``uncork`` (then one ``sendmmsg`` per socket for all of them)."""
+        if self.pending is None:
+            self.pending = []
+
+    def uncork(self) -> None:
+        """Send what was held back, in order per socket."""
+        pending, self.pending = self.pending, None
+        if pending:
+            if len(pending) > 1:
+                pending.sort(key=_by_fd)              # stable: each socket's datagrams keep their order
+            try:
+                self.c.send(pending)
+            except (TypeError, ValueError) as exc:    # a bad address from a protocol: send one by one
+                log.warning("batched send failed (%s); sending singly", exc)
+                for fd, data, addr in pending:
+                    transport = self._endpoints.get(fd)
+                    if transport is not None:
+                        transport.sendto(data, addr)
+
     def _on_readable(self) -> None:
         if self.before_drain is not None:
             self.before_drain()
         self.drains += 1
         endpoints = self._endpoints
-        for fd, data, addr in self.c.drain(self._loop.time()):
-            transport = endpoints.get(fd)
-            if transport is None:
-                continue
-            try:
-                if transport.hook is not None:
-                    transport.hook()
-                transport._protocol.datagram_received(data, addr)  # type: ignore[attr-defined]
-            except Exception:  # noqa: BLE001 - as asyncio does: one bad datagram must not stop the others
-                log.exception("media datagram handler failed")
-        if self.after_drain is not None:
-            self.after_drain()
+        now = self._loop.time()
+        self.cork()
+        try:
+            for fd, data, addr in self.c.drain(now):
+                try:
+                    if addr is None:                   # accepted by a sink rule: fd is the sink
+                        fd(data, now)
+                        continue
+                    transport = endpoints.get(fd)
+                    if transport is None:
+                        continue
+                    if transport.hook is not None:
+                        transport.hook()
+                    transport._protocol.datagram_received(data, addr)  # type: ignore[attr-defined]
+                except Exception:  # noqa: BLE001 - as asyncio does: one bad datagram must not stop the others
+                    log.exception("media datagram handler failed")
+            if self.after_drain is not None:
+                self.after_drain()
+        finally:
+            self.uncork()
 
     def set_rule(self, key: tuple[int, str, int], rule: Any) -> None:
         self.c.set_rule(key[0], key[1], key[2], rule)
@@ -170,6 +203,10 @@ class MediaRelay:
         self.c.close()
 
 
+def _by_fd(item: tuple[int, Any, Addr]) -> int:
+    return item[0]
+
+
 def fileno(transport: asyncio.BaseTransport | None) -> int | None:
     """The socket descriptor under a relay transport (None for any other transport)."""
     return transport.fd if isinstance(transport, RelayTransport) and not transport.is_closing() else None
@@ -179,13 +216,16 @@ class Forward:
     """One direction of a passthrough call in the C data plane, and the Python objects it stands in for.
 
     ``key`` is (socket fd, source host, port) the packets come in on; ``out`` is (socket fd, host, port) they
-    leave by; ``srtp_in``/``srtp_out`` are ``SrtpContext.c_handles()`` halves (None: plain RTP).
+    leave by; ``srtp_in``/``srtp_out`` are ``SrtpContext.c_handles()`` halves (None: plain RTP). A delivery
+    (``load_delivery``) is the receive side of a transcoded direction instead: accepted packets, decrypted,
+    go to a sink (the bridge's ``receive_rtp``) without the datagram/leg/event chain; ``stats`` is None then
+    (the bridge counts what it is given).
     """
 
     __slots__ = ("relay", "key", "rule", "stats", "sender", "session", "reception")
 
-    def __init__(self, relay: MediaRelay, key: tuple[int, str, int], stats: BridgeStats, sender: RtpSender,
-                 session: RtpSession | None, reception: ReceptionStats | None) -> None:
+    def __init__(self, relay: MediaRelay, key: tuple[int, str, int], stats: BridgeStats | None,
+                 sender: RtpSender | None, session: RtpSession | None, reception: ReceptionStats | None) -> None:
         assert _c is not None
         self.relay = relay
         self.key = key
@@ -202,6 +242,7 @@ class Forward:
         """Write the Python state into the rule (after Python handled something of this call)."""
         rule = self.rule
         sender = self.sender
+        assert sender is not None
         rule.in_pt = in_pt
         rule.src_ssrc = source
         rule.out_pt = out_pt
@@ -220,17 +261,31 @@ class Forward:
         else:
             rule.track_reception = 0
 
+    def load_delivery(self, *, in_pt: int, source: int, srtp_in: tuple[Any, int, int] | None,
+                      sink: Callable[[bytes, float], None]) -> None:
+        """Make the rule hand what it accepts (payload type ``in_pt`` from SSRC ``source``) to ``sink``."""
+        rule = self.rule
+        rule.in_pt = in_pt
+        rule.src_ssrc = source
+        rule.set_sink(sink)
+        rule.set_srtp_in(*(srtp_in or (None,)))
+        if self.reception is not None:
+            rule.set_reception(*self.reception.seq_state())
+        else:
+            rule.track_reception = 0
+
     def pull(self) -> None:
         """Read what C counted and changed since the last pull back into the Python objects."""
         rule = self.rule
         packets_in, packets_out, octets, _held, last_arrival, advanced = rule.take()
         if packets_in:
-            self.stats.packets_in += packets_in
+            if self.stats is not None:
+                self.stats.packets_in += packets_in
             if self.session is not None:
                 self.session.forwarded(packets_in, last_arrival)
             if self.reception is not None:
                 self.reception.set_seq_state(rule.reception())
-        if packets_out or advanced:
+        if (packets_out or advanced) and self.stats is not None and self.sender is not None:
             self.stats.packets_out += packets_out
             self.sender.relayed(packets_out, octets, rule.highest_out_seq if advanced else None,
                                 rule.last_out_ts, rule.last_sent_at)

@@ -31,6 +31,7 @@ the bridge captures each tick (``Bridge.capture``: decoded frames, or relayed pa
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -40,7 +41,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sipcore.sdp import RtpMap, SdpError, SessionDescription, bump_version, create_answer, create_offer
+from sipcore.sdp import Attribute, RtpMap, SdpError, SessionDescription, bump_version, create_answer, create_offer
 
 from . import g711
 from .bridge import FRAME_SAMPLES, PCM_RATE, Bridge, LegCodec, Side, tick_bridges
@@ -56,8 +57,11 @@ from .relay import fileno
 from .rtp import RtpSender
 from .ports import PortAllocator
 from .rtp_port import PlainRtpPort
+from .rtcp import RtcpError, parse_compound
 from .session import MediaTimeout, RtpSession, SessionEvent
+from .session import RtcpReceived as SessionRtcp
 from .webrtc import LegClosed, LegEvent, LegFailed, RemoteTransport, RtpReceived, WebRtcLeg, WebRtcPort
+from .webrtc import RtcpReceived as WebRtcRtcp
 
 __all__ = ["MediaError", "MediaSettings", "MediaWorker", "WEBRTC", "RTP"]
 
@@ -70,6 +74,10 @@ _BROWSER_CODECS: list[tuple[str, int] | tuple[str, int, int]] = [
 _TRUNK_CODECS: list[tuple[str, int] | tuple[str, int, int]] = [
     ("PCMU", 8000), ("PCMA", 8000), ("telephone-event", 8000)]
 _FMTP = {"opus": "minptime=10;useinbandfec=1", "telephone-event": "0-16"}
+# towards a browser whose Opus the worker transcodes to/from G.711: the bridge runs at 8 kHz, so ask for
+# narrowband (RFC 7587 maxplaybackrate; browsers then code SILK narrowband, which costs a quarter to decode
+# of what fullband does: benchmarks/media/RESULTS.md) and say we send nothing wider
+_OPUS_TRANSCODED_FMTP = "minptime=10;useinbandfec=1;maxplaybackrate=8000;sprop-maxcapturerate=8000"
 _AUDIO = ("opus", "pcmu", "pcma")
 _pack_hdr = struct.Struct("!BBHII").pack
 _DTMF_GAP_MS = 60                  # injected DTMF: silence between two digits
@@ -325,6 +333,21 @@ def _restrict(sd: SessionDescription, codec: LegCodec) -> SessionDescription:
     return result
 
 
+def _set_fmtp(sd: SessionDescription, payload_type: int, value: str) -> None:
+    """Replace the fmtp of ``payload_type`` in the first section of ``sd``."""
+    section = sd.media[0]
+    pt = str(payload_type)
+    attrs = section.attributes
+    line = Attribute("fmtp", f"{pt} {value}")
+    for i, a in enumerate(attrs):
+        if a.name == "fmtp" and (a.value or "").split(" ", 1)[0] == pt:
+            attrs[i] = line
+            return
+    at = next((i + 1 for i, a in enumerate(attrs) if a.name == "rtpmap" and (a.value or "").split(" ", 1)[0] == pt),
+              len(attrs))
+    attrs.insert(at, line)
+
+
 def _rtp_address(sd: SessionDescription) -> tuple[str, int] | None:
     """Where a plain-RTP party wants media (c= and m= port), None when on hold/unknown."""
     conn = sd.effective_connection(0)
@@ -401,9 +424,16 @@ class MediaWorker:
         if due > 5:                               # a long stall: drop the backlog rather than burst
             self._next_tick += (due - 5) * self._period
             due = 5
-        for _ in range(due):
-            self._tick(loop.time())
-            self._next_tick += self._period
+        relay = self.relay
+        if relay is not None:
+            relay.cork()                          # the tick's packets leave in a few sendmmsg calls
+        try:
+            for _ in range(due):
+                self._tick(loop.time())
+                self._next_tick += self._period
+        finally:
+            if relay is not None:
+                relay.uncork()
         self.tick_seconds += loop.time() - now
         self._schedule()
 
@@ -623,9 +653,26 @@ class MediaWorker:
                 self._flush(call)
                 if call.call_id not in self._ticking and not bridge.idle:
                     self._ticking[call.call_id] = call
+        elif type(event) is WebRtcRtcp:
+            if call.bridge is not None:
+                try:
+                    packets = parse_compound(event.packet)
+                except RtcpError:
+                    return
+                self._receiver_report(call, leg, packets)
         elif isinstance(event, (LegFailed, LegClosed)):
             self._emit({"event": "leg-down", "call_id": call.call_id, "tag": leg.tag,
                         "reason": getattr(event, "reason", "closed")})
+
+    def _receiver_report(self, call: MediaCall, leg: MediaLeg, packets: list[Any]) -> None:
+        """A leg's RTCP report about the stream we send it: its loss drives the Opus FEC towards it."""
+        bridge = call.bridge
+        assert bridge is not None
+        ours = bridge.senders[leg.side].ssrc
+        for packet in packets:
+            for block in getattr(packet, "reports", ()):
+                if block.ssrc == ours:
+                    bridge.report_loss(leg.side, block.fraction_lost / 256.0)
 
     def _on_rtp(self, call: MediaCall, leg: MediaLeg, packet: bytes, now: float) -> None:
         bridge = call.bridge
@@ -636,7 +683,10 @@ class MediaWorker:
                 self._ticking[call.call_id] = call
 
     def _on_session_event(self, call: MediaCall, leg: MediaLeg, event: SessionEvent) -> None:
-        if isinstance(event, MediaTimeout):
+        if isinstance(event, SessionRtcp):
+            if call.bridge is not None:
+                self._receiver_report(call, leg, event.packets)
+        elif isinstance(event, MediaTimeout):
             self._emit({"event": "timeout", "call_id": call.call_id, "tag": leg.tag, "idle": round(event.idle, 1)})
 
     # -- the C data plane: passthrough directions forwarded without Python ---------------------------
@@ -644,9 +694,6 @@ class MediaWorker:
         """Python is about to look at or change this call's media state: take back what C counted first."""
         if self.relay is None or call.call_id in self._touched:
             return
-        bridge = call.bridge
-        if bridge is not None and not bridge.passthrough:
-            return                                # a transcoded call never has forwards
         self._touched[call.call_id] = call
         for forward in call.forwards.values():
             forward.pull()
@@ -668,6 +715,9 @@ class MediaWorker:
         relay = self.relay
         assert relay is not None
         forward = call.forwards.get(side)
+        if call.bridge is not None and not call.bridge.passthrough:
+            self._load_delivery(call, side, forward)
+            return
         plan = self._forward_plan(call, side)
         if plan is None:
             if forward is not None:
@@ -689,6 +739,45 @@ class MediaWorker:
         forward.load(in_pt=path.src.payload_type, source=source, out_pt=path.dst.payload_type, seq_off=seq_off,
                      ts_off=ts_off, highest=highest, hold_until=path.event_until, out=out, srtp_in=srtp_in,
                      srtp_out=srtp_out)
+
+    def _load_delivery(self, call: MediaCall, side: Side, forward: Forward | None) -> None:
+        """The receive side of a transcoded direction in C: packets of the leg's latched source (plain RTP) or of
+        the browser's stream (decrypted) straight into the bridge's jitter buffer, no datagram/event chain."""
+        relay = self.relay
+        bridge = call.bridge
+        assert relay is not None and bridge is not None
+        path = bridge.paths[side]
+        src = call.leg(side)
+        plan: tuple[tuple[int, str, int], int, Any, Any, Any] | None = None
+        if not bridge.closed and path.jitter is not None:
+            if src.rtp is not None:
+                session = src.rtp.session
+                latched = session.latched_source
+                fd = fileno(src.rtp.rtp.transport) if src.rtp.rtp is not None else None
+                reception = session.sources.get(latched[1]) if latched is not None else None
+                if latched is not None and fd is not None and reception is not None:
+                    plan = ((fd, latched[0][0], latched[0][1]), latched[1], None, session, reception)
+            elif src.webrtc is not None:
+                leg = src.webrtc
+                fd = fileno(self.port.transport)
+                address = leg.remote_address
+                handles = leg.srtp.c_handles() if leg.srtp is not None else None
+                source = path.jitter.ssrc
+                if fd is not None and address is not None and handles is not None and source is not None:
+                    plan = ((fd, address[0], address[1]), source, handles[0], None, None)
+        if plan is None:
+            if forward is not None:
+                forward.remove()
+                del call.forwards[side]
+            return
+        key, source, srtp_in, session, reception = plan
+        if forward is not None and (forward.key != key or forward.reception is not reception):
+            forward.remove()
+            forward = None
+        if forward is None:
+            forward = call.forwards[side] = Forward(relay, key, None, None, session, reception)
+        forward.load_delivery(in_pt=path.src.payload_type, source=source, srtp_in=srtp_in,
+                              sink=functools.partial(bridge.receive_rtp, side))
 
     def _forward_plan(self, call: MediaCall, side: Side) -> tuple[Any, ...] | None:
         """(key, out, srtp_in, srtp_out, input session, its ReceptionStats) when the direction can be
@@ -821,7 +910,10 @@ class MediaWorker:
                 codecs = list(_BROWSER_CODECS)
                 if self.settings.prefer_passthrough and _offered(offer, "pcmu"):
                     codecs = [("PCMU", 8000), ("opus", 48000, 2), *codecs[2:]]
-                local = create_offer(self.address, self.port.port, codecs, proto=WEBRTC, fmtp=_FMTP)
+                fmtp = dict(_FMTP)
+                if not _offered(offer, "opus"):          # the caller is G.711: Opus towards the browser transcodes
+                    fmtp["opus"] = _OPUS_TRANSCODED_FMTP
+                local = create_offer(self.address, self.port.port, codecs, proto=WEBRTC, fmtp=fmtp)
                 local.media[0].add_attribute("mid", "0")
                 self._open_webrtc(call, callee, None)
                 assert callee.webrtc is not None
@@ -888,6 +980,8 @@ class MediaWorker:
             assert caller.webrtc is not None
             caller.webrtc.add_transport_attributes(local, self.address, self.port.port)
         caller.codec = negotiated_codec(local)
+        if caller.kind == WEBRTC and caller.codec.name == "opus" and not caller.codec.same_audio(callee.codec):
+            _set_fmtp(local, caller.codec.payload_type, _OPUS_TRANSCODED_FMTP)
         caller.local_sdp = local
         senders = {leg.side: leg.rtp.session.sender for leg in (caller, callee) if leg.rtp is not None}
         try:

@@ -51,10 +51,13 @@ def _pcmu_second() -> list[bytes]:
     return [codes[i * 160:(i + 1) * 160] for i in range(50)]
 
 
-def _opus_second() -> list[bytes]:
-    """One second of browser-like Opus (48 kHz RTP clock, 32 kb/s, speech-like tones and noise)."""
+def _opus_second(max_playback_rate: int | None = None) -> list[bytes]:
+    """One second of browser-like Opus (48 kHz RTP clock, 32 kb/s, speech-like tones and noise), coded no
+    wider than the answer's ``maxplaybackrate`` allows, as browsers do (RFC 7587 §6.1)."""
     from media.opus import OpusEncoder
     enc = OpusEncoder(48000, 1, bitrate=32000, complexity=5)
+    if max_playback_rate:
+        enc.max_bandwidth = OpusEncoder.bandwidth_for_playback_rate(max_playback_rate)
     t = np.arange(48000) / 48000.0
     rng = np.random.default_rng(2)
     pcm = (6000 * np.sin(2 * np.pi * 300 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
@@ -218,6 +221,16 @@ def _pt_of(sdp: str, encoding: str) -> int:
     raise ValueError(f"{encoding} not in answer")
 
 
+def _max_playback_rate(sdp: str, pt: int) -> int | None:
+    from sipcore.sdp import SessionDescription
+    fmtp = SessionDescription.parse(sdp).media[0].fmtp.get(pt, "")
+    for param in fmtp.split(";"):
+        name, _, value = param.strip().partition("=")
+        if name == "maxplaybackrate" and value.isdigit():
+            return int(value)
+    return None
+
+
 def _port_of(sdp: str) -> int:
     from sipcore.sdp import SessionDescription
     return SessionDescription.parse(sdp).media[0].port
@@ -246,7 +259,7 @@ def _udp(rcvbuf: int = 4 << 20) -> socket.socket:
 async def _setup(cfg: dict[str, Any], trunk: socket.socket, caller: socket.socket) -> tuple[list, Any]:
     """Signal N calls; returns [(call_id, a_to_b Direction, b_to_a Direction, peer|None)] and the client."""
     path, n = cfg["path"], cfg["calls"]
-    pcmu, opus = _pcmu_second(), (_opus_second() if path == "opus" else None)
+    pcmu, opus = _pcmu_second(), None
     trunk_port = trunk.getsockname()[1]
     caller_port = caller.getsockname()[1]
     calls = []
@@ -272,6 +285,8 @@ async def _setup(cfg: dict[str, Any], trunk: socket.socket, caller: socket.socke
             peer.connect(to_browser)
             if path == "opus":
                 pt = _pt_of(to_browser, "opus")
+                if opus is None:
+                    opus = _opus_second(_max_playback_rate(to_browser, pt))
                 a2b = Direction(pt, 960, opus, False, 160, False, ssrc)           # Opus in, PCMU out
                 b2a = Direction(0, 160, pcmu, True, 960, False, ssrc + 1)         # PCMU in, Opus out
             else:

@@ -271,3 +271,26 @@ def test_dtmf_inside_a_transcoded_audio_stream_is_not_counted_lost():
     duration = decode_telephone_event(event_out[-1][12:]).duration
     assert ((after[0] - ev_ts) & 0xFFFFFFFF) >= duration   # no audio inside the event's span
     bridge.close()
+
+
+def test_opus_fec_follows_the_loss_seen_and_reported():
+    """In-band FEC towards the browser costs nothing while there is no loss, and protects what is lost: the
+    browser's RTCP report, or the loss of its own stream to us over the last second, whichever is larger."""
+    bridge = Bridge(BROWSER_OPUS, TRUNK_PCMU)
+    encoder = bridge.paths["b"].encoder            # trunk -> browser: encodes Opus
+    assert encoder is not None and encoder.fec and encoder.packet_loss_perc == 0
+    opus, pcmu = opus48_frames(440, 120), pcmu_frames(1000, 120)
+    now = 1.0
+    for i in range(120):
+        if i < 60 or i % 5:                        # the browser's stream loses 20 % in the second second
+            bridge.receive_rtp("a", rtp(111, i, 960 * i, 7, opus[i]), now)
+        bridge.receive_rtp("b", rtp(0, i, 160 * i, 9, pcmu[i]), now)
+        tick_bridges([bridge], now)
+        bridge.packets_to_send()
+        now += TICK
+        if i == 55:
+            assert encoder.packet_loss_perc == 0   # a clean first second: no FEC spent
+    assert 15 <= encoder.packet_loss_perc <= 25
+    bridge.report_loss("a", 0.30)                  # the browser reports 30 % of our stream lost
+    assert encoder.packet_loss_perc == 30
+    bridge.close()
