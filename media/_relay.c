@@ -60,6 +60,9 @@ typedef struct {
     double hold_until;          /* audio towards the other side pauses until then (a DTMF event relayed) */
     /* a transcoded direction: accepted packets (decrypted) go to this callable, sink(packet, now) */
     PyObject *sink;
+    /* recording/supervision of a forwarded direction: the payloads, for Python's tick */
+    int capture;
+    PyObject *captured;         /* list of bytes, or NULL */
     /* where it goes (forwarding) */
     int out_fd;
     struct sockaddr_storage out_addr;
@@ -224,6 +227,7 @@ static int Rule_init(Rule *self, PyObject *args, PyObject *kwds)
 static void Rule_dealloc(Rule *self)
 {
     Py_CLEAR(self->sink);
+    Py_CLEAR(self->captured);
     Py_CLEAR(self->srtp_in_owner);
     Py_CLEAR(self->srtp_out_owner);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -279,6 +283,16 @@ static PyObject *Rule_set_sink(Rule *self, PyObject *sink)
         self->sink = sink;
     }
     Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Rule_take_captured_doc,
+             "take_captured() -> [payload, ...]: the payloads forwarded (or held) since the last call while\n"
+             "capture is on (CSRCs, header extension and padding removed), oldest first.");
+static PyObject *Rule_take_captured(Rule *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *out = self->captured ? self->captured : PyList_New(0);
+    self->captured = NULL;
+    return out;
 }
 
 PyDoc_STRVAR(Rule_set_srtp_in_doc,
@@ -366,6 +380,7 @@ static PyMethodDef Rule_methods[] = {
     {"set_srtp_in", (PyCFunction)Rule_set_srtp_in, METH_VARARGS, Rule_set_srtp_in_doc},
     {"set_srtp_out", (PyCFunction)Rule_set_srtp_out, METH_VARARGS, Rule_set_srtp_out_doc},
     {"take", (PyCFunction)Rule_take, METH_NOARGS, Rule_take_doc},
+    {"take_captured", (PyCFunction)Rule_take_captured, METH_NOARGS, Rule_take_captured_doc},
     {"reception", (PyCFunction)Rule_reception, METH_NOARGS, Rule_reception_doc},
     {"set_reception", (PyCFunction)Rule_set_reception, METH_VARARGS, Rule_set_reception_doc},
     {NULL, NULL, 0, NULL},
@@ -386,6 +401,7 @@ static PyMemberDef Rule_members[] = {
     {"last_out_ts", T_UINT, offsetof(Rule, last_out_ts), 0, "timestamp of that packet"},
     {"last_sent_at", T_DOUBLE, offsetof(Rule, last_sent_at), 0, "when it was sent"},
     {"track_reception", T_INT, offsetof(Rule, track_reception), 0, "keep RFC 3550 receive statistics"},
+    {"capture", T_INT, offsetof(Rule, capture), 0, "keep the payloads for take_captured()"},
     {NULL},
 };
 
@@ -686,6 +702,28 @@ static int forward(Relay *self, int fd, uint8_t *buf, int len, const struct sock
         Py_DECREF(item);
         self->delivered++;
         return 1;
+    }
+    if (r->capture) {
+        /* media.bridge._payload: what the side sent, for the recorder (before any hold, as in Python) */
+        int pos = 12, end = len;
+        if (buf[0] != 0x80) {
+            pos = 12 + 4 * (buf[0] & 0x0F);
+            if ((buf[0] & 0x10) && len >= pos + 4)
+                pos += 4 + 4 * ((buf[pos + 2] << 8) | buf[pos + 3]);
+            if ((buf[0] & 0x20) && buf[len - 1] <= len - pos)
+                end = len - buf[len - 1];
+        }
+        if (pos > end)
+            pos = end;
+        if (!r->captured && !(r->captured = PyList_New(0)))
+            return -1;
+        PyObject *payload = PyBytes_FromStringAndSize((const char *)buf + (pos < len ? pos : len),
+                                                      end > pos ? end - pos : 0);
+        if (!payload || PyList_Append(r->captured, payload) < 0) {
+            Py_XDECREF(payload);
+            return -1;
+        }
+        Py_DECREF(payload);
     }
     if (now < r->hold_until) {
         r->held++;

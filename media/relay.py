@@ -222,7 +222,7 @@ class Forward:
     (the bridge counts what it is given).
     """
 
-    __slots__ = ("relay", "key", "rule", "stats", "sender", "session", "reception")
+    __slots__ = ("relay", "key", "rule", "stats", "sender", "session", "reception", "captured")
 
     def __init__(self, relay: MediaRelay, key: tuple[int, str, int], stats: BridgeStats | None,
                  sender: RtpSender | None, session: RtpSession | None, reception: ReceptionStats | None) -> None:
@@ -234,12 +234,14 @@ class Forward:
         self.sender = sender
         self.session = session
         self.reception = reception
+        self.captured: list[Any] | None = None    # where captured payloads go (the bridge's list), when on
         relay.set_rule(key, self.rule)
 
     def load(self, *, in_pt: int, source: int, out_pt: int, seq_off: int, ts_off: int, highest: int | None,
              hold_until: float, out: tuple[int, str, int], srtp_in: tuple[Any, int, int] | None,
-             srtp_out: tuple[Any, int, int] | None) -> None:
-        """Write the Python state into the rule (after Python handled something of this call)."""
+             srtp_out: tuple[Any, int, int] | None, captured: list[Any] | None = None) -> None:
+        """Write the Python state into the rule (after Python handled something of this call); with
+        ``captured`` (the bridge's list for this side) the payloads are kept for the recorder/supervisor."""
         rule = self.rule
         sender = self.sender
         assert sender is not None
@@ -256,10 +258,19 @@ class Forward:
         rule.set_output(*out)
         rule.set_srtp_in(*(srtp_in or (None,)))
         rule.set_srtp_out(*(srtp_out or (None,)))
+        self.take_captured()
+        self.captured = captured
+        rule.capture = captured is not None
         if self.reception is not None:
             rule.set_reception(*self.reception.seq_state())
         else:
             rule.track_reception = 0
+
+    def take_captured(self) -> None:
+        """Move the payloads C kept since the last call onto the bridge's list (in arrival order)."""
+        payloads = self.rule.take_captured()
+        if payloads and self.captured is not None:
+            self.captured.extend(payloads)
 
     def load_delivery(self, *, in_pt: int, source: int, srtp_in: tuple[Any, int, int] | None,
                       sink: Callable[[bytes, float], None]) -> None:
@@ -277,6 +288,8 @@ class Forward:
     def pull(self) -> None:
         """Read what C counted and changed since the last pull back into the Python objects."""
         rule = self.rule
+        if self.captured is not None:
+            self.take_captured()
         packets_in, packets_out, octets, _held, last_arrival, advanced = rule.take()
         if packets_in:
             if self.stats is not None:

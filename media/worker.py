@@ -448,6 +448,9 @@ class MediaWorker:
             if call.sources:
                 self._tick_sources(call, now)
             if call.recorder is not None or call.supervisor is not None:
+                for forward in call.forwards.values():
+                    if forward.captured is not None:
+                        forward.take_captured()   # what C relayed since the last tick, for the recording
                 frames = self._tick_frames(call)
                 if call.recorder is not None:
                     self._tick_recorder(call, frames)
@@ -710,8 +713,8 @@ class MediaWorker:
 
     def _load_forward(self, call: MediaCall, side: Side) -> None:
         """Install, update or remove the C forward of the direction from ``side``: only while the Python path
-        would do nothing with its packets but relay them (same codec, no recording/supervisor, no prompt,
-        DTMF tone or telephone-event in progress towards the other side, both ends known and keyed)."""
+        would do nothing with its packets but relay them (and keep their payloads when recorded/supervised):
+        same codec, no prompt, DTMF tone or whisper towards the other side, both ends known and keyed."""
         relay = self.relay
         assert relay is not None
         forward = call.forwards.get(side)
@@ -738,7 +741,7 @@ class MediaWorker:
         source, seq_off, ts_off, highest = mapping
         forward.load(in_pt=path.src.payload_type, source=source, out_pt=path.dst.payload_type, seq_off=seq_off,
                      ts_off=ts_off, highest=highest, hold_until=path.event_until, out=out, srtp_in=srtp_in,
-                     srtp_out=srtp_out)
+                     srtp_out=srtp_out, captured=bridge.captured[side] if bridge.capture else None)
 
     def _load_delivery(self, call: MediaCall, side: Side, forward: Forward | None) -> None:
         """The receive side of a transcoded direction in C: packets of the leg's latched source (plain RTP) or of
@@ -783,7 +786,7 @@ class MediaWorker:
         """(key, out, srtp_in, srtp_out, input session, its ReceptionStats) when the direction can be
         forwarded in C, else None."""
         bridge = call.bridge
-        if bridge is None or not bridge.passthrough or bridge.closed or bridge.capture:
+        if bridge is None or not bridge.passthrough or bridge.closed:
             return None
         path = bridge.paths[side]
         if path.dst_side in bridge.muted or path.tone is not None:

@@ -201,3 +201,52 @@ async def test_rtcp_and_media_timeout_see_what_the_c_path_counted():
     assert reports and reports[0].packet_count >= 50 and reports[0].octet_count == 160 * reports[0].packet_count
     block = reports[0].reports[0]
     assert block.ssrc == 0xB1 and block.highest_seq >= 50 and block.cumulative_lost == 0
+
+
+@pytest.mark.parametrize("c_relay", [True, False], ids=["c-data-plane", "python-path"])
+async def test_a_recorded_passthrough_call_records_every_packet_in_order(tmp_path, c_relay: bool):
+    """Recording keeps a passthrough call in the C data plane (the rule keeps the payloads for the tick):
+    each channel of the WAV holds every frame its side sent, in order, as the Python path records it."""
+    loop = asyncio.get_running_loop()
+    base = free_udp_range(20)
+    worker = await MediaWorker.start(MediaSettings(bind_host=HOST, rtp_port_min=base, rtp_port_max=base + 19,
+                                                   c_relay=c_relay))
+    a, b = Peer(), Peer()
+    for peer in (a, b):
+        await loop.create_datagram_endpoint(lambda p=peer: p, local_addr=(HOST, 0))
+    path = tmp_path / "call.wav"
+    codes = [c for c in range(256) if c not in (0x7F, 0xFF)][:60]      # 0x7F/0xFF decode to silence
+    try:
+        to_b = SessionDescription.parse(await worker.offer("c3", "ta", sdp(a.port), transport="RTP/AVP"))
+        to_a = SessionDescription.parse(await worker.answer("c3", "ta", "tb", sdp(b.port)))
+        for i in range(3):                                               # latch and map before recording
+            a.transport.sendto(packet(0, i, 160 * i, 0xA1, b"\xff" * 160), (HOST, to_a.media[0].port))
+            b.transport.sendto(packet(0, i, 160 * i, 0xB1, b"\xff" * 160), (HOST, to_b.media[0].port))
+            await asyncio.sleep(0.02)
+        worker.record("c3", str(path))
+        before = worker.status()["relay"]
+        start = loop.time()
+        for i, code in enumerate(codes, start=3):                       # real time: one packet per tick
+            a.transport.sendto(packet(0, i, 160 * i, 0xA1, bytes([code]) * 160), (HOST, to_a.media[0].port))
+            b.transport.sendto(packet(0, i, 160 * i, 0xB1, bytes([code ^ 0x80]) * 160), (HOST, to_b.media[0].port))
+            await asyncio.sleep(max(0.0, start + (i - 2) * 0.02 - loop.time()))
+        await asyncio.sleep(0.1)
+        after = worker.status()["relay"]
+        worker.stop_record("c3")
+    finally:
+        await worker.close()
+        for peer in (a, b):
+            peer.transport.close()
+    if c_relay:
+        assert after["forwarded"] - before["forwarded"] >= 2 * len(codes) - 2, (before, after)
+    import wave
+    import numpy as np
+    from media import g711
+    with wave.open(str(path)) as wav:
+        assert (wav.getnchannels(), wav.getframerate()) == (2, 8000)
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), "<i2").reshape(-1, 2)
+    for channel, sent in ((0, codes), (1, [c ^ 0x80 for c in codes])):
+        frames = pcm[: len(pcm) // 160 * 160, channel].reshape(-1, 160)
+        heard = [int(f[0]) for f in frames if f.any()]
+        expected = [int(np.frombuffer(g711.ulaw_decode(bytes([c]) * 2), "<i2")[0]) for c in sent]
+        assert heard == expected, channel                               # every frame, once, in order
