@@ -57,7 +57,6 @@ from .relay import fileno
 from .rtp import RtpSender
 from .ports import PortAllocator
 from .rtp_port import PlainRtpPort
-from .rtcp import RtcpError, parse_compound
 from .session import MediaTimeout, RtpSession, SessionEvent
 from .session import RtcpReceived as SessionRtcp
 from .webrtc import LegClosed, LegEvent, LegFailed, RemoteTransport, RtpReceived, WebRtcLeg, WebRtcPort
@@ -83,6 +82,7 @@ _pack_hdr = struct.Struct("!BBHII").pack
 _DTMF_GAP_MS = 60                  # injected DTMF: silence between two digits
 _RECORD_BACKLOG = 3 * FRAME_SAMPLES  # recording of a passthrough leg: at most this much queued per channel
 _POLL_TICKS = 5                    # RTP sessions' timers (RTCP reports, media timeout) are looked at every 100 ms
+_ICE_PATH = ("0.0.0.0", 0)        # the one "address" of a browser leg's RtpSession: ICE validated the real one
 
 
 class MediaError(Exception):
@@ -135,6 +135,7 @@ class MediaLeg:
     local_sdp: SessionDescription | None = None
     codec: LegCodec | None = None
     webrtc: WebRtcLeg | None = None
+    rtcp: RtpSession | None = None             # a browser leg's receive statistics and RTCP reports (SR/RR)
     rtp: PlainRtpPort | None = None
     port: int | None = None
     side: Side = "a"
@@ -466,7 +467,7 @@ class MediaWorker:
         self._commit()
 
     def _poll_sessions(self, now: float) -> None:
-        """RTCP reports and media timeouts of the plain-RTP legs that are due."""
+        """RTCP reports and media timeouts of the legs that are due (plain RTP and browsers)."""
         for call in self.calls.values():
             for leg in (call.caller, call.callee):
                 rtp = leg.rtp
@@ -475,6 +476,12 @@ class MediaWorker:
                     if timer is not None and now >= timer:
                         self._touch(call)             # RTCP reports and timeouts read what C counted
                         rtp.poll(now)
+                elif leg.rtcp is not None:
+                    timer = leg.rtcp.get_timer()
+                    if timer is not None and now >= timer:
+                        self._touch(call)
+                        leg.rtcp.handle_timer(now)
+                        self._drain_browser_session(call, leg)
             if call.supervisor is not None and call.supervisor.leg.rtp is not None:
                 call.supervisor.leg.rtp.poll(now)
 
@@ -643,6 +650,17 @@ class MediaWorker:
                 log.exception("media event listener failed")
 
     # -- transports -> bridge ------------------------------------------------------------------------
+    def _drain_browser_session(self, call: MediaCall, leg: MediaLeg) -> None:
+        """Send a browser leg's RTCP (SRTCP through its DTLS keys) and handle its session's events."""
+        session = leg.rtcp
+        assert session is not None
+        for datagram in session.datagrams_to_send(self._loop.time()):
+            if leg.webrtc is not None:
+                self.port.send_rtcp(leg.webrtc, datagram.data)
+        while (event := session.next_event()) is not None:
+            if type(event) is SessionRtcp or type(event) is MediaTimeout:
+                self._on_session_event(call, leg, event)
+
     def _on_webrtc_event(self, event: LegEvent) -> None:
         found = self._by_webrtc.get(id(event.leg))
         if found is None:
@@ -651,18 +669,18 @@ class MediaWorker:
         self._touch(call)
         if type(event) is RtpReceived:
             bridge = call.bridge
+            if leg.rtcp is not None:
+                leg.rtcp.receive_datagram(event.packet, _ICE_PATH, self._loop.time())
+                self._drain_browser_session(call, leg)
             if bridge is not None:
                 bridge.receive_rtp(leg.side, event.packet, self._loop.time())
                 self._flush(call)
                 if call.call_id not in self._ticking and not bridge.idle:
                     self._ticking[call.call_id] = call
         elif type(event) is WebRtcRtcp:
-            if call.bridge is not None:
-                try:
-                    packets = parse_compound(event.packet)
-                except RtcpError:
-                    return
-                self._receiver_report(call, leg, packets)
+            if leg.rtcp is not None:                   # RTT, the browser's reports: its session parses them
+                leg.rtcp.receive_datagram(event.packet, _ICE_PATH, self._loop.time())
+                self._drain_browser_session(call, leg)
         elif isinstance(event, (LegFailed, LegClosed)):
             self._emit({"event": "leg-down", "call_id": call.call_id, "tag": leg.tag,
                         "reason": getattr(event, "reason", "closed")})
@@ -765,9 +783,13 @@ class MediaWorker:
                 fd = fileno(self.port.transport)
                 address = leg.remote_address
                 handles = leg.srtp.c_handles() if leg.srtp is not None else None
-                source = path.jitter.ssrc
-                if fd is not None and address is not None and handles is not None and source is not None:
-                    plan = ((fd, address[0], address[1]), source, handles[0], None, None)
+                session = src.rtcp
+                latched = session.latched_source if session is not None else None
+                source = latched[1] if latched is not None else path.jitter.ssrc
+                reception = session.sources.get(source) if session is not None and source is not None else None
+                if fd is not None and address is not None and handles is not None and source is not None \
+                        and (session is None or reception is not None):
+                    plan = ((fd, address[0], address[1]), source, handles[0], session, reception)
         if plan is None:
             if forward is not None:
                 forward.remove()
@@ -814,6 +836,12 @@ class MediaWorker:
             handles = leg.srtp.c_handles() if leg.srtp is not None else None
             if fd is None or address is None or handles is None:
                 return None
+            session = src.rtcp
+            if session is not None:
+                latched = session.latched_source
+                reception = session.sources.get(source) if latched is not None and latched[1] == source else None
+                if reception is None:
+                    return None
             key = (fd, address[0], address[1])
             srtp_in = handles[0]
         else:
@@ -865,6 +893,12 @@ class MediaWorker:
         self._by_webrtc[id(leg.webrtc)] = (call, leg)
 
     def _close_leg(self, leg: MediaLeg) -> None:
+        if leg.rtcp is not None:
+            session, leg.rtcp = leg.rtcp, None
+            session.close(self._loop.time())          # RTCP BYE, before DTLS close_notify
+            if leg.webrtc is not None:
+                for datagram in session.datagrams_to_send(self._loop.time()):
+                    self.port.send_rtcp(leg.webrtc, datagram.data)
         if leg.webrtc is not None:
             self._by_webrtc.pop(id(leg.webrtc), None)
             self.port.remove_leg(leg.webrtc)
@@ -986,7 +1020,13 @@ class MediaWorker:
         if caller.kind == WEBRTC and caller.codec.name == "opus" and not caller.codec.same_audio(callee.codec):
             _set_fmtp(local, caller.codec.payload_type, _OPUS_TRANSCODED_FMTP)
         caller.local_sdp = local
-        senders = {leg.side: leg.rtp.session.sender for leg in (caller, callee) if leg.rtp is not None}
+        for leg in (caller, callee):
+            if leg.webrtc is not None and leg.rtcp is None:
+                # statistics of what the browser sends, and RTCP both ways (SR/RR, RTT, its loss reports)
+                leg.rtcp = RtpSession(clock_rate=leg.codec.clock_rate, now=self._loop.time(), remote=_ICE_PATH,
+                                      rtcp_mux=True, media_timeout=self.settings.media_timeout)
+        senders = {leg.side: leg.rtp.session.sender if leg.rtp is not None else leg.rtcp.sender  # type: ignore[union-attr]
+                   for leg in (caller, callee) if leg.rtp is not None or leg.rtcp is not None}
         try:
             call.bridge = Bridge(caller.codec, callee.codec, senders=senders,
                                  opus_complexity=self.settings.opus_complexity,
@@ -1058,6 +1098,15 @@ class MediaWorker:
             if leg.webrtc is not None:
                 entry["connected"] = leg.webrtc.connected
                 entry["remote"] = list(leg.webrtc.remote_address) if leg.webrtc.remote_address else None
+                if leg.rtcp is not None:
+                    entry["rtcp_received"] = leg.rtcp.stats.rtcp_received
+                    rtt = leg.rtcp.stats.last_rtt
+                    entry["rtt_ms"] = None if rtt is None else round(rtt * 1000, 1)
+            session = leg.rtp.session if leg.rtp is not None else leg.rtcp
+            reception = session.reception() if session is not None else None
+            if reception is not None:                  # RFC 3550 receive statistics of what the leg sends us
+                entry["rx_lost"] = reception.cumulative_lost
+                entry["rx_jitter_ms"] = round(1000 * reception.jitter_seconds, 2)
             legs[str(leg.tag)] = entry
         mode = bridge_stats.get("mode", {}).get("passthrough") if bridge_stats else None
         return {"call_id": call_id, "passthrough": mode, "legs": legs}

@@ -23,6 +23,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from media import g711  # noqa: E402
 from media.audio import dominant_frequency, tone  # noqa: E402
 from media.dtmf import decode_telephone_event, packets_for_press  # noqa: E402
+from media.rtcp import Bye, SenderReport, parse_compound  # noqa: E402
 from media.worker import MediaSettings, MediaWorker  # noqa: E402
 from sipcore.sdp import SessionDescription, create_answer  # noqa: E402
 
@@ -128,6 +129,14 @@ async def test_browser_to_trunk_call(worker: MediaWorker, pcmu_only: bool):
         return original_send(leg, packet)
 
     worker.port.send_rtp = spy  # type: ignore[method-assign]
+    rtcp_to_browser: list[bytes] = []
+    original_rtcp = worker.port.send_rtcp
+
+    def spy_rtcp(leg, packet: bytes) -> bool:
+        rtcp_to_browser.append(packet)
+        return original_rtcp(leg, packet)
+
+    worker.port.send_rtcp = spy_rtcp  # type: ignore[method-assign]
     loop = asyncio.get_running_loop()
     trunk_transport, trunk = await loop.create_datagram_endpoint(TrunkPeer, local_addr=("127.0.0.1", 0))
     try:
@@ -162,6 +171,13 @@ async def test_browser_to_trunk_call(worker: MediaWorker, pcmu_only: bool):
         trunk_transport.close()
     final = await worker.delete("call-1")
     assert final["legs"]["from-1"]["packets_in"] > 40 and stats["passthrough"] is pcmu_only
+    # the browser leg has its RTCP session: aiortc's reports arrived, its stream was counted without loss
+    browser = stats["legs"]["from-1"]
+    assert browser["rtcp_received"] >= 1 and browser["rx_lost"] == 0, browser
+    # ... and our RTCP goes to the browser through its SRTCP keys: at least the BYE when the call ends
+    sent = [packet for datagram in rtcp_to_browser for packet in parse_compound(datagram)]
+    ours = {p.ssrc for p in sent if isinstance(p, SenderReport) and p.packet_count > 40}
+    assert any(isinstance(p, Bye) and set(p.ssrcs) & ours for p in sent), sent
 
     # browser -> trunk: PCMU carrying 440 Hz
     audio = [p for p in trunk.received if p[1] & 0x7F == 0]
