@@ -704,7 +704,7 @@ static int forward(Relay *self, int fd, uint8_t *buf, int len, const struct sock
         return 1;
     }
     if (r->capture) {
-        /* media.bridge._payload: what the side sent, for the recorder (before any hold, as in Python) */
+        /* media.bridge.rtp_payload: what the side sent, for the recorder (before any hold, as in Python) */
         int pos = 12, end = len;
         if (buf[0] != 0x80) {
             pos = 12 + 4 * (buf[0] & 0x0F);

@@ -49,7 +49,7 @@ from .dtmf import (
 )
 from .jitter import Frame, JitterBuffer, Missing
 from .opus import OpusDecoder, OpusEncoder
-from .rtp import HEADER_SIZE, RtpError, RtpSender, peek_header
+from .rtp import RtpError, RtpSender, peek_header, rtp_payload
 
 __all__ = [
     "Bridge",
@@ -258,10 +258,10 @@ class Bridge:
             path.stats.packets_in += 1
             if path.transcode:
                 assert path.jitter is not None
-                path.jitter.put(seq, ts, _payload(packet), now, ssrc)
+                path.jitter.put(seq, ts, rtp_payload(packet), now, ssrc)
                 return
             if self.capture:
-                self.captured[side].append(_payload(packet))
+                self.captured[side].append(rtp_payload(packet))
             if path.dst_side in self.muted:
                 return
             if now >= path.event_until:
@@ -278,7 +278,7 @@ class Bridge:
 
     def _receive_event(self, path: _Path, packet: bytes, seq: int, ts: int, marker: bool, now: float) -> None:
         """Report the digit and relay/translate the telephone-event packet (or start an in-band tone)."""
-        payload = _payload(packet)
+        payload = rtp_payload(packet)
         try:
             ev = decode_telephone_event(payload)
         except ValueError:
@@ -404,19 +404,7 @@ class Bridge:
                 path.close()
 
 
-def _payload(packet: bytes) -> bytes:
-    """The payload of an RTP packet (CSRCs, header extension and padding skipped)."""
-    b0 = packet[0]
-    if b0 == 0x80:
-        return packet[HEADER_SIZE:]
-    pos = HEADER_SIZE + 4 * (b0 & 0x0F)
-    if b0 & 0x10 and len(packet) >= pos + 4:
-        pos += 4 + 4 * ((packet[pos + 2] << 8) | packet[pos + 3])
-    end = len(packet) - (packet[-1] if b0 & 0x20 and packet[-1] <= len(packet) - pos else 0)
-    return packet[pos:end]
-
-
-def _fit(pcm: np.ndarray) -> np.ndarray:
+def fit_frame(pcm: np.ndarray) -> np.ndarray:
     """Exactly one 20 ms frame: truncate longer decoder output, zero-pad shorter."""
     n = pcm.shape[0]
     if n == FRAME_SAMPLES:
@@ -453,7 +441,7 @@ def _pull(path: _Path, now: float) -> None:
         path.pending_good = True
         if decoder is not None:
             try:
-                path.pending_pcm = _fit(np.frombuffer(decoder.decode(item.payload), "<i2"))
+                path.pending_pcm = fit_frame(np.frombuffer(decoder.decode(item.payload), "<i2"))
             except Exception:  # noqa: BLE001 - a corrupt packet: conceal it instead
                 path.stats.decode_errors += 1
                 path.pending_pcm = np.frombuffer(decoder.decode_plc(), "<i2")
@@ -461,7 +449,7 @@ def _pull(path: _Path, now: float) -> None:
         elif len(item.payload) == FRAME_SAMPLES:
             path.pending_codes = item.payload
         else:
-            path.pending_pcm = _fit(np.frombuffer(g711.ulaw_decode(item.payload) if path.src_law == "ulaw"
+            path.pending_pcm = fit_frame(np.frombuffer(g711.ulaw_decode(item.payload) if path.src_law == "ulaw"
                                                   else g711.alaw_decode(item.payload), "<i2"))
         return
     assert isinstance(item, Missing)
@@ -469,12 +457,12 @@ def _pull(path: _Path, now: float) -> None:
     if decoder is not None:
         if item.next_payload is not None:
             try:
-                path.pending_pcm = _fit(np.frombuffer(decoder.decode_fec(item.next_payload), "<i2"))
+                path.pending_pcm = fit_frame(np.frombuffer(decoder.decode_fec(item.next_payload), "<i2"))
                 path.stats.fec += 1
                 return
             except Exception:  # noqa: BLE001
                 path.stats.decode_errors += 1
-        path.pending_pcm = _fit(np.frombuffer(decoder.decode_plc(), "<i2"))
+        path.pending_pcm = fit_frame(np.frombuffer(decoder.decode_plc(), "<i2"))
     elif path.last_pcm is not None:
         path.plc_gain *= _PLC_FADE
         path.pending_pcm = (path.last_pcm * path.plc_gain).astype(np.int16)

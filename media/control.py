@@ -202,7 +202,10 @@ class ControlServer:
                                        whisper_to if isinstance(whisper_to, str) else None)
                 body = {"result": "ok", "sdp": sdp}
             elif command == "stop_mix":
-                body = {"result": "ok", **worker.stop_mix(_text(request, "call_id"))}
+                tag = request.get("tag")
+                if tag is not None and (not isinstance(tag, str) or not tag):
+                    raise MediaError("stop_mix: 'tag' must be a non-empty string (or absent: every member)")
+                body = {"result": "ok", **worker.stop_mix(_text(request, "call_id"), tag)}
             else:
                 raise MediaError(f"unknown command {command!r} (offer, answer, delete, query, ping, play, "
                                  "stop_play, record, stop_record, dtmf, mix, stop_mix)")
@@ -349,16 +352,18 @@ class MediaControlClient:
 
     async def mix(self, call_id: str, tag: str, sdp: str | bytes, mode: str = "listen",
                   whisper_to: str | None = None) -> str:
-        """Join a supervisor leg (its plain-RTP offer in, our answer out): ``listen`` or ``whisper`` to a tag."""
+        """Join a leg to a bridged call (its offer in, our answer out): ``listen``, ``whisper`` to a tag, ``speak``."""
         args: dict[str, Any] = {"call_id": call_id, "tag": tag, "mode": mode,
                                 "sdp": sdp.decode() if isinstance(sdp, bytes) else sdp}
         if whisper_to:
             args["whisper_to"] = whisper_to
         return (await self.request("mix", **args))["sdp"]
 
-    async def stop_mix(self, call_id: str) -> dict[str, Any]:
-        """Drop the call's supervisor leg."""
-        return await self.request("stop_mix", call_id=call_id)
+    async def stop_mix(self, call_id: str, tag: str | None = None) -> dict[str, Any]:
+        """Drop the member leg ``tag`` (default: every leg ``mix`` joined to the call)."""
+        if tag is None:
+            return await self.request("stop_mix", call_id=call_id)
+        return await self.request("stop_mix", call_id=call_id, tag=tag)
 
     async def dtmf(self, call_id: str, tag: str, digits: str, duration_ms: int = 100) -> dict[str, Any]:
         """Send DTMF digits to the leg ``tag`` (RFC 4733 if it negotiated telephone-event, else in-band)."""

@@ -93,6 +93,18 @@ def peek_header(data: bytes) -> tuple[int, int, int, int, bool]:
     return b1 & 0x7F, seq, ts, ssrc, b1 > 0x7F
 
 
+def rtp_payload(packet: bytes) -> bytes:
+    """The payload of an RTP packet (CSRCs, header extension and padding skipped)."""
+    b0 = packet[0]
+    if b0 == 0x80:
+        return packet[HEADER_SIZE:]
+    pos = HEADER_SIZE + 4 * (b0 & 0x0F)
+    if b0 & 0x10 and len(packet) >= pos + 4:
+        pos += 4 + 4 * ((packet[pos + 2] << 8) | packet[pos + 3])
+    end = len(packet) - (packet[-1] if b0 & 0x20 and packet[-1] <= len(packet) - pos else 0)
+    return packet[pos:end]
+
+
 def rewrite_header(data: bytes, seq: int, ts: int, ssrc: int, pt: int | None = None) -> bytes:
     """Copy of an RTP datagram with a new sequence number, timestamp, SSRC (and payload type); the rest is kept."""
     b1 = data[1] if pt is None else (data[1] & 0x80) | (pt & 0x7F)

@@ -168,6 +168,8 @@ class RtpSession:
         self._started = now
         self._last_rtp: float | None = None
         self._timed_out = False
+        self._media_expected = True                # False while the peer's SDP says it does not send (hold)
+        self._timeout_from = now                   # the media timeout counts from here or the last packet
         self._interval = RtcpInterval(rtcp_interval, rng=rng.random)
         self._rtcp_at: float | None = now + self._interval.next_interval()
         self._last_report_at = now
@@ -353,11 +355,19 @@ class RtpSession:
         if self._closed:
             return None
         timer = self._rtcp_at
-        if self.media_timeout is not None and not self._timed_out:
-            at = (self._last_rtp if self._last_rtp is not None else self._started) + self.media_timeout
+        if self.media_timeout is not None and self._media_expected and not self._timed_out:
+            at = max(self._started if self._last_rtp is None else self._last_rtp, self._timeout_from) + self.media_timeout
             if timer is None or at < timer:
                 timer = at
         return timer
+
+    def expect_media(self, expected: bool, now: float) -> None:
+        """Whether the peer sends media (its SDP direction: sendrecv/sendonly yes, recvonly/inactive no, as on
+        hold): the media timeout only runs while it does, and counts afresh from ``now`` when it resumes."""
+        if expected and not self._media_expected:
+            self._timeout_from = now
+            self._timed_out = False
+        self._media_expected = expected
 
     def handle_timer(self, now: float) -> None:
         """Send the RTCP report and raise MediaTimeout when due."""
@@ -366,8 +376,8 @@ class RtpSession:
         if self._rtcp_at is not None and now >= self._rtcp_at:
             self._send_rtcp(now)
             self._rtcp_at = now + self._interval.next_interval(members=1 + max(1, len(self.sources)))
-        if self.media_timeout is not None and not self._timed_out:
-            last = self._last_rtp if self._last_rtp is not None else self._started
+        if self.media_timeout is not None and self._media_expected and not self._timed_out:
+            last = max(self._started if self._last_rtp is None else self._last_rtp, self._timeout_from)
             if now - last >= self.media_timeout:
                 self._timed_out = True
                 self._events.append(MediaTimeout(now - last, self._last_rtp))

@@ -44,9 +44,10 @@ import numpy as np
 from sipcore.sdp import Attribute, RtpMap, SdpError, SessionDescription, bump_version, create_answer, create_offer
 
 from . import g711
-from .bridge import FRAME_SAMPLES, PCM_RATE, Bridge, LegCodec, Side, tick_bridges
+from .bridge import FRAME_SAMPLES, PCM_RATE, Bridge, LegCodec, Side, fit_frame, tick_bridges
 from .certificate import DtlsCertificate
 from .dtmf import DtmfEventSender, digit_to_event, dtmf_tone, encode_telephone_event
+from .jitter import Frame, JitterBuffer
 from .mixer import Conference
 from .opus import OpusDecoder, OpusEncoder
 from .player import Player, PlayerError, Prompt, PromptCache, beep
@@ -54,7 +55,7 @@ from .recorder import CallRecorder, RecorderError
 from .relay import Forward, MediaRelay
 from .relay import available as relay_available
 from .relay import fileno
-from .rtp import RtpSender
+from .rtp import RtpError, RtpSender, peek_header, rtp_payload
 from .ports import PortAllocator
 from .rtp_port import PlainRtpPort
 from .session import MediaTimeout, RtpSession, SessionEvent
@@ -81,6 +82,8 @@ _AUDIO = ("opus", "pcmu", "pcma")
 _pack_hdr = struct.Struct("!BBHII").pack
 _DTMF_GAP_MS = 60                  # injected DTMF: silence between two digits
 _RECORD_BACKLOG = 3 * FRAME_SAMPLES  # recording of a passthrough leg: at most this much queued per channel
+_MAX_MEMBERS = 16                  # legs `mix` may join to one call (supervisors, conference parties)
+_MIX_ROLES = {"listen": "listener", "whisper": "whisper", "speak": "speaker"}   # control mode -> mixer role
 _POLL_TICKS = 5                    # RTP sessions' timers (RTCP reports, media timeout) are looked at every 100 ms
 _ICE_PATH = ("0.0.0.0", 0)        # the one "address" of a browser leg's RtpSession: ICE validated the real one
 
@@ -156,11 +159,24 @@ class MediaCall:
     recorder: CallRecorder | None = None
     record_pcm: dict[str, np.ndarray] = field(default_factory=dict)     # passthrough recording: decoded backlog
     record_decoders: dict[str, OpusDecoder] = field(default_factory=dict)  # Opus passthrough recording
-    supervisor: "_Supervisor | None" = None    # spy/whisper (mix)
+    members: dict[str, _Member] = field(default_factory=dict)   # by tag: legs joined by mix (spy/whisper/speak)
+    conference: Conference | None = None       # the parties and the members, while there are members
+    mix_encoders: dict[str, OpusEncoder] = field(default_factory=dict)  # an Opus party hearing the conference
     forwards: dict[str, Forward] = field(default_factory=dict)  # by source side: directions forwarded in C
 
     def leg(self, side: Side) -> MediaLeg:
         return self.caller if side == "a" else self.callee
+
+    def mixed_sides(self) -> set[str]:
+        """The parties that hear the conference instead of the bridged audio: everyone once a member speaks,
+        else each whisper's target."""
+        sides: set[str] = set()
+        for member in self.members.values():
+            if member.role == "speaker":
+                return {"a", "b"}
+            if member.role == "whisper" and member.target is not None:
+                sides.add(member.target)
+        return sides
 
     def by_tag(self, tag: str) -> MediaLeg:
         """The leg with SIP tag ``tag`` (MediaError if neither has it)."""
@@ -245,22 +261,34 @@ class _DtmfSource:
 
 
 @dataclass
-class _Supervisor:
-    """A third, plain-RTP leg on a bridged call: hears both parties (listen), and in whisper mode is heard by
-    one of them (``target``) mixed into the other party's audio (``mixer.Conference``: a, b speakers; s a
-    listener or a whisperer to its target)."""
+class _Member:
+    """A leg ``mix`` joined to a bridged call (plain RTP or a browser): ``listen`` hears both parties (spy),
+    ``whisper`` is also heard by one party (``target``: coaching), ``speak`` by everyone (barge-in, a three-way or
+    larger conference). All go through the call's ``mixer.Conference`` ("a" and "b" are the parties, members
+    are ``m:<tag>``); what a member sends goes through a jitter buffer (and Opus decoder) like a party's."""
 
     leg: MediaLeg
     sender: RtpSender
-    conference: Conference
-    target: str | None = None                  # whisper: the side that hears the supervisor
-    pcm: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))   # received, decoded backlog
-    encoder: OpusEncoder | None = None         # whisper to an Opus leg
+    codec: LegCodec
+    jitter: JitterBuffer
+    role: str = "listener"                     # mixer role: listener / whisper / speaker
+    target: str | None = None                  # whisper: the side that hears the member
+    decoder: OpusDecoder | None = None         # an Opus member's audio, decoded at 8 kHz
+    encoder: OpusEncoder | None = None         # what an Opus member hears
+
+    @property
+    def pid(self) -> str:
+        return f"m:{self.leg.tag}"
+
+    @property
+    def mode(self) -> str:
+        return {"listener": "listen", "whisper": "whisper", "speaker": "speak"}[self.role]
 
     def close(self) -> None:
-        if self.encoder is not None:
-            self.encoder.close()
-            self.encoder = None
+        for codec in (self.encoder, self.decoder):
+            if codec is not None:
+                codec.close()
+        self.encoder = self.decoder = None
 
 
 def _dtmf_prompt(digits: str, duration_ms: int) -> Prompt:
@@ -391,6 +419,8 @@ class MediaWorker:
                     on_event: Callable[[dict[str, Any]], None] | None = None) -> MediaWorker:
         """Open the browser port and start the media clock."""
         settings = settings or MediaSettings()
+        if g711.np is not None:
+            g711.tables()      # built now, not in the first transcoded call's tick (a stall of every call)
         if settings.certificate_dir:
             certificate = DtlsCertificate.load_or_create(settings.certificate_dir)
         else:
@@ -448,19 +478,20 @@ class MediaWorker:
         for call in calls:
             if call.sources:
                 self._tick_sources(call, now)
-            if call.recorder is not None or call.supervisor is not None:
+            if call.recorder is not None or call.members:
                 for forward in call.forwards.values():
                     if forward.captured is not None:
                         forward.take_captured()   # what C relayed since the last tick, for the recording
                 frames = self._tick_frames(call)
+                heard = {tag: self._member_frame(member, now) for tag, member in call.members.items()}
                 if call.recorder is not None:
-                    self._tick_recorder(call, frames)
-                if call.supervisor is not None:
-                    self._tick_supervisor(call, call.supervisor, frames, now)
+                    self._tick_recorder(call, frames, heard)
+                if call.members:
+                    self._tick_members(call, frames, heard, now)
             self._flush(call)
             bridge = call.bridge
             if (bridge is None or bridge.idle) and not call.sources and call.recorder is None \
-                    and call.supervisor is None:
+                    and not call.members:
                 self._ticking.pop(call.call_id, None)
         if self.ticks % _POLL_TICKS == 0:
             self._poll_sessions(now)
@@ -482,8 +513,15 @@ class MediaWorker:
                         self._touch(call)
                         leg.rtcp.handle_timer(now)
                         self._drain_browser_session(call, leg)
-            if call.supervisor is not None and call.supervisor.leg.rtp is not None:
-                call.supervisor.leg.rtp.poll(now)
+            for member in call.members.values():
+                leg = member.leg
+                if leg.rtp is not None:
+                    leg.rtp.poll(now)
+                elif leg.rtcp is not None:
+                    timer = leg.rtcp.get_timer()
+                    if timer is not None and now >= timer:
+                        leg.rtcp.handle_timer(now)
+                        self._drain_browser_session(call, leg)
 
     def _send(self, leg: MediaLeg, packet: bytes) -> None:
         if leg.webrtc is not None:
@@ -510,7 +548,7 @@ class MediaWorker:
             return
         del call.sources[side]
         if call.bridge is not None:
-            if call.supervisor is None or call.supervisor.target != side:
+            if side not in call.mixed_sides():
                 call.bridge.muted.discard(side)  # type: ignore[arg-type]
             sender = call.bridge.senders[side]  # type: ignore[index]
             sender.start_talkspurt()
@@ -559,59 +597,98 @@ class MediaWorker:
             captured.clear()
         return frames
 
-    def _tick_recorder(self, call: MediaCall, frames: list[np.ndarray | None]) -> None:
-        """Feed the recording one 20 ms frame per leg (A left, B right)."""
+    def _tick_recorder(self, call: MediaCall, frames: list[np.ndarray | None],
+                       heard: dict[str, np.ndarray | None]) -> None:
+        """Feed the recording one 20 ms frame per leg: A left, B right, with B the members who speak
+        (a conference is recorded as the caller and everyone the caller talks with)."""
         recorder = call.recorder
         assert recorder is not None
+        right = frames[1]
+        speakers = [heard[tag] for tag, member in call.members.items()
+                    if member.role == "speaker" and heard.get(tag) is not None]
+        if speakers:
+            total = np.zeros(FRAME_SAMPLES, np.int32)
+            for pcm in ([right] if right is not None else []) + speakers:
+                total += pcm  # type: ignore[operator]
+            right = np.minimum(np.maximum(total, -32768), 32767).astype(np.int16)
         try:
-            recorder.write(frames[0], frames[1])
+            recorder.write(frames[0], right)
         except RecorderError as exc:
             self._stop_recording(call)
             self._emit({"event": "record-failed", "call_id": call.call_id, "path": recorder.path,
                         "reason": str(exc)})
 
-    def _tick_supervisor(self, call: MediaCall, sup: _Supervisor, frames: list[np.ndarray | None],
-                         now: float) -> None:
-        """The supervisor hears both parties; a whisper target hears the other party plus the supervisor."""
-        bridge = call.bridge
-        assert bridge is not None and sup.leg.codec is not None
-        heard_pcm = sup.pcm
-        s_frame: np.ndarray | None = None
-        if heard_pcm.size > _RECORD_BACKLOG:
-            heard_pcm = heard_pcm[heard_pcm.size - _RECORD_BACKLOG:]
-        if heard_pcm.size >= FRAME_SAMPLES:
-            s_frame, heard_pcm = heard_pcm[:FRAME_SAMPLES].astype(np.int16), heard_pcm[FRAME_SAMPLES:]
-        sup.pcm = heard_pcm
-        out = sup.conference.mix({"a": frames[0], "b": frames[1], "s": s_frame})
-        law = "ulaw" if sup.leg.codec.name == "pcmu" else "alaw"
-        self._send(sup.leg, sup.sender.packetize(g711.encode_batch(out["s"][None, :], law)[0].tobytes(), now))
-        target = sup.target
-        if target is None or target in call.sources:
-            return                                  # a prompt/DTMF on the target takes precedence
-        codec = bridge.codecs[target]  # type: ignore[index]
-        pcm = out[target]
-        if codec.name == "opus":
-            if sup.encoder is None:
-                sup.encoder = OpusEncoder(PCM_RATE, 1, bitrate=self.settings.opus_bitrate,
-                                          complexity=self.settings.opus_complexity)
-            payload = sup.encoder.encode(pcm)
-        else:
-            payload = g711.encode_batch(pcm[None, :], "ulaw" if codec.name == "pcmu" else "alaw")[0].tobytes()
-        self._send(call.leg(target), bridge.senders[target].packetize(payload, now))  # type: ignore[arg-type,index]
+    def _member_frame(self, member: _Member, now: float) -> np.ndarray | None:
+        """This tick's 20 ms of what a member sent (None: nothing, or a listener, who is heard by nobody)."""
+        if member.role == "listener":
+            return None
+        item = member.jitter.get(now)
+        if item is None:
+            return None
+        decoder = member.decoder
+        try:
+            if type(item) is Frame:
+                if decoder is not None:
+                    return fit_frame(np.frombuffer(decoder.decode(item.payload), "<i2"))
+                decode = g711.ulaw_decode if member.codec.name == "pcmu" else g711.alaw_decode
+                return fit_frame(np.frombuffer(decode(item.payload), "<i2"))
+            if decoder is not None:                     # a gap: Opus FEC from the next packet, else PLC
+                if item.next_payload is not None:
+                    return fit_frame(np.frombuffer(decoder.decode_fec(item.next_payload), "<i2"))
+                return fit_frame(np.frombuffer(decoder.decode_plc(), "<i2"))
+        except Exception:  # noqa: BLE001 - a corrupt packet is a moment of silence
+            return None
+        return None
 
-    def _on_supervisor_rtp(self, call: MediaCall, packet: bytes, now: float) -> None:
-        sup = call.supervisor
-        if sup is None or sup.target is None or sup.leg.codec is None or len(packet) <= 12:
+    def _encode(self, codec: LegCodec, pcm: np.ndarray, encoder: OpusEncoder | None) -> bytes:
+        """One mixed 8 kHz frame in a leg's codec (G.711 through the table, Opus through ``encoder``)."""
+        if codec.name == "opus":
+            assert encoder is not None
+            return encoder.encode(pcm)
+        return g711.encode_batch(pcm[None, :], "ulaw" if codec.name == "pcmu" else "alaw")[0].tobytes()
+
+    def _opus_encoder(self) -> OpusEncoder:
+        return OpusEncoder(PCM_RATE, 1, bitrate=self.settings.opus_bitrate, complexity=self.settings.opus_complexity)
+
+    def _tick_members(self, call: MediaCall, frames: list[np.ndarray | None],
+                      heard: dict[str, np.ndarray | None], now: float) -> None:
+        """Mix the parties and the members: every member hears its mix; the mixed parties (see
+        ``MediaCall.mixed_sides``) hear theirs on their own RTP stream instead of the bridged audio."""
+        bridge, conference = call.bridge, call.conference
+        assert bridge is not None and conference is not None
+        inputs: dict[Any, np.ndarray | None] = {"a": frames[0], "b": frames[1]}
+        for tag, member in call.members.items():
+            inputs[member.pid] = heard.get(tag)
+        out = conference.mix(inputs)
+        for member in call.members.values():
+            if member.codec.name == "opus" and member.encoder is None:
+                member.encoder = self._opus_encoder()
+            payload = self._encode(member.codec, out[member.pid], member.encoder)
+            self._send(member.leg, member.sender.packetize(payload, now))
+        for side in sorted(call.mixed_sides()):
+            if side in call.sources:
+                continue                            # a prompt/DTMF on that party takes precedence
+            codec = bridge.codecs[side]  # type: ignore[index]
+            encoder = call.mix_encoders.get(side)
+            if codec.name == "opus" and encoder is None:
+                encoder = call.mix_encoders[side] = self._opus_encoder()
+            payload = self._encode(codec, out[side], encoder)
+            self._send(call.leg(side), bridge.senders[side].packetize(payload, now))  # type: ignore[arg-type,index]
+
+    def _on_member_rtp(self, call: MediaCall, member: _Member, packet: bytes, now: float) -> None:
+        """Audio from a member: into its jitter buffer (a listener's is not heard by anyone: dropped)."""
+        if member.role == "listener":
             return
-        if packet[1] & 0x7F != sup.leg.codec.payload_type:
+        try:
+            pt, seq, ts, ssrc, _ = peek_header(packet)
+        except RtpError:
             return
-        payload = packet[12 + 4 * (packet[0] & 0x0F):]
-        decode = g711.ulaw_decode if sup.leg.codec.name == "pcmu" else g711.alaw_decode
-        sup.pcm = np.concatenate([sup.pcm, np.frombuffer(decode(payload), "<i2")])
+        if pt == member.codec.payload_type:
+            member.jitter.put(seq, ts, rtp_payload(packet), now, ssrc)
 
     def _update_capture(self, call: MediaCall) -> None:
         if call.bridge is not None:
-            call.bridge.capture = call.recorder is not None or call.supervisor is not None
+            call.bridge.capture = call.recorder is not None or bool(call.members)
             if not call.bridge.capture:
                 for captured in call.bridge.captured.values():
                     captured.clear()
@@ -672,6 +749,9 @@ class MediaWorker:
             if leg.rtcp is not None:
                 leg.rtcp.receive_datagram(event.packet, _ICE_PATH, self._loop.time())
                 self._drain_browser_session(call, leg)
+            if leg is not call.caller and leg is not call.callee:   # a browser that mix joined to the call
+                self._on_leg_rtp(call, leg, event.packet, self._loop.time())
+                return
             if bridge is not None:
                 bridge.receive_rtp(leg.side, event.packet, self._loop.time())
                 self._flush(call)
@@ -705,7 +785,7 @@ class MediaWorker:
 
     def _on_session_event(self, call: MediaCall, leg: MediaLeg, event: SessionEvent) -> None:
         if isinstance(event, SessionRtcp):
-            if call.bridge is not None:
+            if call.bridge is not None and (leg is call.caller or leg is call.callee):
                 self._receiver_report(call, leg, event.packets)
         elif isinstance(event, MediaTimeout):
             self._emit({"event": "timeout", "call_id": call.call_id, "tag": leg.tag, "idle": round(event.idle, 1)})
@@ -1048,6 +1128,9 @@ class MediaWorker:
             ufrag = sd.media[0].attribute("ice-ufrag") or sd.attribute("ice-ufrag")
             if ufrag and ufrag.strip() != leg.webrtc.remote.ice_ufrag:
                 raise MediaError("ICE restart (a new ice-ufrag) is not supported")
+        session = leg.rtp.session if leg.rtp is not None else leg.rtcp
+        if session is not None and sd.media:           # on hold it sends nothing: no media timeout meanwhile
+            session.expect_media(sd.effective_direction(0) not in ("recvonly", "inactive"), self._loop.time())
         leg.remote_sdp = sd
 
     def _reoffer(self, call: MediaCall, from_tag: str, offer: SessionDescription) -> str:
@@ -1109,7 +1192,20 @@ class MediaWorker:
                 entry["rx_jitter_ms"] = round(1000 * reception.jitter_seconds, 2)
             legs[str(leg.tag)] = entry
         mode = bridge_stats.get("mode", {}).get("passthrough") if bridge_stats else None
-        return {"call_id": call_id, "passthrough": mode, "legs": legs}
+        result: dict[str, Any] = {"call_id": call_id, "passthrough": mode, "legs": legs}
+        if call.members:
+            members: dict[str, Any] = {}
+            for tag, member in call.members.items():
+                jitter = member.jitter.stats
+                entry = {"transport": member.leg.kind, "codec": member.codec.encoding, "mode": member.mode,
+                         "whisper_to": call.leg(member.target).tag if member.target else None,  # type: ignore[arg-type]
+                         "packets_in": jitter.received, "lost": jitter.lost, "late": jitter.late,
+                         "packets_out": member.sender.packets_sent}
+                if member.leg.webrtc is not None:
+                    entry["connected"] = member.leg.webrtc.connected
+                members[tag] = entry
+            result["members"] = members
+        return result
 
     # -- prompts, recording, DTMF injection ---------------------------------------------------------------
     def _bridged(self, call_id: str) -> MediaCall:
@@ -1231,87 +1327,134 @@ class MediaWorker:
 
     async def mix(self, call_id: str, tag: str, sdp: str | bytes, mode: str = "listen",
                   whisper_to: str | None = None) -> str:
-        """Join a supervisor (plain RTP, PCMU/PCMA) to a bridged call: ``listen`` hears both parties, ``whisper``
-        is also heard by the leg ``whisper_to`` (mixed into the other party's audio; the other party never hears
-        the supervisor). ``sdp`` is the supervisor's offer; the answer comes back. Again on the same call: the
-        mode changes (the SDP is ignored)."""
+        """Join the leg ``tag`` to a bridged call, or change its mode: ``listen`` hears both parties (spy),
+        ``whisper`` is also heard by the party ``whisper_to`` (mixed into the other party's audio; the other
+        party never hears it), ``speak`` is heard by everyone (barge-in; several make a conference). ``sdp`` is
+        the member's offer, plain RTP (PCMU/PCMA) or WebRTC (Opus/PCMU/PCMA); our answer comes back. Again
+        with the same tag: the mode changes (the SDP is ignored)."""
         call = self._bridged(call_id)
-        if mode not in ("listen", "whisper"):
-            raise MediaError(f"mix: mode must be 'listen' or 'whisper', not {mode!r}")
+        role = _MIX_ROLES.get(mode)
+        if role is None:
+            raise MediaError(f"mix: mode must be 'listen', 'whisper' or 'speak', not {mode!r}")
         target: str | None = None
-        if mode == "whisper":
+        if role == "whisper":
             if not whisper_to:
                 raise MediaError("mix: whisper needs 'whisper_to' (the tag of the leg that hears the supervisor)")
             target = call.by_tag(whisper_to).side
-        sup = call.supervisor
-        if sup is not None and sup.leg.tag != tag:
-            raise MediaError(f"call {call_id!r} already has supervisor {sup.leg.tag!r}")
         if tag in (call.caller.tag, call.callee.tag):
-            raise MediaError(f"mix: {tag!r} is a party of the call, not a supervisor")
-        if sup is None:
-            offer = self._parse(sdp)
-            if is_webrtc(offer):
-                raise MediaError("mix: the supervisor leg must be plain RTP (RTP/AVP) for now")
+            raise MediaError(f"mix: {tag!r} is a party of the call, not a member")
+        member = call.members.get(tag)
+        if member is None:
+            if len(call.members) >= _MAX_MEMBERS:
+                raise MediaError(f"mix: call {call_id!r} already has {_MAX_MEMBERS} members")
+            member = await self._open_member(call, tag, self._parse(sdp))
+        before = call.mixed_sides()
+        assert call.conference is not None and call.bridge is not None
+        member.role, member.target = role, target
+        if member.pid in call.conference:
+            call.conference.set_role(member.pid, role, target)
+        else:
+            call.conference.add(member.pid, role, target=target)
+        self._remix(call, before)
+        call.bridge.capture = True
+        assert member.leg.local_sdp is not None
+        return member.leg.local_sdp.to_bytes().decode()
+
+    async def _open_member(self, call: MediaCall, tag: str, offer: SessionDescription) -> _Member:
+        """The member's leg: a port of the range (plain RTP) or a browser leg on the ICE port, and our answer."""
+        leg = MediaLeg(tag, WEBRTC if is_webrtc(offer) else RTP, remote_sdp=offer, side="a")
+        te = [("telephone-event", 48000), ("telephone-event", 8000)]
+        if leg.kind == WEBRTC:
+            try:
+                remote = RemoteTransport.from_sdp(offer, 0)
+            except ValueError as exc:
+                raise MediaError(f"mix: WebRTC offer without usable ICE/DTLS: {exc}") from None
+            local = create_answer(offer, [("opus", 48000), ("PCMU", 8000), ("PCMA", 8000), *te], self.address,
+                                  self.port.port, single_codec=True, local_preference=True)
+            if local.media[0].is_rejected:
+                raise MediaError("mix: the member offers none of Opus, PCMU, PCMA")
+            leg.webrtc = self.port.create_leg(remote, leg_id=(call.call_id, f"m:{tag}"))
+            leg.webrtc.add_transport_attributes(local, self.address, self.port.port)
+            leg.codec = negotiated_codec(local)
+            if leg.codec.name == "opus":            # mixed at 8 kHz: narrowband is all it would hear or send
+                _set_fmtp(local, leg.codec.payload_type, _OPUS_TRANSCODED_FMTP)
+            leg.rtcp = RtpSession(clock_rate=leg.codec.clock_rate, now=self._loop.time(), remote=_ICE_PATH,
+                                  rtcp_mux=True, media_timeout=self.settings.media_timeout)
+            sender = leg.rtcp.sender
+        else:
             law = "PCMU" if _offered(offer, "pcmu") else "PCMA" if _offered(offer, "pcma") else None
             if law is None:
-                raise MediaError("mix: the supervisor must offer PCMU or PCMA")
-            leg = MediaLeg(tag, RTP, remote_sdp=offer, side="a")
-            await self._open_supervisor(call, leg, _rtp_address(offer))
-            if self.calls.get(call_id) is not call or call.supervisor is not None:
-                self._close_leg(leg)               # the call went (or got a supervisor) while the port opened
-                raise MediaError(f"call {call_id!r} changed while the supervisor leg was being set up")
-            assert leg.port is not None
+                raise MediaError("mix: a plain-RTP member must offer PCMU or PCMA")
+            await self._open_member_rtp(call, leg, _rtp_address(offer))
+            assert leg.port is not None and leg.rtp is not None
             local = create_answer(offer, [(law, 8000)], self.address, leg.port, single_codec=True)
-            leg.local_sdp = local
             leg.codec = negotiated_codec(local)
-            assert leg.rtp is not None
             sender = leg.rtp.session.sender
-            sender.payload_type = leg.codec.payload_type
-            conference = Conference(FRAME_SAMPLES, conference_id=call_id)
-            conference.add("a")
-            conference.add("b")
-            sup = _Supervisor(leg, sender, conference)
-            call.supervisor = sup
-        assert call.bridge is not None
-        old = sup.target
-        if old is not None and old not in call.sources:
-            call.bridge.muted.discard(old)  # type: ignore[arg-type]
-        if "s" in sup.conference:
-            sup.conference.remove("s")
-        if target is None:
-            sup.conference.add("s", "listener")
-        else:
-            sup.conference.add("s", "whisper", target=target)
-            call.bridge.muted.add(target)  # type: ignore[arg-type]
-            call.bridge.senders[target].start_talkspurt()  # type: ignore[index]
-        sup.target = target
-        call.bridge.capture = True
-        assert sup.leg.local_sdp is not None
-        return sup.leg.local_sdp.to_bytes().decode()
+        sender.payload_type = leg.codec.payload_type
+        leg.local_sdp = local
+        member = _Member(leg, sender, leg.codec, JitterBuffer(leg.codec.clock_rate),
+                         decoder=OpusDecoder(PCM_RATE, 1) if leg.codec.name == "opus" else None)
+        if self.calls.get(call.call_id) is not call or call.bridge is None or tag in call.members:
+            member.close()                         # the call went (or got this member) while the port opened
+            self._close_leg(leg)
+            raise MediaError(f"call {call.call_id!r} changed while the member leg was being set up")
+        if leg.webrtc is not None:
+            self._by_webrtc[id(leg.webrtc)] = (call, leg)
+        if call.conference is None:
+            call.conference = Conference(FRAME_SAMPLES, conference_id=call.call_id)
+            call.conference.add("a")
+            call.conference.add("b")
+        call.members[tag] = member
+        return member
 
-    def stop_mix(self, call_id: str) -> dict[str, Any]:
-        """Drop the call's supervisor leg; the parties hear each other only."""
+    def _remix(self, call: MediaCall, before: set[str]) -> None:
+        """Who hears the conference changed: mute the bridged audio towards the newly mixed parties and give it
+        back to those no longer mixed (a prompt or DTMF playing on a party keeps it muted until it ends)."""
+        bridge = call.bridge
+        assert bridge is not None
+        after = call.mixed_sides()
+        for side in after - before:
+            bridge.muted.add(side)  # type: ignore[arg-type]
+            bridge.senders[side].start_talkspurt()  # type: ignore[index]
+        for side in before - after:
+            encoder = call.mix_encoders.pop(side, None)
+            if encoder is not None:
+                encoder.close()
+            if side not in call.sources:
+                bridge.muted.discard(side)  # type: ignore[arg-type]
+                sender = bridge.senders[side]  # type: ignore[index]
+                sender.start_talkspurt()
+                sender.forget_relayed_source()     # relayed audio comes back: a fresh seq/ts mapping
+
+    def stop_mix(self, call_id: str, tag: str | None = None) -> dict[str, Any]:
+        """Drop the member ``tag`` (default: every member); the parties hear what is left."""
         call = self._bridged(call_id)
-        if call.supervisor is None:
-            raise MediaError(f"call {call_id!r} has no supervisor")
-        tag = call.supervisor.leg.tag
-        self._drop_supervisor(call)
-        return {"tag": tag}
+        if not call.members:
+            raise MediaError(f"call {call_id!r} has no supervisor or conference member")
+        if tag is not None and tag not in call.members:
+            raise MediaError(f"call {call_id!r} has no member {tag!r}")
+        tags = [tag] if tag is not None else list(call.members)
+        for name in tags:
+            self._drop_member(call, name)
+        return {"tag": tags[0], "tags": tags}
 
-    def _drop_supervisor(self, call: MediaCall) -> None:
-        sup = call.supervisor
-        if sup is None:
+    def _drop_member(self, call: MediaCall, tag: str) -> None:
+        member = call.members.get(tag)
+        if member is None:
             return
-        call.supervisor = None
-        if sup.target is not None and call.bridge is not None and sup.target not in call.sources:
-            call.bridge.muted.discard(sup.target)  # type: ignore[arg-type]
-            sender = call.bridge.senders[sup.target]  # type: ignore[index]
-            sender.start_talkspurt()
-        sup.close()
-        self._close_leg(sup.leg)
+        before = call.mixed_sides()
+        del call.members[tag]
+        if call.conference is not None and member.pid in call.conference:
+            call.conference.remove(member.pid)
+        if call.bridge is not None:
+            self._remix(call, before)
+        if not call.members:
+            call.conference = None
+        member.close()
+        self._close_leg(member.leg)
         self._update_capture(call)
 
-    async def _open_supervisor(self, call: MediaCall, leg: MediaLeg, remote: tuple[str, int] | None) -> None:
+    async def _open_member_rtp(self, call: MediaCall, leg: MediaLeg, remote: tuple[str, int] | None) -> None:
         for _ in range(16):
             port = self.allocator.allocate()
             session = RtpSession(clock_rate=8000, now=self._loop.time(), remote=remote, rtcp_mux=False,
@@ -1319,14 +1462,20 @@ class MediaWorker:
             try:
                 leg.rtp = await PlainRtpPort.open(
                     self.settings.bind_host, port, session,
-                    lambda packet, now: self._on_supervisor_rtp(call, packet, now),
-                    lambda event: None, endpoints=self.relay)
+                    lambda packet, now: self._on_leg_rtp(call, leg, packet, now),
+                    lambda event: self._on_session_event(call, leg, event), endpoints=self.relay)
             except OSError:
                 self.allocator.release(port)
                 continue
             leg.port = port
             return
         raise MediaError("no bindable RTP port in the range")
+
+    def _on_leg_rtp(self, call: MediaCall, leg: MediaLeg, packet: bytes, now: float) -> None:
+        """RTP from a member's leg (looked up by tag: the member may have gone meanwhile)."""
+        member = call.members.get(str(leg.tag))
+        if member is not None and member.leg is leg:
+            self._on_member_rtp(call, member, packet, now)
 
     async def delete(self, call_id: str) -> dict[str, Any]:
         """Tear a call down (DTLS close_notify, RTCP BYE, ports back to the range); returns its final stats."""
@@ -1347,7 +1496,11 @@ class MediaWorker:
         call.sources.clear()
         if call.recorder is not None:
             self._stop_recording(call)
-        self._drop_supervisor(call)
+        for tag in list(call.members):
+            self._drop_member(call, tag)
+        for encoder in call.mix_encoders.values():
+            encoder.close()
+        call.mix_encoders.clear()
         if call.bridge is not None:
             call.bridge.close()
         for leg in (call.caller, call.callee):

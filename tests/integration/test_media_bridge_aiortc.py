@@ -266,3 +266,62 @@ async def test_trunk_to_browser_call(worker: MediaWorker, prefer_passthrough: bo
     rate = frames[0].sample_rate
     samples = np.concatenate([f.to_ndarray().reshape(-1, len(f.layout.channels))[:, 0] for f in frames[10:70]])
     assert abs(dominant_frequency(samples, rate) - TRUNK_HZ) < 15
+
+
+@pytest.mark.parametrize("codec", ["opus", "pcmu"])
+async def test_browser_supervisor_whispers_to_a_trunk_call(worker: MediaWorker, codec: str):
+    """A supervisor in a browser (aiortc) joins a trunk-to-trunk call with ``mix``: it hears the call, and its
+    whisper reaches the agent's leg only."""
+    loop = asyncio.get_running_loop()
+    a_transport, a = await loop.create_datagram_endpoint(TrunkPeer, local_addr=("127.0.0.1", 0))
+    b_transport, b = await loop.create_datagram_endpoint(TrunkPeer, local_addr=("127.0.0.1", 0))
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    frames: list = []
+    consumers: list[asyncio.Task] = []
+
+    async def consume(track) -> None:
+        while True:
+            try:
+                frames.append(await track.recv())
+            except Exception:  # MediaStreamError once closed
+                return
+
+    pc.on("track", lambda track: consumers.append(asyncio.ensure_future(consume(track))))
+    try:
+        a_offer = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                   f"m=audio {a_transport.get_extra_info('sockname')[1]} RTP/AVP 0\r\na=sendrecv\r\n")
+        to_b = SessionDescription.parse(await worker.offer("call-w", "a-tag", a_offer, transport="RTP/AVP"))
+        b_answer = create_answer(to_b, [("PCMU", 8000)], "127.0.0.1", b_transport.get_extra_info("sockname")[1])
+        to_a = SessionDescription.parse(await worker.answer("call-w", "a-tag", "b-tag", b_answer.to_bytes()))
+        transceiver = pc.addTransceiver(SineTrack(BROWSER_HZ), direction="sendrecv")
+        caps = RTCRtpSender.getCapabilities("audio")
+        transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType.lower() == f"audio/{codec}"])
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await worker.mix("call-w", "sup-tag", pc.localDescription.sdp, "whisper", whisper_to="b-tag")
+        section = SessionDescription.parse(answer).media[0]
+        assert section.proto == "UDP/TLS/RTP/SAVPF" and section.rtpmap[section.payload_types[0]].encoding.lower() == codec
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await a.play(("127.0.0.1", to_a.media[0].port), 2.4)
+        stats = worker.query("call-w")
+    finally:
+        await pc.close()
+        for task in consumers:
+            task.cancel()
+        await worker.delete("call-w")
+        a_transport.close()
+        b_transport.close()
+    member = stats["members"]["sup-tag"]
+    assert member["connected"] and member["mode"] == "whisper" and member["whisper_to"] == "b-tag"
+    assert member["packets_in"] > 40 and member["packets_out"] > 40, member
+    # the browser heard A (B is silent)
+    assert len(frames) >= 60, len(frames)
+    rate = frames[0].sample_rate
+    samples = np.concatenate([f.to_ndarray().reshape(-1, len(f.layout.channels))[:, 0] for f in frames[30:90]])
+    assert abs(dominant_frequency(samples, rate) - TRUNK_HZ) < 15
+    # B (the agent) heard A and the whisper; A heard nothing of it
+    b_pcm = np.frombuffer(g711.ulaw_decode(b"".join(p[12:] for p in b.received[-60:])), "<i2")
+    spectrum = np.abs(np.fft.rfft(b_pcm * np.hanning(b_pcm.size)))
+    bins = np.fft.rfftfreq(b_pcm.size, 1 / 8000)
+    for freq in (TRUNK_HZ, BROWSER_HZ):
+        assert spectrum[np.abs(bins - freq) <= 15].max() > 0.3 * spectrum.max(), freq
+    assert a.received == []          # A hears only B, who is silent: the whisper never reaches it

@@ -366,3 +366,92 @@ async def test_mix_spy_then_whisper(worker_process, mode):
         await client.close()
         if sup.transport is not None:
             sup.transport.close()
+
+
+@pytest.mark.parametrize("mode", ["passthrough", "transcoding"])
+async def test_mix_speak_makes_a_conference(worker_process, tmp_path, mode):
+    """A third party that speaks is heard by both parties and hears them; a listener beside it hears all three;
+    the recording keeps A left and everyone A talks with right; dropping the speaker gives the call back."""
+    client = await MediaControlClient.connect(worker_process.address)
+    call = Call(client, f"call-conf-{mode}")
+    third, spy = Peer(), Peer()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    path = tmp_path / "conference.wav"
+    try:
+        if mode == "passthrough":
+            await call.setup(PCMU_TE, PCMU_TE)
+            a_law, a_pt = "ulaw", ULAW
+        else:
+            await call.setup([("PCMA", 8000), ("telephone-event", 8000)], PCMU_TE)   # A: PCMA, B: PCMU
+            a_law, a_pt = "alaw", 8
+        for peer in (third, spy):
+            await loop.create_datagram_endpoint(lambda peer=peer: peer, local_addr=("127.0.0.1", 0))
+        senders = [asyncio.ensure_future(call.a.send_tone(440.0, call.to_a, a_law, a_pt, stop)),
+                   asyncio.ensure_future(call.b.send_tone(1000.0, call.to_b, "ulaw", ULAW, stop))]
+        await asyncio.sleep(0.2)
+        await client.record(call.call_id, str(path))
+        offer = create_offer("127.0.0.1", third.port, [("PCMA", 8000)])
+        answer = SessionDescription.parse(await client.mix(call.call_id, "third-tag", offer.to_bytes(), "speak"))
+        assert answer.media[0].rtpmap[answer.media[0].payload_types[0]].encoding == "PCMA"
+        senders.append(asyncio.ensure_future(
+            third.send_tone(600.0, ("127.0.0.1", answer.media[0].port), "alaw", 8, stop)))
+        spy_answer = SessionDescription.parse(await client.mix(
+            call.call_id, "spy-tag", create_offer("127.0.0.1", spy.port, [("PCMU", 8000)]).to_bytes(), "listen"))
+        assert spy_answer.media[0].port != answer.media[0].port
+        t0 = loop.time()
+        await asyncio.sleep(1.0)
+        a_heard = decoded(call.a.audio(a_pt, since=t0 + 0.3), a_law)
+        b_heard = decoded(call.b.audio(ULAW, since=t0 + 0.3))
+        third_heard = decoded([p for t, p in third.received if t >= t0 + 0.3], "alaw")
+        spy_heard = decoded(spy.audio(ULAW, since=t0 + 0.3))
+        for heard in (a_heard, b_heard, third_heard, spy_heard):
+            assert heard.size >= 160 * 20
+        assert band_level(a_heard, 1000) > 0.5 and band_level(a_heard, 600) > 0.5 and band_level(a_heard, 440) < 0.05
+        assert band_level(b_heard, 440) > 0.5 and band_level(b_heard, 600) > 0.5 and band_level(b_heard, 1000) < 0.05
+        assert band_level(third_heard, 440) > 0.5 and band_level(third_heard, 1000) > 0.5
+        assert band_level(third_heard, 600) < 0.05
+        for freq in (440, 1000, 600):
+            assert band_level(spy_heard, freq) > 0.4, freq
+        stats = await client.query(call.call_id)
+        assert stats["members"]["third-tag"]["mode"] == "speak" and stats["members"]["third-tag"]["packets_in"] > 30
+        assert stats["members"]["spy-tag"]["mode"] == "listen" and stats["members"]["spy-tag"]["packets_out"] > 30
+        # every party's stream stays one continuous RTP stream through it all
+        seqs = [struct.unpack_from("!H", p, 2)[0] for _, p in call.a.received]
+        assert all((y - x) & 0xFFFF == 1 for x, y in zip(seqs, seqs[1:]))
+
+        reply = await client.stop_mix(call.call_id, "third-tag")
+        assert reply["tags"] == ["third-tag"]
+        t1 = loop.time()
+        await asyncio.sleep(0.6)
+        a_after = decoded(call.a.audio(a_pt, since=t1 + 0.2), a_law)
+        spy_after = decoded(spy.audio(ULAW, since=t1 + 0.2))
+        assert band_level(a_after, 1000) > 0.9 and band_level(a_after, 600) < 0.05
+        assert band_level(spy_after, 440) > 0.5 and band_level(spy_after, 1000) > 0.5
+        assert band_level(spy_after, 600) < 0.05
+        assert (await client.stop_record(call.call_id))["path"] == str(path)
+        with pytest.raises(MediaControlError, match="no member 'nobody'"):
+            await client.stop_mix(call.call_id, "nobody")
+        with pytest.raises(MediaControlError, match="mode must be"):
+            await client.mix(call.call_id, "x-tag", offer.to_bytes(), "barge")
+        with pytest.raises(MediaControlError, match="is a party of the call"):
+            await client.mix(call.call_id, "a-tag", offer.to_bytes(), "speak")
+        assert (await client.stop_mix(call.call_id))["tags"] == ["spy-tag"]
+        assert "members" not in await client.query(call.call_id)
+        stop.set()
+        await asyncio.gather(*senders)
+    finally:
+        stop.set()
+        await call.close()
+        await client.close()
+        for peer in (third, spy):
+            if peer.transport is not None:
+                peer.transport.close()
+    with wave.open(str(path), "rb") as w:
+        data = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+    rate = 8000
+    # about 1 s with the third party speaking (from ~0.05 s into the recording), then ~0.6 s without
+    during, after = data[int(0.4 * rate):int(1.0 * rate)], data[-int(0.4 * rate):]
+    assert abs(dominant_frequency(during[:, 0], rate) - 440) < 10 and band_level(during[:, 0], 600) < 0.05
+    assert band_level(during[:, 1], 1000) > 0.5 and band_level(during[:, 1], 600) > 0.5
+    assert band_level(after[:, 1], 1000) > 0.9 and band_level(after[:, 1], 600) < 0.05

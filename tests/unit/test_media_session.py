@@ -313,3 +313,22 @@ def test_peer_bye_and_ipv6_sockaddr() -> None:
     s.receive_datagram(bye, ("2001:db8::5", 4000, 0, 0), 0.1)
     (ev,) = [e for e in events(s) if isinstance(e, RtcpReceived)]
     assert ev.packets == [Bye([0xAAAA], b"bye")] and ev.report is None and ev.rtt is None
+
+
+def test_media_timeout_waits_while_the_peer_is_on_hold() -> None:
+    """A peer whose SDP says recvonly/inactive sends nothing: no timeout then, and a fresh count on resume."""
+    s = session(remote=HINT, media_timeout=10.0, rtcp_interval=1000.0)
+    s.receive_datagram(rtp(1), NAT, 1.0)
+    events(s)
+
+    def timeouts() -> list:
+        return [e for e in events(s) if isinstance(e, MediaTimeout)]
+
+    s.expect_media(False, 5.0)                 # re-INVITE: on hold
+    s.handle_timer(300.0)
+    assert not timeouts()
+    s.expect_media(True, 310.0)                # resumed: counts from here, not from the last packet
+    s.handle_timer(319.0)
+    assert not timeouts()
+    s.handle_timer(320.0)
+    assert timeouts() == [MediaTimeout(10.0, 1.0)]     # idle: how long media was expected and absent
