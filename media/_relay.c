@@ -426,7 +426,7 @@ typedef struct {
     PyObject_HEAD
     int epfd;
     PyObject *rules;            /* dict: key (bytes) -> Rule */
-    long long forwarded, delivered, slow, dropped, truncated, recv_errors, send_errors;
+    long long forwarded, delivered, slow, dropped, truncated, recv_errors, send_errors, protect_errors;
     struct mmsghdr in_msgs[VLEN];
     struct iovec in_iov[VLEN];
     struct sockaddr_storage in_addr[VLEN];
@@ -855,9 +855,10 @@ static PyObject *Relay_drain(Relay *self, PyObject *args)
 }
 
 PyDoc_STRVAR(Relay_send_doc,
-             "send([(fd, datagram, (host, port)), ...]) -> datagrams refused\n"
+             "send([(fd, datagram, (host, port)[, srtp_t, srtp_protect, owner]), ...]) -> datagrams refused\n"
              "Send them with sendmmsg, one call per run of the same fd (order kept per fd): the worker's output\n"
-             "of a 20 ms tick in a few system calls. A refused datagram (buffer full, ICMP error) is dropped.");
+             "of a 20 ms tick in a few system calls. A refused datagram (buffer full, ICMP error) is dropped.\n"
+             "With an SRTP session (SrtpContext.c_handles()'s outbound one) the RTP datagram is protected first.");
 static PyObject *Relay_send(Relay *self, PyObject *items)
 {
     if (!PyList_Check(items)) {
@@ -874,22 +875,33 @@ static PyObject *Relay_send(Relay *self, PyObject *items)
             int item_fd, port;
             const char *host;
             Py_buffer data;
-            if (!PyArg_ParseTuple(item, "iy*(si)", &item_fd, &data, &host, &port))
+            unsigned long long ctx = 0, fn = 0;
+            PyObject *owner = NULL;     /* keeps the SRTP session alive for the call; not used here */
+            if (!PyArg_ParseTuple(item, "iy*(si)|KKO", &item_fd, &data, &host, &port, &ctx, &fn, &owner))
                 return NULL;
             if (count && item_fd != fd) {
                 PyBuffer_Release(&data);
                 break;
             }
-            if (data.len > BUF_SIZE || parse_address(host, port, &addrs[count], &self->out_msgs[count].msg_hdr.msg_namelen) < 0) {
+            if (data.len > BUF_SIZE - TAIL_ROOM || (ctx && !fn)
+                    || parse_address(host, port, &addrs[count], &self->out_msgs[count].msg_hdr.msg_namelen) < 0) {
                 PyBuffer_Release(&data);
                 PyErr_Format(PyExc_ValueError, "cannot send %zd bytes to %s %d", data.len, host, port);
                 return NULL;
             }
-            fd = item_fd;
-            memcpy(self->bufs + (size_t)count * BUF_SIZE, data.buf, (size_t)data.len);
-            self->out_iov[count].iov_base = self->bufs + (size_t)count * BUF_SIZE;
-            self->out_iov[count].iov_len = (size_t)data.len;
+            uint8_t *buf = self->bufs + (size_t)count * BUF_SIZE;
+            int len = (int)data.len;
+            memcpy(buf, data.buf, (size_t)data.len);
             PyBuffer_Release(&data);
+            i++;
+            /* RTP from Python for an SRTP leg: protected here, on the leg's own libsrtp session */
+            if (ctx && ((srtp_fn)(uintptr_t)fn)((void *)(uintptr_t)ctx, buf, &len) != 0) {
+                self->protect_errors++;
+                continue;
+            }
+            fd = item_fd;
+            self->out_iov[count].iov_base = buf;
+            self->out_iov[count].iov_len = (size_t)len;
             struct msghdr *h = &self->out_msgs[count].msg_hdr;
             socklen_t namelen = h->msg_namelen;
             memset(h, 0, sizeof(*h));
@@ -898,7 +910,6 @@ static PyObject *Relay_send(Relay *self, PyObject *items)
             h->msg_iov = &self->out_iov[count];
             h->msg_iovlen = 1;
             count++;
-            i++;
         }
         int k = 0;
         while (k < count) {
@@ -920,10 +931,11 @@ static PyObject *Relay_send(Relay *self, PyObject *items)
 PyDoc_STRVAR(Relay_stats_doc, "stats() -> dict of the relay's counters.");
 static PyObject *Relay_stats(Relay *self, PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("{sLsLsLsLsLsLsLsn}", "forwarded", self->forwarded, "delivered", self->delivered,
+    return Py_BuildValue("{sLsLsLsLsLsLsLsLsn}", "forwarded", self->forwarded, "delivered", self->delivered,
                          "slow", self->slow, "dropped",
                          self->dropped, "truncated", self->truncated, "recv_errors", self->recv_errors,
-                         "send_errors", self->send_errors, "rules", PyDict_Size(self->rules));
+                         "send_errors", self->send_errors, "protect_errors", self->protect_errors,
+                         "rules", PyDict_Size(self->rules));
 }
 
 PyDoc_STRVAR(Relay_close_doc, "close(): close the epoll descriptor and forget every rule (sockets stay open).");

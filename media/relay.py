@@ -59,6 +59,16 @@ class RelayTransport(asyncio.DatagramTransport):
         self.hook: Callable[[], None] | None = None   # run before a datagram is handed to the protocol
         self.dropped = 0                               # sends refused because the socket buffer was full
 
+    def sendto_protected(self, packet: bytes, addr: Any, tx: tuple[Any, int, int]) -> bool:
+        """Queue RTP that C protects with ``tx`` (``SrtpContext.c_handles()[1]``) when the batch goes out (what
+        pylibsrtp's wrapper costs per packet is saved); False when not corked: the caller protects it."""
+        pending = self._relay.pending
+        if pending is None:
+            return False
+        if not self._closing:
+            pending.append((self.fd, packet, addr, tx[1], tx[2], tx[0]))
+        return True
+
     def sendto(self, data: Any, addr: Any = None) -> None:
         if self._closing:
             return
@@ -107,7 +117,7 @@ class MediaRelay:
         self.before_drain: Callable[[], None] | None = None
         self.after_drain: Callable[[], None] | None = None
         self.drains = 0
-        self.pending: list[tuple[int, Any, Addr]] | None = None   # sends held back while corked
+        self.pending: list[tuple[Any, ...]] | None = None   # (fd, data, addr[, srtp_t, protect, owner]) held back while corked
         self._loop.add_reader(self.c.fileno(), self._on_readable)
 
     async def create_datagram_endpoint(
@@ -153,10 +163,16 @@ class MediaRelay:
                 self.c.send(pending)
             except (TypeError, ValueError) as exc:    # a bad address from a protocol: send one by one
                 log.warning("batched send failed (%s); sending singly", exc)
-                for fd, data, addr in pending:
+                for fd, data, addr, *srtp in pending:
                     transport = self._endpoints.get(fd)
-                    if transport is not None:
-                        transport.sendto(data, addr)
+                    if transport is None:
+                        continue
+                    if srtp:                          # not protected by C yet, or refused again: drop it
+                        try:
+                            data = srtp[2].protect(data)
+                        except Exception:  # noqa: BLE001
+                            continue
+                    transport.sendto(data, addr)
 
     def _on_readable(self) -> None:
         if self.before_drain is not None:

@@ -168,7 +168,7 @@ class SrtpContext:
     """The SRTP state of one leg: ``local_key_salt`` protects what we send, ``remote_key_salt``
     unprotects what we receive. Both are master key || master salt of ``profile``'s lengths."""
 
-    __slots__ = ("profile", "_tx", "_rx")
+    __slots__ = ("profile", "_tx", "_rx", "_c")
 
     def __init__(
         self,
@@ -181,18 +181,17 @@ class SrtpContext:
         self.profile = profile
         self._tx = _session(profile, local_key_salt, Policy.SSRC_ANY_OUTBOUND, replay_window)
         self._rx = _session(profile, remote_key_salt, Policy.SSRC_ANY_INBOUND, replay_window)
+        self._c: tuple[tuple[Session, int, int], tuple[Session, int, int]] | None | bool = False  # not looked up
 
     def c_handles(self) -> tuple[tuple[Session, int, int], tuple[Session, int, int]] | None:
         """For the C data plane (``media._relay``): ``(session, srtp_t, srtp_unprotect)`` of the inbound
         session and ``(session, srtp_t, srtp_protect)`` of the outbound one, the pointers as integers; None
         when pylibsrtp's internals are not the known ones (then only this Python path is used). Both paths
         then share one libsrtp session per direction: keys, replay window and rollover counter."""
-        if _LIBSRTP is None:
-            return None
-        rx, tx = _srtp_t(self._rx), _srtp_t(self._tx)
-        if rx is None or tx is None:
-            return None
-        return (self._rx, rx, _LIBSRTP[1]), (self._tx, tx, _LIBSRTP[0])
+        if self._c is False:
+            rx, tx = (None, None) if _LIBSRTP is None else (_srtp_t(self._rx), _srtp_t(self._tx))
+            self._c = None if rx is None or tx is None else ((self._rx, rx, _LIBSRTP[1]), (self._tx, tx, _LIBSRTP[0]))
+        return self._c  # type: ignore[return-value]
 
     def protect(self, packet: bytes) -> bytes:
         """RTP -> SRTP."""

@@ -522,10 +522,14 @@ class WebRtcPort(asyncio.DatagramProtocol):
         srtp = leg.srtp
         if address is None or srtp is None or self._transport is None:
             return False
+        transport = self._transport
         if len(packet) > 1 and 192 <= packet[1] <= 223:
-            self._transport.sendto(srtp.protect_rtcp(packet), address)
-        else:
-            self._transport.sendto(srtp.protect(packet), address)
+            transport.sendto(srtp.protect_rtcp(packet), address)
+            return True
+        handles = srtp.c_handles()
+        corked = getattr(transport, "sendto_protected", None)   # the C data plane's batch protects it
+        if handles is None or corked is None or not corked(packet, address, handles[1]):
+            transport.sendto(srtp.protect(packet), address)
         return True
 
     send_rtcp = send_rtp

@@ -62,7 +62,7 @@ def run_level(path: str, calls: int, pid: int, args: argparse.Namespace, address
         out = os.path.join(args.profile, f"{path}-{calls}.txt")
         exe = os.path.join(os.path.dirname(sys.executable), "py-spy")
         spy = subprocess.Popen([exe if os.path.exists(exe) else "py-spy", "record", "-p", str(pid), "-d", str(int(args.warmup + args.window + 5)),
-                                "-r", "200", "--native", "-f", "raw", "-o", out],
+                                "-r", "200", *(["--native"] if os.environ.get("PYSPY_NATIVE", "1") == "1" else []), "-f", "raw", "-o", out],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     limit = 120 + calls * 0.2 + args.warmup + args.window
     if not parent.poll(limit):

@@ -251,6 +251,27 @@ def test_srtp_in_and_out_share_the_python_sessions(fx: Fixture, profile):
     assert browser_b.unprotect(leg_b.protect(expected[5])) == expected[5]
 
 
+def test_batched_send_protects_on_the_legs_session(fx: Fixture):
+    """Relay.send protects RTP handed to it with the leg's outbound session (what WebRtcPort.send_rtp does
+    while the worker is corked): the browser's context reads it, in order, and Python's protect carries on."""
+    profile = AES128_CM_SHA1_80
+    k1, k2 = b"\x01" * profile.key_salt_length, b"\x02" * profile.key_salt_length
+    leg, browser = SrtpContext(profile, k1, k2), SrtpContext(profile, k2, k1)
+    handles = leg.c_handles()
+    assert handles is not None and handles is leg.c_handles()      # looked up once
+    session, srtp_t, protect = handles[1]
+    clear = [rtp(111, 500 + i, 960 * i, 0xABCD, bytes([i]) * 60) for i in range(4)]
+    to = (HOST, fx.peer_b.getsockname()[1])
+    items = [(fx.b.fileno(), p, to, srtp_t, protect, session) for p in clear[:3]]
+    assert fx.relay.send(items + [(fx.b.fileno(), b"plain", to)]) == 0
+    got = recv_all(fx.peer_b)
+    assert [browser.unprotect(p) for p in got[:3]] == clear[:3] and got[3] == b"plain"
+    assert browser.unprotect(leg.protect(clear[3])) == clear[3]
+    assert fx.relay.stats()["protect_errors"] == 0
+    with pytest.raises(ValueError, match="cannot send"):            # no room left for the SRTP trailer
+        fx.relay.send([(fx.b.fileno(), b"\x80" * 4000, to, srtp_t, protect, session)])
+
+
 def test_removing_a_socket_removes_its_rules(fx: Fixture):
     fx.rule(in_pt=0, src_ssrc=1, out_pt=0, out_ssrc=1, seq_off=0, ts_off=0)
     assert fx.relay.stats()["rules"] == 1
