@@ -48,7 +48,7 @@ from .dtmf import (
     dtmf_tone,
 )
 from .jitter import Frame, JitterBuffer, Missing
-from .opus import OpusDecoder, OpusEncoder
+from .opus import OpusConfig, OpusDecoder, OpusEncoder
 from .rtp import RtpError, RtpSender, peek_header, rtp_payload
 
 __all__ = [
@@ -136,7 +136,7 @@ class _Path:
     """One direction of a bridge: packets from ``src`` side to ``dst`` side, with its codec state."""
 
     def __init__(self, src_side: Side, src: LegCodec, dst: LegCodec, sender: RtpSender, transcode: bool,
-                 opus_complexity: int, opus_bitrate: int) -> None:
+                 opus: OpusConfig) -> None:
         self.src_side = src_side
         self.dst_side: Side = _OTHER[src_side]
         self.src = src
@@ -154,10 +154,9 @@ class _Path:
             if src.name == "opus":
                 self.decoder = OpusDecoder(PCM_RATE, 1)
             if dst.name == "opus":
-                # in-band FEC stays on, but costs encode time and bitrate only while loss is expected: the
-                # expected loss starts at 0 and follows the network (``_adapt_fec``), as browsers do
-                self.encoder = OpusEncoder(PCM_RATE, 1, bitrate=opus_bitrate, complexity=opus_complexity,
-                                           fec=True, packet_loss_perc=0)
+                # in-band FEC costs encode time and bitrate only while loss is expected: the expected loss
+                # starts at 0 and follows the network (``_adapt_fec``), as browsers do
+                self.encoder = opus.encoder(PCM_RATE)
         self.reported_loss = 0.0          # fraction lost that the dst leg reported about our stream (RTCP RR)
         self.loss_ticks = 0
         self.loss_mark = (0, 0)           # (received, lost) of the reverse path at the last estimate
@@ -206,8 +205,7 @@ class Bridge:
         b: LegCodec,
         *,
         senders: dict[str, RtpSender] | None = None,
-        opus_complexity: int = 5,
-        opus_bitrate: int = 24000,
+        opus: OpusConfig | None = None,
         event_timeout: float = 0.25,
     ) -> None:
         a.validate()
@@ -226,14 +224,13 @@ class Bridge:
                 sender.frame_samples = codec.clock_rate * FRAME_MS // 1000
             out[side] = sender
         self.senders = out
+        self.opus = opus or OpusConfig()
         # the path from a side sends on the other side's sender
         self.paths: dict[Side, _Path] = {
-            "a": _Path("a", a, b, out["b"], not self.passthrough, opus_complexity, opus_bitrate),
-            "b": _Path("b", b, a, out["a"], not self.passthrough, opus_complexity, opus_bitrate),
+            "a": _Path("a", a, b, out["b"], not self.passthrough, self.opus),
+            "b": _Path("b", b, a, out["a"], not self.passthrough, self.opus),
         }
         self.event_timeout = event_timeout
-        self.opus_complexity = opus_complexity
-        self.opus_bitrate = opus_bitrate
         self._out: list[tuple[Side, bytes]] = []
         self._events: deque[DtmfReceived] = deque()
         self.closed = False
@@ -568,12 +565,15 @@ def tick_bridges(bridges: Iterable[Bridge], now: float, *, batch: bool = True) -
                 path.loss_ticks = 0
                 _adapt_fec(bridge, path)
         if encoder is None and path.dst_law is None:   # in-band DTMF towards an Opus passthrough leg
-            encoder = path.encoder = OpusEncoder(PCM_RATE, 1, bitrate=bridge.opus_bitrate,
-                                                 complexity=bridge.opus_complexity)
+            encoder = path.encoder = bridge.opus.encoder(PCM_RATE)
         if encoder is not None:
-            bridge._out.append((path.dst_side, path.sender.packetize(encoder.encode(pcm), now)))
-            path.stats.packets_out += 1
+            packet = encoder.encode(pcm)
             path.pending_pcm = None
+            if len(packet) <= 2:                 # DTX: silence, not sent (RFC 7587 §3.1.3); the timeline runs on
+                path.sender.skip(path.dst_samples)
+                continue
+            bridge._out.append((path.dst_side, path.sender.packetize(packet, now)))
+            path.stats.packets_out += 1
         else:
             to_g711.append((bridge, path))
     if to_g711:

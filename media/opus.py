@@ -377,6 +377,21 @@ class OpusEncoder:
         self.close()
 
 
+@dataclass(frozen=True)
+class OpusConfig:
+    """How the media plane encodes Opus towards browsers (``[media] opus_*``): the one place encoders are made."""
+
+    complexity: int = 5
+    bitrate: int = 24000
+    fec: bool = True          # in-band FEC; its expected loss starts at 0 and follows the network (bridge)
+    dtx: bool = False         # discontinuous transmission: in silence, a 1-2 byte packet the bridge does not send
+
+    def encoder(self, sample_rate: int = 8000) -> OpusEncoder:
+        """A mono encoder at ``sample_rate`` with these settings (FEC costs nothing until loss is expected)."""
+        return OpusEncoder(sample_rate, 1, bitrate=self.bitrate, complexity=self.complexity, fec=self.fec,
+                           packet_loss_perc=0, dtx=self.dtx)
+
+
 # -- decoder ----------------------------------------------------------------------------------------
 
 class OpusDecoder:

@@ -49,7 +49,7 @@ from .certificate import DtlsCertificate
 from .dtmf import DtmfEventSender, digit_to_event, dtmf_tone, encode_telephone_event
 from .jitter import Frame, JitterBuffer
 from .mixer import Conference
-from .opus import OpusDecoder, OpusEncoder
+from .opus import OpusConfig, OpusDecoder, OpusEncoder
 from .player import Player, PlayerError, Prompt, PromptCache, beep
 from .recorder import CallRecorder, RecorderError
 from .relay import Forward, MediaRelay
@@ -107,12 +107,19 @@ class MediaSettings:
     control_port: int = 0
     opus_complexity: int = 5
     opus_bitrate: int = 24000
+    opus_fec: bool = True                      # in-band FEC towards browsers (used as loss appears)
+    opus_dtx: bool = False                     # DTX towards browsers: nothing sent in silence
     prefer_passthrough: bool = True           # same G.711 codec on both legs when both offer it (no transcoding)
     media_timeout: float = 60.0
     tick_ms: int = 20
     g711_batch: bool = True                   # G.711 of all calls of a tick in one numpy call
     c_relay: bool = True                      # passthrough packets forwarded by the C data plane when built
     ice_socket_buffer: int = 8 << 20          # kernel buffers of the browser port, which every browser leg shares
+
+    @property
+    def opus(self) -> OpusConfig:
+        """The Opus encoder settings of this worker's bridges and mixes."""
+        return OpusConfig(self.opus_complexity, self.opus_bitrate, self.opus_fec, self.opus_dtx)
 
     def advertised(self) -> str:
         """The address for SDP: the configured one, the bind address, else the host's primary address."""
@@ -648,7 +655,7 @@ class MediaWorker:
         return g711.encode_batch(pcm[None, :], "ulaw" if codec.name == "pcmu" else "alaw")[0].tobytes()
 
     def _opus_encoder(self) -> OpusEncoder:
-        return OpusEncoder(PCM_RATE, 1, bitrate=self.settings.opus_bitrate, complexity=self.settings.opus_complexity)
+        return self.settings.opus.encoder(PCM_RATE)
 
     def _tick_members(self, call: MediaCall, frames: list[np.ndarray | None],
                       heard: dict[str, np.ndarray | None], now: float) -> None:
@@ -1109,8 +1116,7 @@ class MediaWorker:
                    for leg in (caller, callee) if leg.rtp is not None or leg.rtcp is not None}
         try:
             call.bridge = Bridge(caller.codec, callee.codec, senders=senders,
-                                 opus_complexity=self.settings.opus_complexity,
-                                 opus_bitrate=self.settings.opus_bitrate)
+                                 opus=self.settings.opus)
         except ValueError as exc:
             raise MediaError(str(exc)) from None
         call.answer_sdp = local

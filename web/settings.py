@@ -133,6 +133,8 @@ class MediaSettings:
     c_relay: bool = _setting(True, help="forward passthrough RTP/SRTP in the C data plane (media._relay) when built")
     opus_complexity: int = _setting(5, help="libopus encoder complexity 0-10 of transcoded calls (CPU vs quality)")
     opus_bitrate: int = _setting(24000, help="Opus bitrate towards browsers, bits/s (6000-510000)")
+    opus_fec: bool = _setting(True, help="Opus in-band FEC towards browsers (spent only while loss is seen)")
+    opus_dtx: bool = _setting(False, help="Opus DTX towards browsers: no packets in silence")
     control_timeout: float = _setting(
         2.0, help="seconds SIP waits for a media worker's reply before degrading (see docs/interfaces.md)"
     )

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from media import g711  # noqa: E402
 from media.audio import tone  # noqa: E402
 from media.bridge import Bridge, LegCodec, tick_bridges  # noqa: E402
-from media.opus import OpusEncoder  # noqa: E402
+from media.opus import OpusConfig, OpusEncoder  # noqa: E402
 
 OPUS = LegCodec(111, "opus", 48000, 126, 48000)
 PCMU = LegCodec(0, "PCMU", 8000, 101, 8000)
@@ -48,7 +48,7 @@ def material(frames: int = 50) -> tuple[list[bytes], list[bytes]]:
 def transcoding(calls: int, ticks: int, batch: bool, complexity: int) -> float:
     """µs per call per tick for `calls` Opus<->PCMU bridges."""
     opus, pcmu = material()
-    bridges = [Bridge(OPUS, PCMU, opus_complexity=complexity) for _ in range(calls)]
+    bridges = [Bridge(OPUS, PCMU, opus=OpusConfig(complexity=complexity)) for _ in range(calls)]
     # warm up: fill the jitter buffers so every tick decodes and encodes
     elapsed = 0.0
     for t in range(ticks + 10):

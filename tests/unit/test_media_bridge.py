@@ -12,7 +12,7 @@ from media.bridge import Bridge, DtmfReceived, LegCodec, tick_bridges
 from media.dtmf import (
     DtmfDetector, DtmfDigitEnded, DtmfEventReceiver, decode_telephone_event, dtmf_frames, packets_for_press,
 )
-from media.opus import OpusDecoder, OpusEncoder
+from media.opus import OpusConfig, OpusDecoder, OpusEncoder
 from media.rtp import peek_header
 
 BROWSER_OPUS = LegCodec(111, "opus", 48000, 126, 48000)
@@ -293,4 +293,29 @@ def test_opus_fec_follows_the_loss_seen_and_reported():
     assert 15 <= encoder.packet_loss_perc <= 25
     bridge.report_loss("a", 0.30)                  # the browser reports 30 % of our stream lost
     assert encoder.packet_loss_perc == 30
+    bridge.close()
+
+
+def test_opus_dtx_sends_nothing_in_silence_and_marks_the_talkspurt():
+    """With DTX on, the trunk's silence becomes (almost) no packets towards the browser; speech after it starts
+    a talkspurt (marker bit) at a timestamp that kept real time."""
+    bridge = Bridge(BROWSER_OPUS, TRUNK_PCMU, opus=OpusConfig(dtx=True))
+    silence = g711.ulaw_encode(np.zeros(160, np.int16).tobytes())
+    speech = pcmu_frames(1000, 40)
+    sent: list[bytes] = []
+    now = 1.0
+    for i in range(150):
+        payload = silence if i < 110 else speech[i - 110]
+        bridge.receive_rtp("b", rtp(0, i, 160 * i, 9, payload), now)
+        tick_bridges([bridge], now)
+        sent += [packet for side, packet in bridge.packets_to_send() if side == "a"]
+        now += TICK
+    stamps = [(struct.unpack_from("!I", p, 4)[0], bool(p[1] & 0x80)) for p in sent]
+    quiet = [ts for ts, _ in stamps[:-30]]
+    assert len(sent) < 60                          # 2 s of silence: a few keep-alive frames, not 100 packets
+    talk = stamps[-30:]
+    gap_start = next(i for i, (_, marker) in enumerate(stamps) if i and marker and i >= len(stamps) - 40)
+    assert stamps[gap_start][1] and stamps[gap_start][0] - stamps[gap_start - 1][0] > 960    # after a gap
+    assert all((b - a) % (1 << 32) == 960 for (a, _), (b, _) in zip(talk, talk[1:]))
+    assert quiet and all((b - a) % 960 == 0 for a, b in zip(quiet, quiet[1:]))
     bridge.close()

@@ -263,7 +263,7 @@ def test_media_defaults() -> None:
     assert (m.enabled, m.workers, m.listen, m.advertise) == (False, 1, "0.0.0.0", "")
     assert (m.ice_port, m.rtp_port_min, m.rtp_port_max) == (40000, 30000, 39999)
     assert m.prefer_passthrough is True and m.control_timeout == 2.0
-    assert (m.c_relay, m.opus_complexity, m.opus_bitrate) == (True, 5, 24000)
+    assert (m.c_relay, m.opus_complexity, m.opus_bitrate, m.opus_fec, m.opus_dtx) == (True, 5, 24000, True, False)
 
 
 def test_media_from_file_and_environment(tmp_path: Path) -> None:
@@ -325,6 +325,7 @@ def test_help_lists_the_media_section() -> None:
     text = settings_help()
     assert "[media]" in text
     for key in ("enabled", "workers", "advertise", "ice_port", "rtp_port_min", "rtp_port_max",
-                "prefer_passthrough", "c_relay", "opus_complexity", "opus_bitrate", "control_timeout"):
+                "prefer_passthrough", "c_relay", "opus_complexity", "opus_bitrate", "opus_fec", "opus_dtx",
+                "control_timeout"):
         assert env_var_name("media", key) in text
     assert "default 40000" in text and "default 2.0" in text
