@@ -325,3 +325,58 @@ async def test_browser_supervisor_whispers_to_a_trunk_call(worker: MediaWorker, 
     for freq in (TRUNK_HZ, BROWSER_HZ):
         assert spectrum[np.abs(bins - freq) <= 15].max() > 0.3 * spectrum.max(), freq
     assert a.received == []          # A hears only B, who is silent: the whisper never reaches it
+
+
+async def test_browser_behind_turn_relay_only(worker: MediaWorker, turn_server: tuple[str, str, str]):
+    """An agent whose browser may only use TURN (iceTransportPolicy "relay", a real coturn): the ICE-lite
+    worker answers its checks from the relayed address, and audio flows both ways through the relay."""
+    from aiortc import RTCIceServer
+    from aiortc.rtcconfiguration import RTCIceTransportPolicy
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(*turn_server)],
+                                            iceTransportPolicy=RTCIceTransportPolicy.RELAY))
+    transceiver = pc.addTransceiver(SineTrack(BROWSER_HZ), direction="sendrecv")
+    caps = RTCRtpSender.getCapabilities("audio")
+    transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType.lower() == "audio/opus"])
+    frames: list = []
+    consumers: list[asyncio.Task] = []
+
+    async def consume(track) -> None:
+        while True:
+            try:
+                frames.append(await track.recv())
+            except Exception:  # MediaStreamError once closed
+                return
+
+    pc.on("track", lambda track: consumers.append(asyncio.ensure_future(consume(track))))
+    loop = asyncio.get_running_loop()
+    trunk_transport, trunk = await loop.create_datagram_endpoint(TrunkPeer, local_addr=("127.0.0.1", 0))
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp
+        assert "typ relay" in offer and "typ host" not in offer      # only the TURN allocation is offered
+        to_trunk = SessionDescription.parse(await worker.offer("call-turn", "agent", offer))
+        section = to_trunk.media[0]
+        answer = create_answer(to_trunk, [("PCMU", 8000)], "127.0.0.1", trunk_transport.get_extra_info("sockname")[1])
+        to_browser = await worker.answer("call-turn", "agent", "trunk", answer.to_bytes())
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=to_browser, type="answer"))
+        await trunk.play(("127.0.0.1", section.port), 2.4)
+        await asyncio.sleep(0.3)
+        stats = worker.query("call-turn")
+    finally:
+        await pc.close()
+        for task in consumers:
+            task.cancel()
+        trunk_transport.close()
+    await worker.delete("call-turn")
+    agent = stats["legs"]["agent"]
+    relayed = [line.split()[4:6] for line in offer.splitlines() if "typ relay" in line]
+    assert agent["connected"] and agent["remote"] in [[host, int(port)] for host, port in relayed], (agent, relayed)
+    audio = [p for p in trunk.received if p[1] & 0x7F == 0]
+    assert len(audio) >= 40, len(trunk.received)
+    pcm = np.frombuffer(g711.ulaw_decode(b"".join(p[12:] for p in audio[10:])), "<i2")
+    assert abs(dominant_frequency(pcm, 8000) - BROWSER_HZ) < 15
+    assert len(frames) >= 40, len(frames)
+    rate = frames[0].sample_rate
+    samples = np.concatenate([f.to_ndarray().reshape(-1, len(f.layout.channels))[:, 0] for f in frames[10:70]])
+    assert abs(dominant_frequency(samples, rate) - TRUNK_HZ) < 15
