@@ -222,6 +222,29 @@ class IceLiteAgent:
             self._next_sweep = now + self.sweep_interval
         return leg
 
+    def restart(self, leg: IceLeg, remote_ufrag: str, remote_pwd: str, *, new_local: bool = True,
+                now: float | None = None) -> None:
+        """An ICE restart (RFC 8445 §9): the browser's new credentials and, when we answer its restart,
+        fresh local ones (checks with the old ones get 401 from now on). Media keeps flowing to the
+        selected address until a check with the new credentials nominates one (``CandidateNominated``);
+        a leg whose consent had expired is revived."""
+        if new_local:
+            if self.legs.get(leg.local_ufrag) is leg:
+                del self.legs[leg.local_ufrag]
+            ufrag = _random_ice_string(8)
+            while ufrag in self.legs:  # pragma: no cover - 62**8 space
+                ufrag = _random_ice_string(8)
+            leg.local_ufrag, leg.local_pwd = ufrag, _random_ice_string(24)
+            self.legs[ufrag] = leg
+        leg.set_remote_credentials(remote_ufrag, remote_pwd)
+        if leg.state is IceLegState.EXPIRED:
+            leg.state = IceLegState.CONNECTED if leg.selected_address is not None else IceLegState.NEW
+            for address in ([leg.selected_address] if leg.selected_address is not None else []):
+                self._by_address[address] = leg
+                leg.addresses.add(address)
+        if now is not None:
+            leg.consent_at = now
+
     def remove_leg(self, leg: IceLeg) -> None:
         """Forget a leg: its checks get 401 and its media is dropped from now on."""
         if self.legs.get(leg.local_ufrag) is leg:

@@ -244,6 +244,16 @@ class WebRtcLeg:
                 self.dtls.receive_datagram(data, now)
             self._pump_dtls(now)
 
+    def restart_ice(self, remote: RemoteTransport) -> None:
+        """Take the browser's new ICE credentials (an ICE restart); DTLS and SRTP carry on unchanged, so the
+        new SDP must keep the fingerprint (a new DTLS session is not supported)."""
+        if self.remote is None:
+            raise RuntimeError("no remote transport to restart")
+        if {fp for fp in remote.fingerprints} != {fp for fp in self.remote.fingerprints}:
+            raise ValueError("a new DTLS fingerprint in a re-offer (a new DTLS session) is not supported")
+        self.remote = RemoteTransport(remote.ice_ufrag, remote.ice_pwd, self.remote.fingerprints,
+                                      self.remote.setup, remote.candidates, remote.ice_lite, remote.rtcp_mux)
+
     def add_transport_attributes(
         self,
         sd: SessionDescription,
@@ -497,6 +507,24 @@ class WebRtcPort(asyncio.DatagramProtocol):
             self._handlers[ice.local_ufrag] = on_event
         self._schedule_agent()
         return leg
+
+    def restart_ice(self, leg: WebRtcLeg, remote: RemoteTransport, *, new_local: bool = True) -> None:
+        """An ICE restart of ``leg`` (its re-offer or answer has a new ice-ufrag): the agent takes the new
+        credentials (and, with ``new_local``, makes new local ones for our answer); the leg keeps its DTLS
+        and SRTP, its handler and timer follow it to the new local ufrag. ValueError on a new fingerprint."""
+        leg.restart_ice(remote)
+        old = leg.ice.local_ufrag
+        self.agent.restart(leg.ice, remote.ice_ufrag, remote.ice_pwd, new_local=new_local, now=self.now())
+        new = leg.ice.local_ufrag
+        if new != old:
+            self.legs[new] = self.legs.pop(old, leg)
+            if old in self._handlers:
+                self._handlers[new] = self._handlers.pop(old)
+            if old in self._leg_timers:
+                timer = self._leg_timers.pop(old)
+                timer[1].cancel()
+                self._schedule_leg(leg)
+        self._schedule_agent()
 
     def set_remote(self, leg: WebRtcLeg, remote: RemoteTransport) -> None:
         """``leg.set_remote`` (the browser's answer to our offer), then send what it produced."""

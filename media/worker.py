@@ -369,6 +369,16 @@ def _restrict(sd: SessionDescription, codec: LegCodec) -> SessionDescription:
     return result
 
 
+def _set_ice_credentials(sd: SessionDescription, ufrag: str, pwd: str) -> None:
+    """Put new ice-ufrag/ice-pwd (an ICE restart) wherever ``sd`` carries them, media or session level."""
+    for attributes in (sd.attributes, *(m.attributes for m in sd.media)):
+        for i, attribute in enumerate(attributes):
+            if attribute.name == "ice-ufrag":
+                attributes[i] = Attribute("ice-ufrag", ufrag)
+            elif attribute.name == "ice-pwd":
+                attributes[i] = Attribute("ice-pwd", pwd)
+
+
 def _set_fmtp(sd: SessionDescription, payload_type: int, value: str) -> None:
     """Replace the fmtp of ``payload_type`` in the first section of ``sd``."""
     section = sd.media[0]
@@ -505,30 +515,20 @@ class MediaWorker:
         self._commit()
 
     def _poll_sessions(self, now: float) -> None:
-        """RTCP reports and media timeouts of the legs that are due (plain RTP and browsers)."""
+        """RTCP reports and media timeouts of the legs that are due (plain RTP and browsers, parties and members)."""
         for call in self.calls.values():
-            for leg in (call.caller, call.callee):
-                rtp = leg.rtp
-                if rtp is not None:
-                    timer = rtp.session.get_timer()
-                    if timer is not None and now >= timer:
-                        self._touch(call)             # RTCP reports and timeouts read what C counted
-                        rtp.poll(now)
-                elif leg.rtcp is not None:
-                    timer = leg.rtcp.get_timer()
-                    if timer is not None and now >= timer:
-                        self._touch(call)
-                        leg.rtcp.handle_timer(now)
-                        self._drain_browser_session(call, leg)
-            for member in call.members.values():
-                leg = member.leg
+            for leg in (call.caller, call.callee, *(member.leg for member in call.members.values())):
+                session = leg.rtp.session if leg.rtp is not None else leg.rtcp
+                timer = session.get_timer() if session is not None else None
+                if timer is None or now < timer:
+                    continue
+                self._touch(call)                     # RTCP reports and timeouts read what C counted
                 if leg.rtp is not None:
                     leg.rtp.poll(now)
-                elif leg.rtcp is not None:
-                    timer = leg.rtcp.get_timer()
-                    if timer is not None and now >= timer:
-                        leg.rtcp.handle_timer(now)
-                        self._drain_browser_session(call, leg)
+                else:
+                    assert leg.rtcp is not None
+                    leg.rtcp.handle_timer(now)
+                    self._drain_browser_session(call, leg)
 
     def _send(self, leg: MediaLeg, packet: bytes) -> None:
         if leg.webrtc is not None:
@@ -1124,8 +1124,9 @@ class MediaWorker:
         return local.to_bytes().decode()
 
     # -- re-INVITEs (hold/resume, a new address): same codecs, direction and address follow ---------------
-    def _update_remote(self, leg: MediaLeg, sd: SessionDescription) -> None:
-        """Apply a party's new SDP to its transport: a plain leg's address, a WebRTC leg's (unchanged) ICE."""
+    def _update_remote(self, leg: MediaLeg, sd: SessionDescription, *, offer: bool) -> None:
+        """Apply a party's new SDP to its transport: a plain leg's address; for a browser, an ICE restart when
+        its ice-ufrag changed (answering its re-offer, we take new credentials too: ``leg.local_sdp`` gets them)."""
         if leg.rtp is not None:
             address = _rtp_address(sd)
             if address is not None and address != _rtp_address(leg.remote_sdp or sd):
@@ -1133,7 +1134,15 @@ class MediaWorker:
         elif leg.webrtc is not None and leg.webrtc.remote is not None:
             ufrag = sd.media[0].attribute("ice-ufrag") or sd.attribute("ice-ufrag")
             if ufrag and ufrag.strip() != leg.webrtc.remote.ice_ufrag:
-                raise MediaError("ICE restart (a new ice-ufrag) is not supported")
+                try:
+                    self.port.restart_ice(leg.webrtc, RemoteTransport.from_sdp(sd, 0), new_local=offer)
+                except ValueError as exc:
+                    raise MediaError(f"ICE restart: {exc}") from None
+                if offer and leg.local_sdp is not None:      # what we answer carries the new credentials
+                    restarted = leg.local_sdp.copy()
+                    _set_ice_credentials(restarted, leg.webrtc.ice.local_ufrag, leg.webrtc.ice.local_pwd)
+                    leg.local_sdp = bump_version(restarted, leg.local_sdp)
+                log.info("ICE restart", extra={"call_id": leg.webrtc.leg_id[0] if leg.webrtc.leg_id else None})
         session = leg.rtp.session if leg.rtp is not None else leg.rtcp
         if session is not None and sd.media:           # on hold it sends nothing: no media timeout meanwhile
             session.expect_media(sd.effective_direction(0) not in ("recvonly", "inactive"), self._loop.time())
@@ -1142,7 +1151,7 @@ class MediaWorker:
     def _reoffer(self, call: MediaCall, from_tag: str, offer: SessionDescription) -> str:
         """A re-offer from either party of a bridged call: our last SDP to the other one, direction mirrored."""
         offerer = call.by_tag(from_tag)
-        self._update_remote(offerer, offer)
+        self._update_remote(offerer, offer, offer=True)
         other = call.other(offerer)
         assert other.local_sdp is not None and other.codec is not None
         local = _restrict(other.local_sdp, other.codec)
@@ -1157,7 +1166,7 @@ class MediaWorker:
         """The answer to a re-offer: our last SDP to the offerer, with the answerer's direction."""
         answerer = call.by_tag(to_tag)
         offerer = call.other(answerer)
-        self._update_remote(answerer, answer)
+        self._update_remote(answerer, answer, offer=False)
         assert offerer.local_sdp is not None and offerer.codec is not None
         local = _restrict(offerer.local_sdp, offerer.codec)
         local.media[0].direction = answer.effective_direction(0)

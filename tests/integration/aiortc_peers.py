@@ -39,3 +39,29 @@ class SineTrack(MediaStreamTrack):
         frame.pts = self._pts
         frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
         return frame
+
+
+class Listener:
+    """Keeps the audio frames a peer connection receives (one consumer task per remote track)."""
+
+    def __init__(self, pc) -> None:
+        self.frames: list[av.AudioFrame] = []
+        self._tasks: list[asyncio.Task] = []
+        pc.on("track", lambda track: self._tasks.append(asyncio.ensure_future(self._consume(track))))
+
+    async def _consume(self, track) -> None:
+        while True:
+            try:
+                self.frames.append(await track.recv())
+            except Exception:  # MediaStreamError once closed
+                return
+
+    def samples(self, start: int, end: int) -> tuple[np.ndarray, int]:
+        """The first channel of frames[start:end] and its sample rate (48 kHz for Opus, 8 kHz for PCMU)."""
+        frames = self.frames[start:end]
+        pcm = np.concatenate([f.to_ndarray().reshape(-1, len(f.layout.channels))[:, 0] for f in frames])
+        return pcm, frames[0].sample_rate
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()

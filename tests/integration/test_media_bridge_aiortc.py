@@ -27,7 +27,7 @@ from media.rtcp import Bye, SenderReport, parse_compound  # noqa: E402
 from media.worker import MediaSettings, MediaWorker  # noqa: E402
 from sipcore.sdp import SessionDescription, create_answer  # noqa: E402
 
-from aiortc_peers import SineTrack  # noqa: E402
+from aiortc_peers import Listener, SineTrack  # noqa: E402
 
 from media_ports import free_udp_range  # noqa: E402
 
@@ -110,17 +110,7 @@ async def test_browser_to_trunk_call(worker: MediaWorker, pcmu_only: bool):
     wanted = "audio/pcmu" if pcmu_only else "audio/opus"
     caps = RTCRtpSender.getCapabilities("audio")
     transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType.lower() == wanted])
-    frames: list = []
-    consumers: list[asyncio.Task] = []
-
-    async def consume(track) -> None:
-        while True:
-            try:
-                frames.append(await track.recv())
-            except Exception:  # MediaStreamError once closed
-                return
-
-    pc.on("track", lambda track: consumers.append(asyncio.ensure_future(consume(track))))
+    listener = Listener(pc)
     sent_to_browser: list[bytes] = []
     original_send = worker.port.send_rtp
 
@@ -166,8 +156,7 @@ async def test_browser_to_trunk_call(worker: MediaWorker, pcmu_only: bool):
         stats = worker.query("call-1")
     finally:
         await pc.close()
-        for task in consumers:
-            task.cancel()
+        listener.close()
         trunk_transport.close()
     final = await worker.delete("call-1")
     assert final["legs"]["from-1"]["packets_in"] > 40 and stats["passthrough"] is pcmu_only
@@ -186,9 +175,8 @@ async def test_browser_to_trunk_call(worker: MediaWorker, pcmu_only: bool):
     assert abs(dominant_frequency(pcm, 8000) - BROWSER_HZ) < 15
 
     # trunk -> browser: aiortc decoded 1 kHz (mono 8 kHz for PCMU, 48 kHz stereo for Opus)
-    assert len(frames) >= 40, len(frames)
-    rate = frames[0].sample_rate
-    samples = np.concatenate([f.to_ndarray().reshape(-1, len(f.layout.channels))[:, 0] for f in frames[10:70]])
+    assert len(listener.frames) >= 40, len(listener.frames)
+    samples, rate = listener.samples(10, 70)
     assert abs(dominant_frequency(samples, rate) - TRUNK_HZ) < 15
 
     # DTMF: reported as a digit, and sent on to the browser as its telephone-event (PT, clock)
@@ -205,17 +193,7 @@ async def test_trunk_to_browser_call(worker: MediaWorker, prefer_passthrough: bo
     """The inbound case: the trunk offers PCMU, the worker offers WebRTC to the browser (aiortc answers)."""
     worker.settings.prefer_passthrough = prefer_passthrough
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    frames: list = []
-    consumers: list[asyncio.Task] = []
-
-    async def consume(track) -> None:
-        while True:
-            try:
-                frames.append(await track.recv())
-            except Exception:  # MediaStreamError once closed
-                return
-
-    pc.on("track", lambda track: consumers.append(asyncio.ensure_future(consume(track))))
+    listener = Listener(pc)
     loop = asyncio.get_running_loop()
     trunk_transport, trunk = await loop.create_datagram_endpoint(TrunkPeer, local_addr=("127.0.0.1", 0))
     trunk_port = trunk_transport.get_extra_info("sockname")[1]
@@ -253,8 +231,7 @@ async def test_trunk_to_browser_call(worker: MediaWorker, prefer_passthrough: bo
                 assert forwarded == 0 and delivered > 150, after
     finally:
         await pc.close()
-        for task in consumers:
-            task.cancel()
+        listener.close()
         trunk_transport.close()
     await worker.delete("call-2")
 
@@ -262,9 +239,8 @@ async def test_trunk_to_browser_call(worker: MediaWorker, prefer_passthrough: bo
     assert len(audio) >= 40, len(trunk.received)
     pcm = np.frombuffer(g711.ulaw_decode(b"".join(p[12:] for p in audio[10:])), "<i2")
     assert abs(dominant_frequency(pcm, 8000) - BROWSER_HZ) < 15
-    assert len(frames) >= 40, len(frames)
-    rate = frames[0].sample_rate
-    samples = np.concatenate([f.to_ndarray().reshape(-1, len(f.layout.channels))[:, 0] for f in frames[10:70]])
+    assert len(listener.frames) >= 40, len(listener.frames)
+    samples, rate = listener.samples(10, 70)
     assert abs(dominant_frequency(samples, rate) - TRUNK_HZ) < 15
 
 
@@ -276,17 +252,7 @@ async def test_browser_supervisor_whispers_to_a_trunk_call(worker: MediaWorker, 
     a_transport, a = await loop.create_datagram_endpoint(TrunkPeer, local_addr=("127.0.0.1", 0))
     b_transport, b = await loop.create_datagram_endpoint(TrunkPeer, local_addr=("127.0.0.1", 0))
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    frames: list = []
-    consumers: list[asyncio.Task] = []
-
-    async def consume(track) -> None:
-        while True:
-            try:
-                frames.append(await track.recv())
-            except Exception:  # MediaStreamError once closed
-                return
-
-    pc.on("track", lambda track: consumers.append(asyncio.ensure_future(consume(track))))
+    listener = Listener(pc)
     try:
         a_offer = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
                    f"m=audio {a_transport.get_extra_info('sockname')[1]} RTP/AVP 0\r\na=sendrecv\r\n")
@@ -305,8 +271,7 @@ async def test_browser_supervisor_whispers_to_a_trunk_call(worker: MediaWorker, 
         stats = worker.query("call-w")
     finally:
         await pc.close()
-        for task in consumers:
-            task.cancel()
+        listener.close()
         await worker.delete("call-w")
         a_transport.close()
         b_transport.close()
@@ -314,9 +279,8 @@ async def test_browser_supervisor_whispers_to_a_trunk_call(worker: MediaWorker, 
     assert member["connected"] and member["mode"] == "whisper" and member["whisper_to"] == "b-tag"
     assert member["packets_in"] > 40 and member["packets_out"] > 40, member
     # the browser heard A (B is silent)
-    assert len(frames) >= 60, len(frames)
-    rate = frames[0].sample_rate
-    samples = np.concatenate([f.to_ndarray().reshape(-1, len(f.layout.channels))[:, 0] for f in frames[30:90]])
+    assert len(listener.frames) >= 60, len(listener.frames)
+    samples, rate = listener.samples(30, 90)
     assert abs(dominant_frequency(samples, rate) - TRUNK_HZ) < 15
     # B (the agent) heard A and the whisper; A heard nothing of it
     b_pcm = np.frombuffer(g711.ulaw_decode(b"".join(p[12:] for p in b.received[-60:])), "<i2")
@@ -338,17 +302,7 @@ async def test_browser_behind_turn_relay_only(worker: MediaWorker, turn_server: 
     transceiver = pc.addTransceiver(SineTrack(BROWSER_HZ), direction="sendrecv")
     caps = RTCRtpSender.getCapabilities("audio")
     transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType.lower() == "audio/opus"])
-    frames: list = []
-    consumers: list[asyncio.Task] = []
-
-    async def consume(track) -> None:
-        while True:
-            try:
-                frames.append(await track.recv())
-            except Exception:  # MediaStreamError once closed
-                return
-
-    pc.on("track", lambda track: consumers.append(asyncio.ensure_future(consume(track))))
+    listener = Listener(pc)
     loop = asyncio.get_running_loop()
     trunk_transport, trunk = await loop.create_datagram_endpoint(TrunkPeer, local_addr=("127.0.0.1", 0))
     try:
@@ -365,8 +319,7 @@ async def test_browser_behind_turn_relay_only(worker: MediaWorker, turn_server: 
         stats = worker.query("call-turn")
     finally:
         await pc.close()
-        for task in consumers:
-            task.cancel()
+        listener.close()
         trunk_transport.close()
     await worker.delete("call-turn")
     agent = stats["legs"]["agent"]
@@ -376,7 +329,80 @@ async def test_browser_behind_turn_relay_only(worker: MediaWorker, turn_server: 
     assert len(audio) >= 40, len(trunk.received)
     pcm = np.frombuffer(g711.ulaw_decode(b"".join(p[12:] for p in audio[10:])), "<i2")
     assert abs(dominant_frequency(pcm, 8000) - BROWSER_HZ) < 15
-    assert len(frames) >= 40, len(frames)
-    rate = frames[0].sample_rate
-    samples = np.concatenate([f.to_ndarray().reshape(-1, len(f.layout.channels))[:, 0] for f in frames[10:70]])
+    assert len(listener.frames) >= 40, len(listener.frames)
+    samples, rate = listener.samples(10, 70)
     assert abs(dominant_frequency(samples, rate) - TRUNK_HZ) < 15
+
+
+class StunProbe(asyncio.DatagramProtocol):
+    """A browser's new network path after an ICE restart: sends checks, keeps what comes back."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.received: list[bytes] = []
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.received.append(data)
+
+
+async def test_ice_restart_moves_the_browser_leg_to_a_new_path(worker: MediaWorker):
+    """The browser re-offers with new ICE credentials (its network changed): our answer has new ones and the
+    same fingerprint, checks with the old credentials are refused, a check from the new path nominates it,
+    and the media goes there from then on (same DTLS keys)."""
+    from media.stun import binding_request, parse as parse_stun
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    transceiver = pc.addTransceiver(SineTrack(BROWSER_HZ), direction="sendrecv")
+    caps = RTCRtpSender.getCapabilities("audio")
+    transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType.lower() == "audio/opus"])
+    loop = asyncio.get_running_loop()
+    trunk_transport, trunk = await loop.create_datagram_endpoint(TrunkPeer, local_addr=("127.0.0.1", 0))
+    probe_transport, probe = await loop.create_datagram_endpoint(StunProbe, local_addr=("127.0.0.1", 0))
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = SessionDescription.parse(pc.localDescription.sdp)
+        to_trunk = SessionDescription.parse(await worker.offer("call-r", "agent", offer.to_bytes()))
+        trunk_sdp = create_answer(to_trunk, [("PCMU", 8000)], "127.0.0.1", trunk_transport.get_extra_info("sockname")[1])
+        first = SessionDescription.parse(await worker.answer("call-r", "agent", "trunk", trunk_sdp.to_bytes()))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=first.to_bytes().decode(), type="answer"))
+        await trunk.play(("127.0.0.1", to_trunk.media[0].port), 1.0)
+        assert worker.query("call-r")["legs"]["agent"]["connected"]
+        old_local = (first.media[0].attribute("ice-ufrag"), first.media[0].attribute("ice-pwd"))
+
+        # the re-INVITE of an ICE restart: new ufrag/pwd, same fingerprint and setup
+        restart = offer.copy()
+        restart.origin.sess_version += 1
+        section = restart.media[0]
+        for i, attribute in enumerate(section.attributes):
+            if attribute.name == "ice-ufrag":
+                section.attributes[i] = type(attribute)("ice-ufrag", "newufrag")
+            elif attribute.name == "ice-pwd":
+                section.attributes[i] = type(attribute)("ice-pwd", "n" * 24)
+        await worker.offer("call-r", "agent", restart.to_bytes())
+        answer = SessionDescription.parse(await worker.answer("call-r", "agent", "trunk", trunk_sdp.to_bytes()))
+        ufrag, pwd = answer.media[0].attribute("ice-ufrag"), answer.media[0].attribute("ice-pwd")
+        assert (ufrag, pwd) != old_local and ufrag and pwd
+        assert answer.media[0].attribute("fingerprint") == first.media[0].attribute("fingerprint")
+        assert answer.origin.sess_version == first.origin.sess_version + 1
+
+        worker_ice = ("127.0.0.1", worker.port.port)
+        probe.transport.sendto(binding_request(f"{old_local[0]}:newufrag", old_local[1], use_candidate=True), worker_ice)
+        probe.transport.sendto(binding_request(f"{ufrag}:newufrag", pwd, use_candidate=True, tie_breaker=7),
+                               worker_ice)
+        await asyncio.sleep(0.2)
+        replies = [parse_stun(p) for p in probe.received if p[0] < 4]
+        assert [r.attributes.get("ERROR-CODE", (None,))[0] for r in replies] == [401, None], replies
+        probe.received.clear()
+        await trunk.play(("127.0.0.1", to_trunk.media[0].port), 1.0)
+        stats = worker.query("call-r")
+    finally:
+        await pc.close()
+        trunk_transport.close()
+        probe_transport.close()
+    await worker.delete("call-r")
+    assert stats["legs"]["agent"]["remote"] == list(probe_transport.get_extra_info("sockname"))
+    srtp = [p for p in probe.received if 128 <= p[0] < 192]
+    assert len(srtp) >= 40, len(probe.received)                 # the trunk's audio, Opus over SRTP, goes there

@@ -348,3 +348,31 @@ def test_ipv6_source_with_flowinfo_and_scope():
     assert stun.parse(response).attributes["XOR-MAPPED-ADDRESS"] == ("2001:db8::5", 50000)
     assert leg.selected_address == ("2001:db8::5", 50000)
     assert agent.receive_datagram(b"\x80\x00" + b"\x00" * 10, ("2001:db8::5", 50000, 0, 0), 0.1) == (leg, PacketKind.RTP)
+
+
+def test_ice_restart_takes_new_credentials_and_keeps_media_until_renominated():
+    """RFC 8445 §9: after a restart the old credentials get 401, media still flows to the selected address,
+    and a check with the new ones from a new address nominates it; an expired leg comes back."""
+    agent = IceLiteAgent(consent_timeout=30.0)
+    leg = agent.create_leg("old1", "o" * 24, now=0.0)
+    agent.receive_datagram(check(leg, use_candidate=True), BROWSER_A, 0.0)
+    agent.datagrams_to_send()
+    agent.next_event()
+    old_ufrag, old_pwd = leg.local_ufrag, leg.local_pwd
+    agent.restart(leg, "new1", "n" * 24, now=1.0)
+    assert (leg.local_ufrag, leg.local_pwd) != (old_ufrag, old_pwd) and agent.legs == {leg.local_ufrag: leg}
+    assert agent.receive_datagram(b"\x80\x6f" + b"\x00" * 20, BROWSER_A, 1.1) == (leg, PacketKind.RTP)
+    agent.receive_datagram(stun.binding_request(f"{old_ufrag}:new1", old_pwd, tie_breaker=1), BROWSER_A, 1.2)
+    assert only_response(agent, BROWSER_A).error_code == 401
+    agent.receive_datagram(check(leg, use_candidate=True), BROWSER_B, 1.3)
+    assert only_response(agent, BROWSER_B).error_code is None
+    assert agent.next_event() == CandidateNominated(leg, BROWSER_B) and leg.selected_address == BROWSER_B
+    # the answerer's side of a restart keeps our credentials; a leg whose consent expired is revived
+    for now in range(2, 40):
+        agent.handle_timer(float(now))
+    assert agent.next_event() == ConsentExpired(leg) and leg.state is IceLegState.EXPIRED
+    ufrag = leg.local_ufrag
+    agent.restart(leg, "new2", "m" * 24, new_local=False, now=40.0)
+    assert leg.local_ufrag == ufrag and leg.state is IceLegState.CONNECTED
+    agent.receive_datagram(check(leg), BROWSER_B, 40.5)
+    assert only_response(agent, BROWSER_B).error_code is None
