@@ -150,27 +150,67 @@ async def _listening(what: str, bind: Any) -> int:
 class MediaPool:
     """The B2BUA's media controller over the workers' control clients.
 
-    A call stays on one worker (its Call-ID's CRC32 picks it), so offer, answer, re-offers and delete of
-    one call meet the same worker state. Failures are exceptions (the B2BUA logs and degrades).
+    A new call goes to the worker with the fewest calls this pool has placed on it (ties: the Call-ID's
+    CRC32), and stays there: offer, answer, re-offers and delete of one call meet the same worker state. A
+    command for a call the pool never placed falls back to the CRC32 choice. Failures are exceptions (the
+    B2BUA logs and degrades).
     """
 
     def __init__(self, clients: list[Any]) -> None:
         if not clients:
             raise ValueError("a MediaPool needs at least one worker client")
         self.clients = clients
+        self.owner: dict[str, int] = {}         # call_id -> index of its worker
+        self.load = [0] * len(clients)          # calls placed on each worker and not deleted yet
 
     def client_for(self, call_id: str) -> Any:
         """The control client of the worker that owns ``call_id``."""
-        return self.clients[zlib.crc32(call_id.encode()) % len(self.clients)]
+        index = self.owner.get(call_id)
+        if index is None:
+            index = zlib.crc32(call_id.encode()) % len(self.clients)
+        return self.clients[index]
+
+    def _place(self, call_id: str) -> Any:
+        """The worker for a call's first offer: the least loaded one."""
+        index = self.owner.get(call_id)
+        if index is None:
+            start = zlib.crc32(call_id.encode()) % len(self.clients)
+            order = [(start + i) % len(self.clients) for i in range(len(self.clients))]
+            index = min(order, key=lambda i: self.load[i])
+            self.owner[call_id] = index
+            self.load[index] += 1
+        return self.clients[index]
 
     async def offer(self, call_id: str, from_tag: str, sdp: bytes, transport: str | None = None) -> str:
-        return await self.client_for(call_id).offer(call_id, from_tag, sdp, transport)
+        client = self._place(call_id)
+        try:
+            return await client.offer(call_id, from_tag, sdp, transport)
+        except Exception:
+            if call_id in self.owner and not await self._known(client, call_id):
+                self._forget(call_id)              # the worker did not take the call: do not count it
+            raise
 
     async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: bytes) -> str:
         return await self.client_for(call_id).answer(call_id, from_tag, to_tag, sdp)
 
     async def delete(self, call_id: str) -> Any:
-        return await self.client_for(call_id).delete(call_id)
+        client = self.client_for(call_id)
+        try:
+            return await client.delete(call_id)
+        finally:
+            self._forget(call_id)
+
+    async def _known(self, client: Any, call_id: str) -> bool:
+        try:
+            await client.query(call_id)
+            return True
+        except Exception:  # noqa: BLE001 - unknown call, or the worker is unreachable
+            return False
+
+    def _forget(self, call_id: str) -> None:
+        index = self.owner.pop(call_id, None)
+        if index is not None:
+            self.load[index] -= 1
 
 
 def _on_media_event(event: dict[str, Any]) -> None:
