@@ -303,7 +303,7 @@ class MediaControlClient:
         return reply
 
     async def offer(self, call_id: str, from_tag: str, sdp: str | bytes, transport: str | None = None) -> str:
-        """The caller's SDP offer -> the SDP to send the callee (``transport``: RTP/AVP or UDP/TLS/RTP/SAVPF)."""
+        """The caller's SDP offer -> the SDP to send the callee (``transport``: RTP/AVP, RTP/SAVP or UDP/TLS/RTP/SAVPF)."""
         args: dict[str, Any] = {"call_id": call_id, "from_tag": from_tag,
                                 "sdp": sdp.decode() if isinstance(sdp, bytes) else sdp}
         if transport:

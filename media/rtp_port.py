@@ -5,6 +5,10 @@ Received datagrams go to ``RtpSession.receive_datagram``; accepted RTP is handed
 the bridge on the session's own ``RtpSender`` (so RTCP sender reports count it) and sent with ``send_rtp`` to
 the latched address. Timers are polled by the worker's media clock (``poll(now)`` every tick), so a leg costs
 no timer handle of its own.
+
+With ``srtp`` set (an SDES-keyed trunk or phone, RFC 4568: ``RTP/SAVP``) every datagram is unprotected on the
+way in (a packet that fails authentication or is a replay is dropped and counted in ``srtp_errors``) and
+protected on the way out, RTCP as SRTCP; the session only ever sees plain RTP/RTCP.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import asyncio
 from typing import Any, Callable
 
 from .session import Datagram, RtpReceived, RtpSession, SessionEvent
+from .srtp import SrtpContext, SrtpError, is_rtcp
 
 __all__ = ["PlainRtpPort"]
 
@@ -46,6 +51,8 @@ class PlainRtpPort:
         self.rtp: _Socket | None = None
         self.rtcp: _Socket | None = None
         self.port = 0
+        self.srtp: SrtpContext | None = None       # SDES keys: SRTP/SRTCP on both sockets
+        self.srtp_errors = 0
 
     @classmethod
     async def open(cls, host: str, port: int, session: RtpSession, on_rtp: Callable[[bytes, float], None],
@@ -75,6 +82,13 @@ class PlainRtpPort:
         """Feed the session and dispatch what it accepted."""
         now = self.clock()
         session = self.session
+        srtp = self.srtp
+        if srtp is not None:
+            try:
+                data = srtp.unprotect_rtcp(data) if rtcp or is_rtcp(data) else srtp.unprotect(data)
+            except SrtpError:
+                self.srtp_errors += 1
+                return
         session.receive_datagram(data, addr, now, rtcp_port=rtcp)
         self._drain(now)
 
@@ -92,7 +106,8 @@ class PlainRtpPort:
     def _sendto(self, datagram: Datagram) -> None:
         sock = self.rtcp if datagram.rtcp and self.rtcp is not None else self.rtp
         if sock is not None and sock.transport is not None:
-            sock.transport.sendto(datagram.data, datagram.addr)
+            data = datagram.data if self.srtp is None else self.srtp.protect_rtcp(datagram.data)
+            sock.transport.sendto(data, datagram.addr)
 
     def send_rtp(self, packet: bytes) -> bool:
         """Send an RTP packet the bridge built (on this session's sender) to the latched/SDP address."""
@@ -101,7 +116,14 @@ class PlainRtpPort:
         if remote is None or sock is None or sock.transport is None:
             self.session.stats.unsent += 1
             return False
-        sock.transport.sendto(packet, remote)
+        srtp = self.srtp
+        if srtp is None:
+            sock.transport.sendto(packet, remote)
+            return True
+        handles = srtp.c_handles()
+        corked = getattr(sock.transport, "sendto_protected", None)   # the C data plane's batch protects it
+        if handles is None or corked is None or not corked(packet, remote, handles[1]):
+            sock.transport.sendto(srtp.protect(packet), remote)
         return True
 
     def poll(self, now: float) -> None:

@@ -59,6 +59,7 @@ from .rtp import RtpError, RtpSender, peek_header, rtp_payload
 from .ports import PortAllocator
 from .rtp_port import PlainRtpPort
 from .session import MediaTimeout, RtpSession, SessionEvent
+from .srtp import DTLS_SRTP_PROFILES, AES128_CM_SHA1_80, CryptoAttribute, SrtpError, sdes_context
 from .session import RtcpReceived as SessionRtcp
 from .webrtc import LegClosed, LegEvent, LegFailed, RemoteTransport, RtpReceived, WebRtcLeg, WebRtcPort
 from .webrtc import RtcpReceived as WebRtcRtcp
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 
 WEBRTC = "UDP/TLS/RTP/SAVPF"
 RTP = "RTP/AVP"
+SDES = "RTP/SAVP"                 # plain RTP with SRTP keyed by a=crypto (RFC 4568): trunks and desk phones
 _BROWSER_CODECS: list[tuple[str, int] | tuple[str, int, int]] = [
     ("opus", 48000, 2), ("PCMU", 8000), ("telephone-event", 48000), ("telephone-event", 8000)]
 _TRUNK_CODECS: list[tuple[str, int] | tuple[str, int, int]] = [
@@ -149,6 +151,8 @@ class MediaLeg:
     rtp: PlainRtpPort | None = None
     port: int | None = None
     side: Side = "a"
+    crypto: list[CryptoAttribute] = field(default_factory=list)   # SDES: our a=crypto (offered, or answered)
+    peer_crypto: CryptoAttribute | None = None                      # SDES: the key the peer protects with
 
 
 @dataclass
@@ -323,6 +327,29 @@ def _grow_socket_buffers(sock: Any, size: int) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, plain, size)  # capped by net.core.[rw]mem_max
             except (OSError, AttributeError) as exc:
                 log.debug("socket buffer not set: %s", exc)
+
+
+# SDES suites we take and offer, most preferred first (the 80-bit tag is what every SRTP phone has)
+_SDES_PROFILES = (AES128_CM_SHA1_80, *(p for p in DTLS_SRTP_PROFILES if p is not AES128_CM_SHA1_80))
+
+
+def _is_sdes(sd: SessionDescription) -> bool:
+    """Whether an SDP's first section is SRTP keyed in the SDP (RTP/SAVP or RTP/SAVPF without DTLS)."""
+    return bool(sd.media) and sd.media[0].proto.upper() in ("RTP/SAVP", "RTP/SAVPF")
+
+
+def _usable_crypto(sd: SessionDescription) -> list[CryptoAttribute]:
+    """The a=crypto lines of the first section we can key a leg with, in the SDP's order (no MKI, no
+    session parameters such as UNENCRYPTED_SRTP)."""
+    usable = []
+    for value in sd.media[0].attributes("crypto") if sd.media else []:
+        try:
+            crypto = CryptoAttribute.parse(value)
+        except SrtpError:
+            continue
+        if crypto.profile in _SDES_PROFILES and crypto.mki is None and not crypto.session_params:
+            usable.append(crypto)
+    return usable
 
 
 def is_webrtc(sd: SessionDescription) -> bool:
@@ -863,8 +890,12 @@ class MediaWorker:
                 latched = session.latched_source
                 fd = fileno(src.rtp.rtp.transport) if src.rtp.rtp is not None else None
                 reception = session.sources.get(latched[1]) if latched is not None else None
-                if latched is not None and fd is not None and reception is not None:
-                    plan = ((fd, latched[0][0], latched[0][1]), latched[1], None, session, reception)
+                srtp = src.rtp.srtp
+                handles = srtp.c_handles() if srtp is not None else None
+                if latched is not None and fd is not None and reception is not None \
+                        and (srtp is None or handles is not None):
+                    plan = ((fd, latched[0][0], latched[0][1]), latched[1], handles[0] if handles else None,
+                            session, reception)
             elif src.webrtc is not None:
                 leg = src.webrtc
                 fd = fileno(self.port.transport)
@@ -916,6 +947,11 @@ class MediaWorker:
             if reception is None:
                 return None
             key = (fd, latched[0][0], latched[0][1])
+            if src.rtp.srtp is not None:
+                handles = src.rtp.srtp.c_handles()
+                if handles is None:
+                    return None
+                srtp_in = handles[0]
         elif src.webrtc is not None:
             leg = src.webrtc
             fd = fileno(self.port.transport)
@@ -939,6 +975,11 @@ class MediaWorker:
             if remote is None or fd is None:
                 return None
             out = (fd, remote[0], remote[1])
+            if dst.rtp.srtp is not None:
+                handles = dst.rtp.srtp.c_handles()
+                if handles is None:
+                    return None
+                srtp_out = handles[1]
         elif dst.webrtc is not None:
             leg = dst.webrtc
             fd = fileno(self.port.transport)
@@ -975,6 +1016,39 @@ class MediaWorker:
             return
         raise MediaError("no bindable RTP port in the range")
 
+    def _key_offered_sdes(self, leg: MediaLeg, offer: SessionDescription) -> None:
+        """An SDES offer (RTP/SAVP): take its first a=crypto we support and answer it with our own key."""
+        offered = _usable_crypto(offer)
+        if not offered:
+            raise MediaError("RTP/SAVP offer without an a=crypto we take ("
+                             + ", ".join(p.sdes_name for p in _SDES_PROFILES) + "; no MKI)")
+        remote = offered[0]
+        leg.crypto = [CryptoAttribute.generate(remote.profile, remote.tag)]
+        self._key_sdes(leg, remote)
+
+    def _key_answered_sdes(self, leg: MediaLeg, answer: SessionDescription) -> None:
+        """The answer to our SDES offer: the a=crypto it accepted (by tag) keys the leg."""
+        if answer.media and answer.media[0].proto.upper() not in ("RTP/SAVP", "RTP/SAVPF"):
+            raise MediaError(f"our RTP/SAVP offer was answered with {answer.media[0].proto}")
+        answered = _usable_crypto(answer)
+        if not answered:
+            raise MediaError("the RTP/SAVP answer has no a=crypto we take")
+        remote = answered[0]
+        local = next((c for c in leg.crypto if c.tag == remote.tag and c.profile == remote.profile), None)
+        if local is None:
+            raise MediaError(f"the answer's a=crypto {remote.tag} {remote.suite} is not one we offered")
+        leg.crypto = [local]
+        self._key_sdes(leg, remote)
+
+    def _key_sdes(self, leg: MediaLeg, remote: CryptoAttribute) -> None:
+        """(Re)key a plain leg with our a=crypto and the peer's (a re-offer may bring a new peer key)."""
+        assert leg.rtp is not None and leg.crypto
+        try:
+            leg.rtp.srtp = sdes_context(leg.crypto[0], remote)
+        except SrtpError as exc:
+            raise MediaError(str(exc)) from None
+        leg.peer_crypto = remote
+
     def _open_webrtc(self, call: MediaCall, leg: MediaLeg, remote: RemoteTransport | None) -> None:
         leg.webrtc = self.port.create_leg(remote, leg_id=(call.call_id, leg.side))
         self._by_webrtc[id(leg.webrtc)] = (call, leg)
@@ -1010,13 +1084,13 @@ class MediaWorker:
             if existing.caller.tag == from_tag and existing.callee.local_sdp is not None:
                 return existing.callee.local_sdp.to_bytes().decode()   # a retransmitted/repeated offer
             raise MediaError(f"call {call_id!r} already has an offer from tag {existing.caller.tag!r}")
-        caller_kind = WEBRTC if is_webrtc(offer) else RTP
+        caller_kind = WEBRTC if is_webrtc(offer) else SDES if _is_sdes(offer) else RTP
         if transport is None:
             callee_kind = RTP if caller_kind == WEBRTC else WEBRTC
-        elif transport.upper() in (WEBRTC, RTP):
+        elif transport.upper() in (WEBRTC, RTP, SDES):
             callee_kind = transport.upper()
         else:
-            raise MediaError(f"unknown transport {transport!r} (RTP/AVP or UDP/TLS/RTP/SAVPF)")
+            raise MediaError(f"unknown transport {transport!r} (RTP/AVP, RTP/SAVP or UDP/TLS/RTP/SAVPF)")
         caller = MediaLeg(from_tag, caller_kind, remote_sdp=offer, side="a")
         callee = MediaLeg(None, callee_kind, side="b")
         call = MediaCall(call_id, caller, callee)
@@ -1030,6 +1104,8 @@ class MediaWorker:
                 self._open_webrtc(call, caller, remote)
             else:
                 await self._open_rtp(call, caller, _rtp_address(offer))
+                if caller_kind == SDES:
+                    self._key_offered_sdes(caller, offer)
             if callee_kind == WEBRTC:
                 codecs = list(_BROWSER_CODECS)
                 if self.settings.prefer_passthrough and _offered(offer, "pcmu"):
@@ -1048,7 +1124,12 @@ class MediaWorker:
                 codecs = list(_TRUNK_CODECS)
                 if _offered(offer, "pcma") and not _offered(offer, "pcmu"):
                     codecs = [("PCMA", 8000), ("PCMU", 8000), ("telephone-event", 8000)]
-                local = create_offer(self.address, callee.port, codecs, ptime=20)
+                local = create_offer(self.address, callee.port, codecs, ptime=20, proto=callee_kind)
+                if callee_kind == SDES:              # one key per suite we take, most preferred first
+                    callee.crypto = [CryptoAttribute.generate(profile, tag)
+                                     for tag, profile in enumerate(_SDES_PROFILES, 1)]
+                    for crypto in callee.crypto:
+                        local.media[0].add_attribute("crypto", str(crypto))
             callee.local_sdp = local
         except BaseException:
             self._drop(call)
@@ -1082,12 +1163,14 @@ class MediaWorker:
         else:
             assert callee.rtp is not None
             callee.rtp.session.set_remote(_rtp_address(answer))
+            if callee.kind == SDES:
+                self._key_answered_sdes(callee, answer)
         offer = caller.remote_sdp
         assert offer is not None
         same = callee.codec.name
         codecs: list[tuple[str, int] | tuple[str, int, int]] = []
         if same in ("pcmu", "pcma") and _offered(offer, same) and (
-                self.settings.prefer_passthrough or caller.kind == RTP):
+                self.settings.prefer_passthrough or caller.kind != WEBRTC):
             codecs.append((callee.codec.encoding.upper(), 8000))        # passthrough
         if caller.kind == WEBRTC:
             codecs += [("opus", 48000), ("PCMU", 8000), ("PCMA", 8000)]
@@ -1103,6 +1186,8 @@ class MediaWorker:
         if caller.kind == WEBRTC:
             assert caller.webrtc is not None
             caller.webrtc.add_transport_attributes(local, self.address, self.port.port)
+        elif caller.kind == SDES:
+            local.media[0].add_attribute("crypto", str(caller.crypto[0]))
         caller.codec = negotiated_codec(local)
         if caller.kind == WEBRTC and caller.codec.name == "opus" and not caller.codec.same_audio(callee.codec):
             _set_fmtp(local, caller.codec.payload_type, _OPUS_TRANSCODED_FMTP)
@@ -1131,6 +1216,12 @@ class MediaWorker:
             address = _rtp_address(sd)
             if address is not None and address != _rtp_address(leg.remote_sdp or sd):
                 leg.rtp.session.set_remote(address)
+            if leg.kind == SDES:                      # the peer may re-key in a re-INVITE (RFC 4568 §7.1.4)
+                offered = [c for c in _usable_crypto(sd) if c.profile == leg.crypto[0].profile]
+                if not offered:
+                    raise MediaError(f"the new SDP has no a=crypto {leg.crypto[0].suite}: suite changes are not supported")
+                if offered[0].key_salt != (leg.peer_crypto.key_salt if leg.peer_crypto else None):
+                    self._key_sdes(leg, offered[0])
         elif leg.webrtc is not None and leg.webrtc.remote is not None:
             ufrag = sd.media[0].attribute("ice-ufrag") or sd.attribute("ice-ufrag")
             if ufrag and ufrag.strip() != leg.webrtc.remote.ice_ufrag:
@@ -1189,6 +1280,9 @@ class MediaWorker:
             entry.update(bridge_stats.get(leg.side, {}))
             if leg.rtp is not None:
                 session = leg.rtp.session
+                if leg.rtp.srtp is not None:
+                    entry["srtp"] = leg.rtp.srtp.profile.sdes_name
+                    entry["srtp_errors"] = leg.rtp.srtp_errors
                 entry["rtcp_received"] = session.stats.rtcp_received
                 entry["rtt_ms"] = None if session.stats.last_rtt is None else round(session.stats.last_rtt * 1000, 1)
                 entry["local_port"] = leg.port
@@ -1377,6 +1471,8 @@ class MediaWorker:
 
     async def _open_member(self, call: MediaCall, tag: str, offer: SessionDescription) -> _Member:
         """The member's leg: a port of the range (plain RTP) or a browser leg on the ICE port, and our answer."""
+        if _is_sdes(offer):
+            raise MediaError("mix: a member with SDES-SRTP (RTP/SAVP) is not supported; offer RTP/AVP or WebRTC")
         leg = MediaLeg(tag, WEBRTC if is_webrtc(offer) else RTP, remote_sdp=offer, side="a")
         te = [("telephone-event", 48000), ("telephone-event", 8000)]
         if leg.kind == WEBRTC:
