@@ -1172,25 +1172,7 @@ class MediaWorker:
         if same in ("pcmu", "pcma") and _offered(offer, same) and (
                 self.settings.prefer_passthrough or caller.kind != WEBRTC):
             codecs.append((callee.codec.encoding.upper(), 8000))        # passthrough
-        if caller.kind == WEBRTC:
-            codecs += [("opus", 48000), ("PCMU", 8000), ("PCMA", 8000)]
-            port = self.port.port
-        else:
-            codecs += [("PCMU", 8000), ("PCMA", 8000)]
-            assert caller.port is not None
-            port = caller.port
-        codecs += [("telephone-event", 48000), ("telephone-event", 8000)]
-        local = create_answer(offer, codecs, self.address, port, single_codec=True, local_preference=True)
-        if local.media[0].is_rejected:
-            raise MediaError("no codec in common with the caller's offer")
-        if caller.kind == WEBRTC:
-            assert caller.webrtc is not None
-            caller.webrtc.add_transport_attributes(local, self.address, self.port.port)
-        elif caller.kind == SDES:
-            local.media[0].add_attribute("crypto", str(caller.crypto[0]))
-        caller.codec = negotiated_codec(local)
-        if caller.kind == WEBRTC and caller.codec.name == "opus" and not caller.codec.same_audio(callee.codec):
-            _set_fmtp(local, caller.codec.payload_type, _OPUS_TRANSCODED_FMTP)
+        local = self._answer_for(caller, offer, codecs, callee.codec, local_preference=True)
         caller.local_sdp = local
         for leg in (caller, callee):
             if leg.webrtc is not None and leg.rtcp is None:
@@ -1239,10 +1221,78 @@ class MediaWorker:
             session.expect_media(sd.effective_direction(0) not in ("recvonly", "inactive"), self._loop.time())
         leg.remote_sdp = sd
 
+    def _answer_for(self, leg: MediaLeg, offer: SessionDescription, first: list[Any], other: LegCodec,
+                    *, local_preference: bool) -> SessionDescription:
+        """Our answer to ``leg``'s offer: ``first`` codecs (passthrough), then what its transport takes, one
+        codec; with its transport's attributes (ICE/DTLS, or our a=crypto); ``leg.codec`` is set from it."""
+        codecs = list(first)
+        if leg.kind == WEBRTC:
+            codecs += [("opus", 48000), ("PCMU", 8000), ("PCMA", 8000)]
+            port = self.port.port
+        else:
+            codecs += [("PCMU", 8000), ("PCMA", 8000)]
+            assert leg.port is not None
+            port = leg.port
+        codecs += [("telephone-event", 48000), ("telephone-event", 8000)]
+        local = create_answer(offer, codecs, self.address, port, single_codec=True, local_preference=local_preference)
+        if local.media[0].is_rejected:
+            raise MediaError(f"no codec in common with the offer of {leg.tag!r}")
+        if leg.kind == WEBRTC:
+            assert leg.webrtc is not None
+            leg.webrtc.add_transport_attributes(local, self.address, self.port.port)
+        elif leg.kind == SDES:
+            local.media[0].add_attribute("crypto", str(leg.crypto[0]))
+        leg.codec = negotiated_codec(local)
+        if leg.kind == WEBRTC and leg.codec.name == "opus" and not leg.codec.same_audio(other):
+            _set_fmtp(local, leg.codec.payload_type, _OPUS_TRANSCODED_FMTP)
+        return local
+
+    def _change_codec(self, call: MediaCall, leg: MediaLeg, offer: SessionDescription) -> None:
+        """A re-offer without the leg's codec: answer it with one it offers (the other party's first, for
+        passthrough) and rebuild the bridge on the same RTP streams (SSRC, sequence numbers carry on)."""
+        old = call.bridge
+        assert old is not None and leg.codec is not None and leg.local_sdp is not None
+        other = call.other(leg)
+        assert other.codec is not None
+        first = [(other.codec.encoding.upper(), 8000)] if other.codec.name in ("pcmu", "pcma") \
+            and _offered(offer, other.codec.name) and self.settings.prefer_passthrough else []
+        previous = leg.local_sdp
+        local = self._answer_for(leg, offer, first, other.codec, local_preference=bool(first))
+        leg.local_sdp = bump_version(local, previous)
+        for forward in call.forwards.values():
+            forward.remove()
+        call.forwards.clear()
+        session = leg.rtp.session if leg.rtp is not None else leg.rtcp
+        if session is not None:
+            session.clock_rate = leg.codec.clock_rate
+        try:
+            bridge = Bridge(call.caller.codec, call.callee.codec, senders=dict(old.senders),  # type: ignore[arg-type]
+                            opus=self.settings.opus)
+        except ValueError as exc:
+            raise MediaError(str(exc)) from None
+        bridge.muted |= old.muted
+        bridge.capture = old.capture
+        for side, path in bridge.paths.items():
+            path.stats = old.paths[side].stats          # the call's counters go on
+        for sender in bridge.senders.values():
+            sender.forget_relayed_source()
+            sender.start_talkspurt()
+        old.close()
+        call.bridge = bridge
+        call.record_decoders.clear()
+        self._ticking[call.call_id] = call
+        log.info("codec change: %s now %s", leg.tag, leg.codec.encoding, extra={"call_id": call.call_id})
+
     def _reoffer(self, call: MediaCall, from_tag: str, offer: SessionDescription) -> str:
-        """A re-offer from either party of a bridged call: our last SDP to the other one, direction mirrored."""
+        """A re-offer from either party of a bridged call: our last SDP to the other one, direction mirrored.
+        An offer without the party's codec changes it (``_change_codec``); the other party keeps its own."""
         offerer = call.by_tag(from_tag)
         self._update_remote(offerer, offer, offer=True)
+        assert offerer.codec is not None
+        codec = offerer.codec
+        if not any(m.encoding.lower() == codec.name and m.clock_rate == codec.clock_rate and pt == codec.payload_type
+                   for pt, m in offer.media[0].rtpmap.items()):
+            self._change_codec(call, offerer, offer)          # its codec (or that codec's payload type) is gone
         other = call.other(offerer)
         assert other.local_sdp is not None and other.codec is not None
         local = _restrict(other.local_sdp, other.codec)

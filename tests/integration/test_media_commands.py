@@ -455,3 +455,47 @@ async def test_mix_speak_makes_a_conference(worker_process, tmp_path, mode):
     assert abs(dominant_frequency(during[:, 0], rate) - 440) < 10 and band_level(during[:, 0], 600) < 0.05
     assert band_level(during[:, 1], 1000) > 0.5 and band_level(during[:, 1], 600) > 0.5
     assert band_level(after[:, 1], 1000) > 0.9 and band_level(after[:, 1], 600) < 0.05
+
+
+async def test_reinvite_changes_a_partys_codec(worker_process):
+    """A re-offers with PCMA only (its PCMU is gone): our answer moves A to PCMA, the call goes from passthrough
+    to transcoding, both tones still arrive, and B's stream stays one continuous RTP stream."""
+    client = await MediaControlClient.connect(worker_process.address)
+    call = Call(client, "call-codec")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        await call.setup(PCMU_TE, PCMU_TE)
+        assert (await client.query(call.call_id))["passthrough"] is True
+        b_tone = asyncio.ensure_future(call.b.send_tone(1000.0, call.to_b, "ulaw", ULAW, stop))
+        a_stop = asyncio.Event()
+        a_tone = asyncio.ensure_future(call.a.send_tone(440.0, call.to_a, "ulaw", ULAW, a_stop))
+        await asyncio.sleep(0.4)
+        reoffer = create_offer("127.0.0.1", call.a.port, [("PCMA", 8000), ("telephone-event", 8000)])
+        reoffer.origin.sess_version += 1
+        to_b = SessionDescription.parse(await client.offer(call.call_id, "a-tag", reoffer.to_bytes()))
+        assert [to_b.media[0].rtpmap[pt].encoding for pt in to_b.media[0].payload_types][0] == "PCMU"
+        b_answer = create_answer(to_b, PCMU_TE, "127.0.0.1", call.b.port)
+        to_a = SessionDescription.parse(await client.answer(call.call_id, "a-tag", "b-tag", b_answer.to_bytes()))
+        assert to_a.media[0].rtpmap[to_a.media[0].payload_types[0]].encoding == "PCMA"
+        assert to_a.media[0].port == call.to_a[1]
+        a_stop.set()
+        await a_tone
+        t0 = loop.time()
+        a_tone = asyncio.ensure_future(call.a.send_tone(440.0, call.to_a, "alaw", 8, stop))
+        await asyncio.sleep(0.8)
+        stats = await client.query(call.call_id)
+        assert stats["passthrough"] is False and stats["legs"]["a-tag"]["codec"] == "PCMA"
+        at_b = decoded(call.b.audio(ULAW, since=t0 + 0.3))
+        at_a = decoded(call.a.audio(8, since=t0 + 0.3), "alaw")
+        assert at_b.size >= 160 * 10 and abs(dominant_frequency(at_b, 8000) - 440) < 10
+        assert at_a.size >= 160 * 10 and abs(dominant_frequency(at_a, 8000) - 1000) < 10
+        ssrcs = {struct.unpack_from("!I", p, 8)[0] for _, p in call.b.received}
+        seqs = [struct.unpack_from("!H", p, 2)[0] for _, p in call.b.received]
+        assert len(ssrcs) == 1 and all((y - x) & 0xFFFF == 1 for x, y in zip(seqs, seqs[1:]))
+        stop.set()
+        await asyncio.gather(b_tone, a_tone)
+    finally:
+        stop.set()
+        await call.close()
+        await client.close()
