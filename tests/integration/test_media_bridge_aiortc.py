@@ -24,6 +24,7 @@ from media import g711  # noqa: E402
 from media.audio import dominant_frequency, tone  # noqa: E402
 from media.dtmf import decode_telephone_event, packets_for_press  # noqa: E402
 from media.rtcp import Bye, SenderReport, parse_compound  # noqa: E402
+from media.webrtc import WebRtcPort  # noqa: E402
 from media.worker import MediaSettings, MediaWorker  # noqa: E402
 from sipcore.sdp import SessionDescription, create_answer  # noqa: E402
 
@@ -82,6 +83,19 @@ class TrunkPeer(asyncio.DatagramProtocol):
             self.ts = (self.ts + 160) & 0xFFFFFFFF
 
 
+def spy_on(port: WebRtcPort, method: str) -> list[bytes]:
+    """Record every packet the worker hands to ``port.<method>(leg, packet)`` (then send it as usual)."""
+    sent: list[bytes] = []
+    original = getattr(port, method)
+
+    def spy(leg, packet: bytes) -> bool:
+        sent.append(packet)
+        return original(leg, packet)
+
+    setattr(port, method, spy)
+    return sent
+
+
 def add_telephone_event(sdp: str, pt: int, rate: int) -> str:
     """aiortc offers no telephone-event: add one to its offer as a browser would."""
     sd = SessionDescription.parse(sdp)
@@ -111,22 +125,8 @@ async def test_browser_to_trunk_call(worker: MediaWorker, pcmu_only: bool):
     caps = RTCRtpSender.getCapabilities("audio")
     transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType.lower() == wanted])
     listener = Listener(pc)
-    sent_to_browser: list[bytes] = []
-    original_send = worker.port.send_rtp
-
-    def spy(leg, packet: bytes) -> bool:
-        sent_to_browser.append(packet)
-        return original_send(leg, packet)
-
-    worker.port.send_rtp = spy  # type: ignore[method-assign]
-    rtcp_to_browser: list[bytes] = []
-    original_rtcp = worker.port.send_rtcp
-
-    def spy_rtcp(leg, packet: bytes) -> bool:
-        rtcp_to_browser.append(packet)
-        return original_rtcp(leg, packet)
-
-    worker.port.send_rtcp = spy_rtcp  # type: ignore[method-assign]
+    sent_to_browser = spy_on(worker.port, "send_rtp")
+    rtcp_to_browser = spy_on(worker.port, "send_rtcp")
     loop = asyncio.get_running_loop()
     trunk_transport, trunk = await loop.create_datagram_endpoint(TrunkPeer, local_addr=("127.0.0.1", 0))
     try:

@@ -21,26 +21,10 @@ from media.worker import MediaError, MediaSettings, MediaWorker
 from sipcore.sdp import SessionDescription
 
 from media_ports import free_udp_range
+from rtp_peers import RtpPeer as Peer
 
 pytestmark = pytest.mark.integration
 HOST = "127.0.0.1"
-
-
-class Peer(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        if not 192 <= data[1] <= 223:
-            self.received.append(data)
-
-    @property
-    def port(self) -> int:
-        return self.transport.get_extra_info("sockname")[1]
 
 
 def sdp(port: int, proto: str = "RTP/AVP", crypto: list[CryptoAttribute] = (), version: int = 1,
