@@ -293,7 +293,7 @@ class _Member:
 
     @property
     def mode(self) -> str:
-        return {"listener": "listen", "whisper": "whisper", "speaker": "speak"}[self.role]
+        return next(mode for mode, role in _MIX_ROLES.items() if role == self.role)
 
     def close(self) -> None:
         for codec in (self.encoder, self.decoder):
