@@ -1172,7 +1172,7 @@ class MediaWorker:
         if same in ("pcmu", "pcma") and _offered(offer, same) and (
                 self.settings.prefer_passthrough or caller.kind != WEBRTC):
             codecs.append((callee.codec.encoding.upper(), 8000))        # passthrough
-        local = self._answer_for(caller, offer, codecs, callee.codec, local_preference=True)
+        local, caller.codec = self._answer_for(caller, offer, codecs, callee.codec, local_preference=True)
         caller.local_sdp = local
         for leg in (caller, callee):
             if leg.webrtc is not None and leg.rtcp is None:
@@ -1194,16 +1194,18 @@ class MediaWorker:
     def _update_remote(self, leg: MediaLeg, sd: SessionDescription, *, offer: bool) -> None:
         """Apply a party's new SDP to its transport: a plain leg's address; for a browser, an ICE restart when
         its ice-ufrag changed (answering its re-offer, we take new credentials too: ``leg.local_sdp`` gets them)."""
+        if not sd.media or sd.media[0].is_rejected:
+            raise MediaError("a new SDP without an active audio section is not supported")
         if leg.rtp is not None:
-            address = _rtp_address(sd)
-            if address is not None and address != _rtp_address(leg.remote_sdp or sd):
-                leg.rtp.session.set_remote(address)
             if leg.kind == SDES:                      # the peer may re-key in a re-INVITE (RFC 4568 §7.1.4)
                 offered = [c for c in _usable_crypto(sd) if c.profile == leg.crypto[0].profile]
                 if not offered:
                     raise MediaError(f"the new SDP has no a=crypto {leg.crypto[0].suite}: suite changes are not supported")
                 if offered[0].key_salt != (leg.peer_crypto.key_salt if leg.peer_crypto else None):
                     self._key_sdes(leg, offered[0])
+            address = _rtp_address(sd)
+            if address is not None and address != _rtp_address(leg.remote_sdp or sd):
+                leg.rtp.session.set_remote(address)
         elif leg.webrtc is not None and leg.webrtc.remote is not None:
             ufrag = sd.media[0].attribute("ice-ufrag") or sd.attribute("ice-ufrag")
             if ufrag and ufrag.strip() != leg.webrtc.remote.ice_ufrag:
@@ -1222,9 +1224,10 @@ class MediaWorker:
         leg.remote_sdp = sd
 
     def _answer_for(self, leg: MediaLeg, offer: SessionDescription, first: list[Any], other: LegCodec,
-                    *, local_preference: bool) -> SessionDescription:
-        """Our answer to ``leg``'s offer: ``first`` codecs (passthrough), then what its transport takes, one
-        codec; with its transport's attributes (ICE/DTLS, or our a=crypto); ``leg.codec`` is set from it."""
+                    *, local_preference: bool) -> tuple[SessionDescription, LegCodec]:
+        """Our answer to ``leg``'s offer and the codec it settles on: ``first`` codecs (passthrough), then what
+        its transport takes, one codec; with its transport's attributes (ICE/DTLS, or our a=crypto). Changes
+        nothing: MediaError when no codec fits."""
         codecs = list(first)
         if leg.kind == WEBRTC:
             codecs += [("opus", 48000), ("PCMU", 8000), ("PCMA", 8000)]
@@ -1242,23 +1245,28 @@ class MediaWorker:
             leg.webrtc.add_transport_attributes(local, self.address, self.port.port)
         elif leg.kind == SDES:
             local.media[0].add_attribute("crypto", str(leg.crypto[0]))
-        leg.codec = negotiated_codec(local)
-        if leg.kind == WEBRTC and leg.codec.name == "opus" and not leg.codec.same_audio(other):
-            _set_fmtp(local, leg.codec.payload_type, _OPUS_TRANSCODED_FMTP)
-        return local
+        codec = negotiated_codec(local)
+        if leg.kind == WEBRTC and codec.name == "opus" and not codec.same_audio(other):
+            _set_fmtp(local, codec.payload_type, _OPUS_TRANSCODED_FMTP)
+        return local, codec
 
-    def _change_codec(self, call: MediaCall, leg: MediaLeg, offer: SessionDescription) -> None:
-        """A re-offer without the leg's codec: answer it with one it offers (the other party's first, for
-        passthrough) and rebuild the bridge on the same RTP streams (SSRC, sequence numbers carry on)."""
-        old = call.bridge
-        assert old is not None and leg.codec is not None and leg.local_sdp is not None
+    def _codec_answer(self, call: MediaCall, leg: MediaLeg,
+                       offer: SessionDescription) -> tuple[SessionDescription, LegCodec]:
+        """For a re-offer without the leg's codec: our answer with one it offers (the other party's first, for
+        passthrough). Changes nothing (MediaError when none fits): ``_change_codec`` applies it."""
         other = call.other(leg)
         assert other.codec is not None
         first = [(other.codec.encoding.upper(), 8000)] if other.codec.name in ("pcmu", "pcma") \
             and _offered(offer, other.codec.name) and self.settings.prefer_passthrough else []
-        previous = leg.local_sdp
-        local = self._answer_for(leg, offer, first, other.codec, local_preference=bool(first))
-        leg.local_sdp = bump_version(local, previous)
+        return self._answer_for(leg, offer, first, other.codec, local_preference=bool(first))
+
+    def _change_codec(self, call: MediaCall, leg: MediaLeg, local: SessionDescription, codec: LegCodec) -> None:
+        """Move ``leg`` to ``codec`` (our answer ``local``) and rebuild the bridge on the same RTP streams
+        (SSRC and sequence numbers carry on, and so do the call's counters)."""
+        old = call.bridge
+        assert old is not None and leg.local_sdp is not None
+        leg.codec = codec
+        leg.local_sdp = bump_version(local, leg.local_sdp)
         for forward in call.forwards.values():
             forward.remove()
         call.forwards.clear()
@@ -1287,12 +1295,18 @@ class MediaWorker:
         """A re-offer from either party of a bridged call: our last SDP to the other one, direction mirrored.
         An offer without the party's codec changes it (``_change_codec``); the other party keeps its own."""
         offerer = call.by_tag(from_tag)
-        self._update_remote(offerer, offer, offer=True)
-        assert offerer.codec is not None
         codec = offerer.codec
-        if not any(m.encoding.lower() == codec.name and m.clock_rate == codec.clock_rate and pt == codec.payload_type
-                   for pt, m in offer.media[0].rtpmap.items()):
-            self._change_codec(call, offerer, offer)          # its codec (or that codec's payload type) is gone
+        assert codec is not None
+        if not offer.media or offer.media[0].is_rejected:
+            raise MediaError("a re-offer without an active audio section is not supported")
+        change = None                       # worked out before anything changes: a bad re-offer leaves the call be
+        if not any(
+                m.encoding.lower() == codec.name and m.clock_rate == codec.clock_rate and pt == codec.payload_type
+                for pt, m in offer.media[0].rtpmap.items()):
+            change = self._codec_answer(call, offerer, offer)   # its codec (or that codec's payload type) is gone
+        self._update_remote(offerer, offer, offer=True)
+        if change is not None:
+            self._change_codec(call, offerer, *change)
         other = call.other(offerer)
         assert other.local_sdp is not None and other.codec is not None
         local = _restrict(other.local_sdp, other.codec)

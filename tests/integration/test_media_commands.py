@@ -493,6 +493,12 @@ async def test_reinvite_changes_a_partys_codec(worker_process):
         ssrcs = {struct.unpack_from("!I", p, 8)[0] for _, p in call.b.received}
         seqs = [struct.unpack_from("!H", p, 2)[0] for _, p in call.b.received]
         assert len(ssrcs) == 1 and all((y - x) & 0xFFFF == 1 for x, y in zip(seqs, seqs[1:]))
+        # a re-offer with nothing we take is refused and changes nothing (codec, address)
+        g722 = create_offer("198.51.100.9", 4000, [("G722", 8000)])
+        with pytest.raises(MediaControlError, match="no codec in common"):
+            await client.offer(call.call_id, "a-tag", g722.to_bytes())
+        after = (await client.query(call.call_id))["legs"]["a-tag"]
+        assert after["codec"] == "PCMA" and after["remote"] == ["127.0.0.1", call.a.port]
         stop.set()
         await asyncio.gather(b_tone, a_tone)
     finally:
