@@ -238,10 +238,11 @@ class IceLiteAgent:
             self.legs[ufrag] = leg
         leg.set_remote_credentials(remote_ufrag, remote_pwd)
         if leg.state is IceLegState.EXPIRED:
-            leg.state = IceLegState.CONNECTED if leg.selected_address is not None else IceLegState.NEW
-            for address in ([leg.selected_address] if leg.selected_address is not None else []):
-                self._by_address[address] = leg
-                leg.addresses.add(address)
+            leg.state = IceLegState.NEW
+            if leg.selected_address is not None:   # media may go there again until a new nomination
+                leg.state = IceLegState.CONNECTED
+                self._by_address[leg.selected_address] = leg
+                leg.addresses.add(leg.selected_address)
         if now is not None:
             leg.consent_at = now
 

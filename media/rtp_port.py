@@ -116,14 +116,10 @@ class PlainRtpPort:
         if remote is None or sock is None or sock.transport is None:
             self.session.stats.unsent += 1
             return False
-        srtp = self.srtp
-        if srtp is None:
+        if self.srtp is None:
             sock.transport.sendto(packet, remote)
-            return True
-        handles = srtp.c_handles()
-        corked = getattr(sock.transport, "sendto_protected", None)   # the C data plane's batch protects it
-        if handles is None or corked is None or not corked(packet, remote, handles[1]):
-            sock.transport.sendto(srtp.protect(packet), remote)
+        else:
+            self.srtp.sendto(sock.transport, packet, remote)
         return True
 
     def poll(self, now: float) -> None:

@@ -165,7 +165,6 @@ class RtpSession:
         self._remote_rtcp: Addr | None = None          # learned from RTCP received on the RTCP port
         self._latched = False
         self._latched_ssrc: int | None = None
-        self._started = now
         self._last_rtp: float | None = None
         self._timed_out = False
         self._media_expected = True                # False while the peer's SDP says it does not send (hold)
@@ -356,10 +355,14 @@ class RtpSession:
             return None
         timer = self._rtcp_at
         if self.media_timeout is not None and self._media_expected and not self._timed_out:
-            at = max(self._started if self._last_rtp is None else self._last_rtp, self._timeout_from) + self.media_timeout
+            at = self._quiet_since() + self.media_timeout
             if timer is None or at < timer:
                 timer = at
         return timer
+
+    def _quiet_since(self) -> float:
+        """Since when media was expected and none came: the last packet, or the start/resume if later."""
+        return self._timeout_from if self._last_rtp is None else max(self._last_rtp, self._timeout_from)
 
     def expect_media(self, expected: bool, now: float) -> None:
         """Whether the peer sends media (its SDP direction: sendrecv/sendonly yes, recvonly/inactive no, as on
@@ -377,7 +380,7 @@ class RtpSession:
             self._send_rtcp(now)
             self._rtcp_at = now + self._interval.next_interval(members=1 + max(1, len(self.sources)))
         if self.media_timeout is not None and self._media_expected and not self._timed_out:
-            last = max(self._started if self._last_rtp is None else self._last_rtp, self._timeout_from)
+            last = self._quiet_since()
             if now - last >= self.media_timeout:
                 self._timed_out = True
                 self._events.append(MediaTimeout(now - last, self._last_rtp))

@@ -16,6 +16,7 @@ import base64
 import re
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 import pylibsrtp
 from pylibsrtp import Policy, Session
@@ -192,6 +193,14 @@ class SrtpContext:
             rx, tx = (None, None) if _LIBSRTP is None else (_srtp_t(self._rx), _srtp_t(self._tx))
             self._c = None if rx is None or tx is None else ((self._rx, rx, _LIBSRTP[1]), (self._tx, tx, _LIBSRTP[0]))
         return self._c  # type: ignore[return-value]
+
+    def sendto(self, transport: Any, packet: bytes, addr: tuple[str, int]) -> None:
+        """Protect RTP ``packet`` and send it on ``transport``: inside the C data plane's corked batch
+        (``RelayTransport.sendto_protected``) C protects it on the same libsrtp session when it goes out."""
+        handles = self.c_handles()
+        corked = getattr(transport, "sendto_protected", None)
+        if handles is None or corked is None or not corked(packet, addr, handles[1]):
+            transport.sendto(self.protect(packet), addr)
 
     def protect(self, packet: bytes) -> bytes:
         """RTP -> SRTP."""

@@ -249,7 +249,7 @@ class WebRtcLeg:
         new SDP must keep the fingerprint (a new DTLS session is not supported)."""
         if self.remote is None:
             raise RuntimeError("no remote transport to restart")
-        if {fp for fp in remote.fingerprints} != {fp for fp in self.remote.fingerprints}:
+        if set(remote.fingerprints) != set(self.remote.fingerprints):
             raise ValueError("a new DTLS fingerprint in a re-offer (a new DTLS session) is not supported")
         self.remote = RemoteTransport(remote.ice_ufrag, remote.ice_pwd, self.remote.fingerprints,
                                       self.remote.setup, remote.candidates, remote.ice_lite, remote.rtcp_mux)
@@ -550,14 +550,10 @@ class WebRtcPort(asyncio.DatagramProtocol):
         srtp = leg.srtp
         if address is None or srtp is None or self._transport is None:
             return False
-        transport = self._transport
         if len(packet) > 1 and 192 <= packet[1] <= 223:
-            transport.sendto(srtp.protect_rtcp(packet), address)
-            return True
-        handles = srtp.c_handles()
-        corked = getattr(transport, "sendto_protected", None)   # the C data plane's batch protects it
-        if handles is None or corked is None or not corked(packet, address, handles[1]):
-            transport.sendto(srtp.protect(packet), address)
+            self._transport.sendto(srtp.protect_rtcp(packet), address)
+        else:
+            srtp.sendto(self._transport, packet, address)
         return True
 
     send_rtcp = send_rtp

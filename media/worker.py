@@ -1028,7 +1028,7 @@ class MediaWorker:
 
     def _key_answered_sdes(self, leg: MediaLeg, answer: SessionDescription) -> None:
         """The answer to our SDES offer: the a=crypto it accepted (by tag) keys the leg."""
-        if answer.media and answer.media[0].proto.upper() not in ("RTP/SAVP", "RTP/SAVPF"):
+        if answer.media and not _is_sdes(answer):
             raise MediaError(f"our RTP/SAVP offer was answered with {answer.media[0].proto}")
         answered = _usable_crypto(answer)
         if not answered:
@@ -1223,30 +1223,30 @@ class MediaWorker:
             session.expect_media(sd.effective_direction(0) not in ("recvonly", "inactive"), self._loop.time())
         leg.remote_sdp = sd
 
-    def _answer_for(self, leg: MediaLeg, offer: SessionDescription, first: list[Any], other: LegCodec,
-                    *, local_preference: bool) -> tuple[SessionDescription, LegCodec]:
+    def _answer_for(self, leg: MediaLeg, offer: SessionDescription, first: list[Any], other: LegCodec | None,
+                    *, local_preference: bool, events: bool = True) -> tuple[SessionDescription, LegCodec]:
         """Our answer to ``leg``'s offer and the codec it settles on: ``first`` codecs (passthrough), then what
-        its transport takes, one codec; with its transport's attributes (ICE/DTLS, or our a=crypto). Changes
-        nothing: MediaError when no codec fits."""
-        codecs = list(first)
-        if leg.kind == WEBRTC:
-            codecs += [("opus", 48000), ("PCMU", 8000), ("PCMA", 8000)]
-            port = self.port.port
-        else:
-            codecs += [("PCMU", 8000), ("PCMA", 8000)]
-            assert leg.port is not None
-            port = leg.port
-        codecs += [("telephone-event", 48000), ("telephone-event", 8000)]
+        its transport takes, one codec (and telephone-event unless ``events`` is false); with its transport's
+        attributes (ICE/DTLS, or our a=crypto). Opus is asked narrowband unless ``other`` has the same audio
+        (None: always, the audio is mixed at 8 kHz). Changes nothing: MediaError when no codec fits."""
+        audio: list[Any] = [("opus", 48000), ("PCMU", 8000), ("PCMA", 8000)] if leg.kind == WEBRTC \
+            else [("PCMU", 8000), ("PCMA", 8000)]
+        port = self.port.port if leg.kind == WEBRTC else leg.port
+        assert port is not None
+        codecs = [*first, *audio]
+        if events:
+            codecs += [("telephone-event", 48000), ("telephone-event", 8000)]
         local = create_answer(offer, codecs, self.address, port, single_codec=True, local_preference=local_preference)
         if local.media[0].is_rejected:
-            raise MediaError(f"no codec in common with the offer of {leg.tag!r}")
+            raise MediaError(f"no codec in common with the offer of {leg.tag!r} (we take "
+                             + ", ".join(str(c[0]) for c in audio) + ")")
         if leg.kind == WEBRTC:
             assert leg.webrtc is not None
             leg.webrtc.add_transport_attributes(local, self.address, self.port.port)
         elif leg.kind == SDES:
             local.media[0].add_attribute("crypto", str(leg.crypto[0]))
         codec = negotiated_codec(local)
-        if leg.kind == WEBRTC and codec.name == "opus" and not codec.same_audio(other):
+        if leg.kind == WEBRTC and codec.name == "opus" and (other is None or not codec.same_audio(other)):
             _set_fmtp(local, codec.payload_type, _OPUS_TRANSCODED_FMTP)
         return local, codec
 
@@ -1538,32 +1538,25 @@ class MediaWorker:
         if _is_sdes(offer):
             raise MediaError("mix: a member with SDES-SRTP (RTP/SAVP) is not supported; offer RTP/AVP or WebRTC")
         leg = MediaLeg(tag, WEBRTC if is_webrtc(offer) else RTP, remote_sdp=offer, side="a")
-        te = [("telephone-event", 48000), ("telephone-event", 8000)]
         if leg.kind == WEBRTC:
             try:
                 remote = RemoteTransport.from_sdp(offer, 0)
             except ValueError as exc:
                 raise MediaError(f"mix: WebRTC offer without usable ICE/DTLS: {exc}") from None
-            local = create_answer(offer, [("opus", 48000), ("PCMU", 8000), ("PCMA", 8000), *te], self.address,
-                                  self.port.port, single_codec=True, local_preference=True)
-            if local.media[0].is_rejected:
-                raise MediaError("mix: the member offers none of Opus, PCMU, PCMA")
             leg.webrtc = self.port.create_leg(remote, leg_id=(call.call_id, f"m:{tag}"))
-            leg.webrtc.add_transport_attributes(local, self.address, self.port.port)
-            leg.codec = negotiated_codec(local)
-            if leg.codec.name == "opus":            # mixed at 8 kHz: narrowband is all it would hear or send
-                _set_fmtp(local, leg.codec.payload_type, _OPUS_TRANSCODED_FMTP)
+        else:
+            await self._open_member_rtp(call, leg, _rtp_address(offer))
+        try:                                        # mixed at 8 kHz; a member's DTMF is not taken
+            local, leg.codec = self._answer_for(leg, offer, [], None, local_preference=True, events=False)
+        except MediaError:
+            self._close_leg(leg)
+            raise
+        if leg.webrtc is not None:
             leg.rtcp = RtpSession(clock_rate=leg.codec.clock_rate, now=self._loop.time(), remote=_ICE_PATH,
                                   rtcp_mux=True, media_timeout=self.settings.media_timeout)
             sender = leg.rtcp.sender
         else:
-            law = "PCMU" if _offered(offer, "pcmu") else "PCMA" if _offered(offer, "pcma") else None
-            if law is None:
-                raise MediaError("mix: a plain-RTP member must offer PCMU or PCMA")
-            await self._open_member_rtp(call, leg, _rtp_address(offer))
-            assert leg.port is not None and leg.rtp is not None
-            local = create_answer(offer, [(law, 8000)], self.address, leg.port, single_codec=True)
-            leg.codec = negotiated_codec(local)
+            assert leg.rtp is not None
             sender = leg.rtp.session.sender
         sender.payload_type = leg.codec.payload_type
         leg.local_sdp = local

@@ -96,6 +96,17 @@ def spy_on(port: WebRtcPort, method: str) -> list[bytes]:
     return sent
 
 
+def assert_tones_both_ways(trunk: TrunkPeer, listener: Listener) -> None:
+    """The trunk got the browser's tone as PCMU, and the browser (aiortc) decoded the trunk's."""
+    audio = [p for p in trunk.received if p[1] & 0x7F == 0]
+    assert len(audio) >= 40, len(trunk.received)
+    pcm = np.frombuffer(g711.ulaw_decode(b"".join(p[12:] for p in audio[10:])), "<i2")
+    assert abs(dominant_frequency(pcm, 8000) - BROWSER_HZ) < 15
+    assert len(listener.frames) >= 40, len(listener.frames)
+    samples, rate = listener.samples(10, 70)
+    assert abs(dominant_frequency(samples, rate) - TRUNK_HZ) < 15
+
+
 def add_telephone_event(sdp: str, pt: int, rate: int) -> str:
     """aiortc offers no telephone-event: add one to its offer as a browser would."""
     sd = SessionDescription.parse(sdp)
@@ -235,13 +246,7 @@ async def test_trunk_to_browser_call(worker: MediaWorker, prefer_passthrough: bo
         trunk_transport.close()
     await worker.delete("call-2")
 
-    audio = [p for p in trunk.received if p[1] & 0x7F == 0]
-    assert len(audio) >= 40, len(trunk.received)
-    pcm = np.frombuffer(g711.ulaw_decode(b"".join(p[12:] for p in audio[10:])), "<i2")
-    assert abs(dominant_frequency(pcm, 8000) - BROWSER_HZ) < 15
-    assert len(listener.frames) >= 40, len(listener.frames)
-    samples, rate = listener.samples(10, 70)
-    assert abs(dominant_frequency(samples, rate) - TRUNK_HZ) < 15
+    assert_tones_both_ways(trunk, listener)
 
 
 @pytest.mark.parametrize("codec", ["opus", "pcmu"])
@@ -325,13 +330,7 @@ async def test_browser_behind_turn_relay_only(worker: MediaWorker, turn_server: 
     agent = stats["legs"]["agent"]
     relayed = [line.split()[4:6] for line in offer.splitlines() if "typ relay" in line]
     assert agent["connected"] and agent["remote"] in [[host, int(port)] for host, port in relayed], (agent, relayed)
-    audio = [p for p in trunk.received if p[1] & 0x7F == 0]
-    assert len(audio) >= 40, len(trunk.received)
-    pcm = np.frombuffer(g711.ulaw_decode(b"".join(p[12:] for p in audio[10:])), "<i2")
-    assert abs(dominant_frequency(pcm, 8000) - BROWSER_HZ) < 15
-    assert len(listener.frames) >= 40, len(listener.frames)
-    samples, rate = listener.samples(10, 70)
-    assert abs(dominant_frequency(samples, rate) - TRUNK_HZ) < 15
+    assert_tones_both_ways(trunk, listener)
 
 
 class StunProbe(asyncio.DatagramProtocol):
@@ -404,5 +403,10 @@ async def test_ice_restart_moves_the_browser_leg_to_a_new_path(worker: MediaWork
         probe_transport.close()
     await worker.delete("call-r")
     assert stats["legs"]["agent"]["remote"] == list(probe_transport.get_extra_info("sockname"))
-    srtp = [p for p in probe.received if 128 <= p[0] < 192]
-    assert len(srtp) >= 40, len(probe.received)                 # the trunk's audio, Opus over SRTP, goes there
+    # the trunk's audio goes there: one SRTP stream (its header is in the clear) of Opus, our SSRC, no gaps
+    srtp = [p for p in probe.received if 128 <= p[0] < 192 and not 192 <= p[1] <= 223]
+    assert len(srtp) >= 40, len(probe.received)
+    assert {p[1] & 0x7F for p in srtp} == {first.media[0].payload_types[0]}
+    assert len({struct.unpack_from("!I", p, 8)[0] for p in srtp}) == 1
+    seqs = [struct.unpack_from("!H", p, 2)[0] for p in srtp]
+    assert all((y - x) & 0xFFFF == 1 for x, y in zip(seqs, seqs[1:]))

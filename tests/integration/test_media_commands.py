@@ -87,6 +87,14 @@ class Call:
         self.to_a = ("127.0.0.1", to_a.media[0].port)      # where A sends (the worker's A-side port)
         self.to_b = ("127.0.0.1", to_b.media[0].port)
 
+    async def setup_mode(self, mode: str) -> tuple[str, int]:
+        """``passthrough``: PCMU both sides; ``transcoding``: A PCMA, B PCMU. Returns A's (law, payload type)."""
+        if mode == "passthrough":
+            await self.setup(PCMU_TE, PCMU_TE)
+            return "ulaw", ULAW
+        await self.setup([("PCMA", 8000), ("telephone-event", 8000)], PCMU_TE)
+        return "alaw", 8
+
     async def close(self) -> None:
         try:
             await self.client.delete(self.call_id)
@@ -166,12 +174,7 @@ async def test_record_puts_a_left_and_b_right(worker_process, tmp_path, mode):
     stop = asyncio.Event()
     path = tmp_path / "call.wav"
     try:
-        if mode == "passthrough":
-            await call.setup(PCMU_TE, PCMU_TE)
-            a_law, a_pt = "ulaw", 0
-        else:
-            await call.setup([("PCMA", 8000), ("telephone-event", 8000)], PCMU_TE)   # A: PCMA, B: PCMU
-            a_law, a_pt = "alaw", 8
+        a_law, a_pt = await call.setup_mode(mode)
         assert (await client.query(call.call_id))["passthrough"] is (mode == "passthrough")
         senders = [asyncio.ensure_future(call.a.send_tone(440.0, call.to_a, a_law, a_pt, stop)),
                    asyncio.ensure_future(call.b.send_tone(1000.0, call.to_b, "ulaw", ULAW, stop))]
@@ -318,12 +321,7 @@ async def test_mix_spy_then_whisper(worker_process, mode):
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
-        if mode == "passthrough":
-            await call.setup(PCMU_TE, PCMU_TE)
-            a_law, a_pt = "ulaw", ULAW
-        else:
-            await call.setup([("PCMA", 8000), ("telephone-event", 8000)], PCMU_TE)   # A: PCMA, B: PCMU
-            a_law, a_pt = "alaw", 8
+        a_law, a_pt = await call.setup_mode(mode)
         await loop.create_datagram_endpoint(lambda: sup, local_addr=("127.0.0.1", 0))
         senders = [asyncio.ensure_future(call.a.send_tone(440.0, call.to_a, a_law, a_pt, stop)),
                    asyncio.ensure_future(call.b.send_tone(1000.0, call.to_b, "ulaw", ULAW, stop))]
@@ -379,12 +377,7 @@ async def test_mix_speak_makes_a_conference(worker_process, tmp_path, mode):
     loop = asyncio.get_running_loop()
     path = tmp_path / "conference.wav"
     try:
-        if mode == "passthrough":
-            await call.setup(PCMU_TE, PCMU_TE)
-            a_law, a_pt = "ulaw", ULAW
-        else:
-            await call.setup([("PCMA", 8000), ("telephone-event", 8000)], PCMU_TE)   # A: PCMA, B: PCMU
-            a_law, a_pt = "alaw", 8
+        a_law, a_pt = await call.setup_mode(mode)
         for peer in (third, spy):
             await loop.create_datagram_endpoint(lambda peer=peer: peer, local_addr=("127.0.0.1", 0))
         senders = [asyncio.ensure_future(call.a.send_tone(440.0, call.to_a, a_law, a_pt, stop)),

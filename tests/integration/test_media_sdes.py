@@ -141,6 +141,8 @@ async def test_sdes_leg_on_a_transcoded_call():
         assert len(at_b) >= 40 and abs(dominant_frequency(heard, 8000) - 1000) < 15
         at_a = [a_ctx.unprotect(p) for p in a.received]          # what A hears is SRTP with our key
         assert len(at_a) >= 40 and all(p[1] & 0x7F == 0 for p in at_a)
+        heard_a = np.frombuffer(g711.ulaw_decode(b"".join(p[12:] for p in at_a[10:])), "<i2")
+        assert abs(dominant_frequency(heard_a, 8000) - 1000) < 15      # B's A-law tone, as PCMU
         if worker.relay is not None:
             assert worker.relay.stats()["delivered"] > 40
     finally:
