@@ -43,7 +43,7 @@ ensure_venv() {  # ensure_venv EXTRAS
     local stamp="$VENV/.installed$1"
     # reinstall when the metadata or a C accelerator's source changed (the .so files are built in place)
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-            || [ -n "$(find sipcore media -name '*.c' -newer "$stamp" 2>/dev/null)" ]; then
+            || [ -n "$(find sipcore media \( -name '*.c' -o -name '*.h' \) -newer "$stamp" 2>/dev/null)" ]; then
         "$VENV/bin/pip" install -q -U pip
         "$VENV/bin/pip" install -q -e ".$1"
         touch "$stamp"

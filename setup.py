@@ -14,7 +14,10 @@ OPTIONAL_EXTENSIONS: list = [
     Extension("media._g711", ["media/_g711.c"], extra_compile_args=["-O2"]),
     # the passthrough data plane (epoll + recvmmsg/sendmmsg forwarding; reference: the Python path in
     # media.session/bridge/rtp, switched in by media.relay). Linux only; bit-exact float order for jitter.
-    Extension("media._relay", ["media/_relay.c"], extra_compile_args=["-O2", "-ffp-contract=off", "-Wall"]),
+    # with the jitter buffer in C (reference: media.jitter.JitterBuffer) and the transcoding tick
+    # (reference: media.bridge.tick_bridges)
+    Extension("media._relay", ["media/_relay.c", "media/_jitter.c"], depends=["media/_jitter.h", "media/_g711.h"],
+              extra_compile_args=["-O2", "-ffp-contract=off", "-Wall"]),
 ]
 
 

@@ -32,6 +32,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "_jitter.h"
+
 #define VLEN 64            /* datagrams per recvmmsg/sendmmsg */
 #define BUF_SIZE 4096
 #define TAIL_ROOM 160      /* SRTP trailer room: SRTP_MAX_TAG_LEN + SRTP_MAX_MKI_LEN = 144 */
@@ -987,6 +989,10 @@ PyMODINIT_FUNC PyInit__relay(void)
     PyObject *m = PyModule_Create(&relay_module);
     if (!m)
         return NULL;
+    if (jitter_add_types(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&RuleType);
     Py_INCREF(&RelayType);
     if (PyModule_AddObject(m, "Rule", (PyObject *)&RuleType) < 0 ||

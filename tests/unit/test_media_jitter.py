@@ -1,11 +1,26 @@
-"""Adaptive jitter buffer: reordering, loss, duplicates, wrap, late packets, spikes, DTX, resync; a fake clock."""
+"""Adaptive jitter buffer: reordering, loss, duplicates, wrap, late packets, spikes, DTX, resync; a fake clock.
+
+Every test runs on the Python reference and on the C buffer (``FastJitterBuffer``); the random differential
+tests at the end compare the two call by call."""
 from __future__ import annotations
 
 import random
 
 import pytest
 
+from media import jitter as jitter_module
 from media.jitter import Frame, JitterBuffer, Missing
+
+IMPLEMENTATIONS = [jitter_module.JitterBuffer]
+if jitter_module.fast_available():
+    IMPLEMENTATIONS.append(jitter_module.FastJitterBuffer)
+
+
+@pytest.fixture(autouse=True, params=IMPLEMENTATIONS, ids=lambda cls: "c" if cls is not JitterBuffer else "python")
+def implementation(request, monkeypatch):
+    """Run the test with ``JitterBuffer`` bound to each implementation."""
+    monkeypatch.setitem(globals(), "JitterBuffer", request.param)
+    return request.param
 
 RATE = 8000
 FS = 160          # samples per 20 ms frame
@@ -380,3 +395,79 @@ def test_marks_from_another_ssrc_do_not_resync() -> None:
         jb.put(1000 + i, 50_000 + FS * i, str(i).encode(), 0.005 + TICK * i, 0xA)
     jb.mark_non_audio(7, 123, 0.1, 0xB)
     assert jb.stats.resyncs == 0 and len(jb) == 5
+
+
+def _random_ops(seed: int, n: int = 3000):
+    """A hostile stream: jitter spikes, reordering, loss, duplicates, DTX gaps, telephone-events, sequence and
+    timestamp jumps, SSRC changes, bursts after outages; as (kind, args) calls on a 20 ms media clock."""
+    rng = random.Random(seed)
+    k = 0.1 if seed % 2 else 1.0                               # odd seeds: a calmer network
+    ops = []
+    seq, ts, ssrc = rng.randrange(65536), rng.randrange(1 << 32), rng.randrange(1 << 32)
+    now = 0.0
+    pending: list[tuple[float, tuple]] = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.01 * k:
+            ssrc = rng.randrange(1 << 32)
+        elif r < 0.02 * k:
+            seq = (seq + rng.choice((200, 4000, 30000, -150))) & 0xFFFF
+        elif r < 0.03 * k:
+            ts = (ts + rng.choice((8000 * 40, -16000, 160 * 7))) & 0xFFFFFFFF
+        delay = 0.003 + (rng.expovariate(30) if rng.random() < 0.3 * k else rng.random() * 0.01)
+        if rng.random() < 0.01 * k:
+            delay += rng.random() * 0.5                       # an outage: a burst later
+        if rng.random() < 0.05:
+            pending.append((now + delay, ("mark", (seq, ts, now + delay, ssrc))))
+        elif rng.random() < 0.06:
+            pass                                               # lost
+        else:
+            args = (seq, ts, bytes([seq & 0xFF, rng.randrange(256)]), now + delay, ssrc)
+            pending.append((now + delay, ("put", args)))
+            if rng.random() < 0.03:
+                pending.append((now + delay + rng.random() * 0.1, ("put", args)))   # a duplicate
+        seq = (seq + 1) & 0xFFFF
+        ts = (ts + (160 if rng.random() > 0.05 else 160 * rng.randrange(2, 20))) & 0xFFFFFFFF
+        now += TICK
+        pending.sort(key=lambda p: p[0])
+        while pending and pending[0][0] <= now:
+            ops.append(pending.pop(0)[1])
+        ops.append(("get", (now,)))
+        if rng.random() < 0.002:
+            ops.append(("reset", ()))
+    return ops
+
+
+def _same(a, b) -> bool:
+    if type(a) is not type(b):
+        return False
+    if a is None:
+        return True
+    return (a.seq, a.timestamp, getattr(a, "payload", None), getattr(a, "next_payload", None)) == \
+        (b.seq, b.timestamp, getattr(b, "payload", None), getattr(b, "next_payload", None))
+
+
+@pytest.mark.skipif(not jitter_module.fast_available(), reason="media._relay (C) is not built")
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("settings", [{}, {"min_delay_ms": 60, "max_delay_ms": 120}, {"max_conceal_ms": 0},
+                                      {"frame_ms": 10, "shrink_interval": 0.1}])
+def test_c_buffer_matches_the_reference_on_random_streams(seed: int, settings: dict) -> None:
+    """Same calls, same results: every get() and the statistics after every call, bit for bit."""
+    ref = jitter_module.JitterBuffer(RATE, **settings)
+    fast = jitter_module.FastJitterBuffer(RATE, **settings)
+    for i, (kind, args) in enumerate(_random_ops(seed)):
+        if kind == "put":
+            ref.put(*args)
+            fast.put(*args)
+        elif kind == "mark":
+            ref.mark_non_audio(*args)
+            fast.mark_non_audio(*args)
+        elif kind == "reset":
+            ref.reset()
+            fast.reset()
+        else:
+            a, b = ref.get(*args), fast.get(*args)
+            assert _same(a, b), (i, a, b)
+        assert ref.stats == fast.stats, (i, kind)
+        assert (len(ref), ref.ssrc, ref.current_delay, ref.target_delay) == \
+            (len(fast), fast.ssrc, fast.current_delay, fast.target_delay), i
