@@ -11,7 +11,7 @@ OPTIONAL_EXTENSIONS: list = [
     # SIP header scanning for sipcore.message.parse_message (reference: message._scan_headers)
     Extension("sipcore._scan", ["sipcore/_scan.c"], extra_compile_args=["-O2"]),
     # G.711 µ-law/A-law table lookups for media.g711 (reference: media.g711.reference)
-    Extension("media._g711", ["media/_g711.c"], extra_compile_args=["-O2"]),
+    Extension("media._g711", ["media/_g711.c"], depends=["media/_g711.h"], extra_compile_args=["-O2"]),
     # the passthrough data plane (epoll + recvmmsg/sendmmsg forwarding; reference: the Python path in
     # media.session/bridge/rtp, switched in by media.relay). Linux only; bit-exact float order for jitter.
     # with the jitter buffer in C (reference: media.jitter.JitterBuffer) and the transcoding tick

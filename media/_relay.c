@@ -32,6 +32,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "_g711.h"
 #include "_jitter.h"
 
 #define VLEN 64            /* datagrams per recvmmsg/sendmmsg */
@@ -60,8 +61,8 @@ typedef struct {
     unsigned int seq_off;
     unsigned int ts_off;
     double hold_until;          /* audio towards the other side pauses until then (a DTMF event relayed) */
-    /* a transcoded direction: accepted packets (decrypted) go to this callable, sink(packet, now) */
-    PyObject *sink;
+    /* a transcoded direction: accepted packets (decrypted) go into this jitter buffer (the bridge path's) */
+    Jitter *into;
     /* recording/supervision of a forwarded direction: the payloads, for Python's tick */
     int capture;
     PyObject *captured;         /* list of bytes, or NULL */
@@ -228,7 +229,7 @@ static int Rule_init(Rule *self, PyObject *args, PyObject *kwds)
 
 static void Rule_dealloc(Rule *self)
 {
-    Py_CLEAR(self->sink);
+    Py_CLEAR(self->into);
     Py_CLEAR(self->captured);
     Py_CLEAR(self->srtp_in_owner);
     Py_CLEAR(self->srtp_out_owner);
@@ -270,19 +271,19 @@ static PyObject *set_srtp(PyObject *args, PyObject **owner, void **ctx, srtp_fn 
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(Rule_set_sink_doc,
-             "set_sink(callable) or set_sink(None): deliver accepted packets, decrypted, to callable(packet, now)\n"
-             "(after drain() returns) instead of forwarding them: the receive side of a transcoded call.");
-static PyObject *Rule_set_sink(Rule *self, PyObject *sink)
+PyDoc_STRVAR(Rule_set_jitter_doc,
+             "set_jitter(Jitter) or set_jitter(None): put accepted packets, decrypted, into this jitter buffer\n"
+             "(media.bridge.Bridge.receive_rtp of a transcoded path) instead of forwarding them.");
+static PyObject *Rule_set_jitter(Rule *self, PyObject *jitter)
 {
-    if (sink != Py_None && !PyCallable_Check(sink)) {
-        PyErr_SetString(PyExc_TypeError, "the sink must be callable or None");
+    if (jitter != Py_None && !PyObject_TypeCheck(jitter, &JitterType)) {
+        PyErr_SetString(PyExc_TypeError, "set_jitter takes a media._relay.Jitter or None");
         return NULL;
     }
-    Py_CLEAR(self->sink);
-    if (sink != Py_None) {
-        Py_INCREF(sink);
-        self->sink = sink;
+    Py_CLEAR(self->into);
+    if (jitter != Py_None) {
+        Py_INCREF(jitter);
+        self->into = (Jitter *)jitter;
     }
     Py_RETURN_NONE;
 }
@@ -378,7 +379,7 @@ static PyObject *Rule_set_reception(Rule *self, PyObject *args)
 
 static PyMethodDef Rule_methods[] = {
     {"set_output", (PyCFunction)Rule_set_output, METH_VARARGS, Rule_set_output_doc},
-    {"set_sink", (PyCFunction)Rule_set_sink, METH_O, Rule_set_sink_doc},
+    {"set_jitter", (PyCFunction)Rule_set_jitter, METH_O, Rule_set_jitter_doc},
     {"set_srtp_in", (PyCFunction)Rule_set_srtp_in, METH_VARARGS, Rule_set_srtp_in_doc},
     {"set_srtp_out", (PyCFunction)Rule_set_srtp_out, METH_VARARGS, Rule_set_srtp_out_doc},
     {"take", (PyCFunction)Rule_take, METH_NOARGS, Rule_take_doc},
@@ -421,6 +422,460 @@ static PyTypeObject RuleType = {
 };
 
 /* ------------------------------------------------------------------------------------------------------ */
+/* Transcoder: one transcoded direction's 20 ms tick (media.bridge.tick_bridges for one path, in C)        */
+/* ------------------------------------------------------------------------------------------------------ */
+
+/* libopus, through the addresses ctypes resolved (media.opus): the states are the Python objects' own */
+typedef int (*opus_decode_fn)(void *st, const uint8_t *data, int32_t len, int16_t *pcm, int frame_size, int fec);
+typedef int32_t (*opus_encode_fn)(void *st, const int16_t *pcm, int frame_size, uint8_t *data, int32_t max);
+typedef int (*opus_ctl_fn)(void *st, int request, ...);
+static opus_decode_fn opus_decode_p;
+static opus_encode_fn opus_encode_p;
+static opus_ctl_fn opus_encoder_ctl_p;
+
+#define FRAME 160                 /* 20 ms at the bridge's 8 kHz */
+#define MAX_DECODE 960            /* 120 ms: the longest packet libopus decodes */
+#define MAX_OPUS 4000             /* libopus's recommended packet buffer */
+#define OPUS_SET_PACKET_LOSS_PERC 4014
+#define LOSS_TICKS 50
+#define MAX_LOSS_PERC 40
+#define PLC_FADE 0.6
+enum { LAW_NONE = 0, LAW_ULAW = 1, LAW_ALAW = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    int engaged;                /* the C tick runs this path (else Python's tick does, or nobody) */
+    Jitter *jitter;             /* the path's receive buffer */
+    Jitter *reverse;            /* the other direction's, for the loss estimate behind FEC (or NULL) */
+    void *decoder;              /* OpusDecoder state (src is Opus), else src_law says which G.711 */
+    void *encoder;              /* OpusEncoder state (dst is Opus), else dst_law */
+    int src_law, dst_law;
+    /* the outgoing stream (media.rtp.RtpSender) */
+    int payload_type;
+    unsigned int ssrc, sequence, timestamp;
+    int marker_next, frame_samples;
+    long long packets_sent, octets_sent;
+    unsigned int last_timestamp;
+    double last_sent_at;
+    int sent;                   /* a packet went out since Python last looked (last_* are valid) */
+    /* where it goes */
+    int out_fd;
+    struct sockaddr_storage out_addr;
+    socklen_t out_addrlen;
+    void *srtp_ctx;
+    srtp_fn srtp;
+    PyObject *srtp_owner;
+    /* media.bridge.BridgeStats deltas since Python last looked */
+    long long packets_out, concealed, fec, decode_errors;
+    long long encode_errors, srtp_errors, send_errors;
+    /* G.711 concealment: the last good frame, repeated fading */
+    int has_last_pcm;
+    int16_t last_pcm[FRAME];
+    double plc_gain;
+    /* in-band FEC follows the loss (media.bridge._adapt_fec) */
+    int loss_ticks;
+    long long mark_received, mark_lost;
+    double reported_loss;
+    int loss_perc;
+    /* this tick's packet, until the batch is sent */
+    int pkt_len;
+    uint8_t pkt[12 + MAX_OPUS + TAIL_ROOM];
+} Transcoder;
+
+static int Transcoder_init(Transcoder *self, PyObject *args, PyObject *kwds)
+{
+    if (!PyArg_ParseTuple(args, ""))
+        return -1;
+    self->out_fd = -1;
+    self->plc_gain = 1.0;
+    return 0;
+}
+
+static void Transcoder_dealloc(Transcoder *self)
+{
+    Py_CLEAR(self->jitter);
+    Py_CLEAR(self->reverse);
+    Py_CLEAR(self->srtp_owner);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* fit_frame after a decode of n samples: truncate, or zero-pad */
+static void fit(int16_t *pcm, int n)
+{
+    if (n < 0)
+        n = 0;
+    if (n < FRAME)
+        memset(pcm + n, 0, (size_t)(FRAME - n) * sizeof(int16_t));
+}
+
+static void g711_decode_into(int law, const uint8_t *codes, int n, int16_t *pcm)
+{
+    if (n > FRAME)
+        n = FRAME;
+    uint8_t (*table)[2] = law == LAW_ULAW ? ulaw_dec : alaw_dec;
+    for (int i = 0; i < n; i++)
+        pcm[i] = (int16_t)(table[codes[i]][0] | (table[codes[i]][1] << 8));
+    fit(pcm, n);
+}
+
+/* media.bridge._adapt_fec */
+static void adapt_fec(Transcoder *t)
+{
+    double observed = 0.0;
+    if (t->reverse) {
+        long long received = t->reverse->received, lost = t->reverse->lost;
+        long long d_received = received - t->mark_received, d_lost = lost - t->mark_lost;
+        t->mark_received = received;
+        t->mark_lost = lost;
+        if (d_lost > 0) {
+            long long total = d_lost + d_received;
+            observed = (double)d_lost / (double)(total > 1 ? total : 1);
+        }
+    }
+    double loss = observed > t->reported_loss ? observed : t->reported_loss;
+    int percent = (int)(100 * loss + 0.999);
+    if (percent > MAX_LOSS_PERC)
+        percent = MAX_LOSS_PERC;
+    if (percent != t->loss_perc && opus_encoder_ctl_p(t->encoder, OPUS_SET_PACKET_LOSS_PERC, (int32_t)percent) == 0)
+        t->loss_perc = percent;
+}
+
+/* The frame this tick plays (media.bridge._pull): 1 with pcm filled, 0 for nothing; *good for a real frame */
+static int pull_frame(Transcoder *t, double now, int16_t *pcm, int *good)
+{
+    JItem item;
+    jitter_get(t->jitter, now, &item);
+    *good = 0;
+    if (item.kind == J_NONE)
+        return 0;
+    if (item.kind == J_FRAME) {
+        *good = 1;
+        if (t->decoder) {
+            int16_t buf[MAX_DECODE];
+            int n = item.len > 0 ? opus_decode_p(t->decoder, item.payload, item.len, buf, MAX_DECODE, 0) : -4;
+            if (n >= 0) {
+                memcpy(pcm, buf, (size_t)(n < FRAME ? n : FRAME) * sizeof(int16_t));
+                fit(pcm, n);
+            } else {
+                t->decode_errors++;
+                fit(pcm, opus_decode_p(t->decoder, NULL, 0, pcm, FRAME, 0));
+                t->concealed++;
+            }
+        } else {
+            g711_decode_into(t->src_law, item.payload, item.len, pcm);
+        }
+        free(item.payload);
+        return 1;
+    }
+    t->concealed++;
+    if (t->decoder) {
+        if (item.next) {
+            int n = item.next_len > 0 ? opus_decode_p(t->decoder, item.next, item.next_len, pcm, FRAME, 1) : -4;
+            if (n >= 0) {
+                fit(pcm, n);
+                t->fec++;
+                return 1;
+            }
+            t->decode_errors++;
+        }
+        fit(pcm, opus_decode_p(t->decoder, NULL, 0, pcm, FRAME, 0));
+    } else if (t->has_last_pcm) {
+        t->plc_gain *= PLC_FADE;
+        for (int i = 0; i < FRAME; i++)
+            pcm[i] = (int16_t)(t->last_pcm[i] * t->plc_gain);
+    } else {
+        memset(pcm, 0, FRAME * sizeof(int16_t));
+    }
+    return 1;
+}
+
+/* One tick of the path: 1 when t->pkt holds a packet to send, else 0 */
+static int transcode_tick(Transcoder *t, double now)
+{
+    int16_t pcm[FRAME];
+    int good;
+    t->pkt_len = 0;
+    if (!pull_frame(t, now, pcm, &good)) {
+        t->timestamp += (unsigned int)t->frame_samples;       /* RtpSender.skip: the timeline runs on */
+        t->marker_next = 1;
+        return 0;
+    }
+    if (good && t->src_law != LAW_NONE) {
+        memcpy(t->last_pcm, pcm, sizeof(pcm));
+        t->has_last_pcm = 1;
+        t->plc_gain = 1.0;
+    }
+    uint8_t *payload = t->pkt + 12;
+    int n;
+    if (t->encoder) {
+        if (++t->loss_ticks >= LOSS_TICKS) {
+            t->loss_ticks = 0;
+            adapt_fec(t);
+        }
+        n = opus_encode_p(t->encoder, pcm, FRAME, payload, MAX_OPUS);
+        if (n < 0) {
+            t->encode_errors++;
+            n = 0;
+        }
+        if (n <= 2) {                                         /* DTX (or nothing): not sent */
+            t->timestamp += (unsigned int)t->frame_samples;
+            t->marker_next = 1;
+            return 0;
+        }
+    } else {
+        const uint8_t *table = t->dst_law == LAW_ULAW ? ulaw_enc : alaw_enc;
+        for (int i = 0; i < FRAME; i++)
+            payload[i] = table[(uint16_t)pcm[i]];
+        n = FRAME;
+    }
+    /* RtpSender.packetize */
+    uint8_t *h = t->pkt;
+    h[0] = 0x80;
+    h[1] = (uint8_t)((t->marker_next ? 0x80 : 0) | (t->payload_type & 0x7F));
+    h[2] = (uint8_t)(t->sequence >> 8);
+    h[3] = (uint8_t)t->sequence;
+    h[4] = (uint8_t)(t->timestamp >> 24);
+    h[5] = (uint8_t)(t->timestamp >> 16);
+    h[6] = (uint8_t)(t->timestamp >> 8);
+    h[7] = (uint8_t)t->timestamp;
+    h[8] = (uint8_t)(t->ssrc >> 24);
+    h[9] = (uint8_t)(t->ssrc >> 16);
+    h[10] = (uint8_t)(t->ssrc >> 8);
+    h[11] = (uint8_t)t->ssrc;
+    t->marker_next = 0;
+    t->last_timestamp = t->timestamp;
+    t->last_sent_at = now;
+    t->sent = 1;
+    t->sequence = (t->sequence + 1) & 0xFFFF;
+    t->timestamp += (unsigned int)t->frame_samples;
+    t->packets_sent++;
+    t->octets_sent += n;
+    t->packets_out++;
+    int len = 12 + n;
+    if (t->srtp) {
+        if (t->srtp(t->srtp_ctx, t->pkt, &len) != 0) {
+            t->srtp_errors++;
+            return 0;
+        }
+    }
+    t->pkt_len = len;
+    return 1;
+}
+
+PyDoc_STRVAR(Transcoder_set_output_doc,
+             "set_output(fd, host, port): send the path's packets from socket fd to host:port.");
+static PyObject *Transcoder_set_output(Transcoder *self, PyObject *args)
+{
+    int fd, port;
+    const char *host;
+    if (!PyArg_ParseTuple(args, "isi", &fd, &host, &port))
+        return NULL;
+    if (parse_address(host, port, &self->out_addr, &self->out_addrlen) < 0) {
+        PyErr_Format(PyExc_ValueError, "not an IP address and port: %s %d", host, port);
+        return NULL;
+    }
+    self->out_fd = fd;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Transcoder_set_srtp_doc,
+             "set_srtp(owner, srtp_t, srtp_protect) or set_srtp(None): protect what goes out.");
+static PyObject *Transcoder_set_srtp(Transcoder *self, PyObject *args)
+{
+    return set_srtp(args, &self->srtp_owner, &self->srtp_ctx, &self->srtp);
+}
+
+static int set_jitter_ref(Jitter **slot, PyObject *obj)
+{
+    if (obj != Py_None && !PyObject_TypeCheck(obj, &JitterType)) {
+        PyErr_SetString(PyExc_TypeError, "expected a media._relay.Jitter or None");
+        return -1;
+    }
+    Py_XINCREF(obj == Py_None ? NULL : obj);
+    Py_XSETREF(*slot, obj == Py_None ? NULL : (Jitter *)obj);
+    return 0;
+}
+
+PyDoc_STRVAR(Transcoder_set_codecs_doc,
+             "set_codecs(jitter, reverse_jitter|None, decoder_state, src_law, encoder_state, dst_law):\n"
+             "the path's buffer (and the other direction's, for the FEC loss estimate), the libopus states\n"
+             "(0: none; the OpusDecoder/OpusEncoder objects own them) and the G.711 laws (0 Opus, 1 µ, 2 A).");
+static PyObject *Transcoder_set_codecs(Transcoder *self, PyObject *args)
+{
+    PyObject *jitter, *reverse;
+    unsigned long long decoder, encoder;
+    int src_law, dst_law;
+    if (!PyArg_ParseTuple(args, "OOKiKi", &jitter, &reverse, &decoder, &src_law, &encoder, &dst_law))
+        return NULL;
+    if (jitter == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "a transcoded path needs its jitter buffer");
+        return NULL;
+    }
+    if ((decoder == 0) == (src_law == LAW_NONE) || (encoder == 0) == (dst_law == LAW_NONE)
+            || src_law < 0 || src_law > 2 || dst_law < 0 || dst_law > 2) {
+        PyErr_SetString(PyExc_ValueError, "each side is Opus (a libopus state) or G.711 (a law), not both");
+        return NULL;
+    }
+    if ((decoder && !opus_decode_p) || (encoder && (!opus_encode_p || !opus_encoder_ctl_p))) {
+        PyErr_SetString(PyExc_RuntimeError, "libopus functions not set (media._relay.set_opus)");
+        return NULL;
+    }
+    if (set_jitter_ref(&self->jitter, jitter) < 0 || set_jitter_ref(&self->reverse, reverse) < 0)
+        return NULL;
+    self->decoder = (void *)(uintptr_t)decoder;
+    self->encoder = (void *)(uintptr_t)encoder;
+    self->src_law = src_law;
+    self->dst_law = dst_law;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Transcoder_detach_doc,
+             "detach(): stop ticking and forget the libopus states (before the Python objects free them).");
+static PyObject *Transcoder_detach(Transcoder *self, PyObject *Py_UNUSED(ignored))
+{
+    self->engaged = 0;
+    self->decoder = self->encoder = NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Transcoder_set_plc_doc,
+             "set_plc(pcm|None, gain): the G.711 concealment state (the last good frame, 320 bytes LE, and its gain).");
+static PyObject *Transcoder_set_plc(Transcoder *self, PyObject *args)
+{
+    PyObject *obj;
+    double gain;
+    if (!PyArg_ParseTuple(args, "Od", &obj, &gain))
+        return NULL;
+    self->plc_gain = gain;
+    if (obj == Py_None) {
+        self->has_last_pcm = 0;
+        Py_RETURN_NONE;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (view.len != (Py_ssize_t)sizeof(self->last_pcm)) {
+        PyBuffer_Release(&view);
+        PyErr_Format(PyExc_ValueError, "the concealment frame is %d bytes of PCM", (int)sizeof(self->last_pcm));
+        return NULL;
+    }
+    const uint8_t *b = view.buf;
+    for (int i = 0; i < FRAME; i++)
+        self->last_pcm[i] = (int16_t)(b[2 * i] | (b[2 * i + 1] << 8));
+    PyBuffer_Release(&view);
+    self->has_last_pcm = 1;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Transcoder_plc_doc, "plc() -> (pcm bytes LE | None, gain): the G.711 concealment state.");
+static PyObject *Transcoder_plc(Transcoder *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->has_last_pcm)
+        return Py_BuildValue("(Od)", Py_None, self->plc_gain);
+    uint8_t b[sizeof(self->last_pcm)];
+    for (int i = 0; i < FRAME; i++) {
+        b[2 * i] = (uint8_t)(self->last_pcm[i] & 0xFF);
+        b[2 * i + 1] = (uint8_t)((uint16_t)self->last_pcm[i] >> 8);
+    }
+    return Py_BuildValue("(y#d)", (const char *)b, (Py_ssize_t)sizeof(b), self->plc_gain);
+}
+
+PyDoc_STRVAR(Transcoder_take_doc,
+             "take() -> (packets_out, concealed, fec, decode_errors, encode_errors, srtp_errors, send_errors,\n"
+             "sent): the counters since the last take (then zeroed), and whether a packet went out.");
+static PyObject *Transcoder_take(Transcoder *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *r = Py_BuildValue("(LLLLLLLi)", self->packets_out, self->concealed, self->fec, self->decode_errors,
+                                self->encode_errors, self->srtp_errors, self->send_errors, self->sent);
+    self->packets_out = self->concealed = self->fec = self->decode_errors = 0;
+    self->encode_errors = self->srtp_errors = self->send_errors = 0;
+    self->sent = 0;
+    return r;
+}
+
+PyDoc_STRVAR(Transcoder_tick_doc,
+             "tick(now) -> packet | None: run one 20 ms step here and return the RTP (SRTP) packet instead of\n"
+             "sending it (tests compare it with the Python path's).");
+static PyObject *Transcoder_tick(Transcoder *self, PyObject *arg)
+{
+    double now = PyFloat_AsDouble(arg);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!self->jitter || (!self->decoder && self->src_law == LAW_NONE)
+            || (!self->encoder && self->dst_law == LAW_NONE)) {
+        PyErr_SetString(PyExc_ValueError, "the transcoder has no codecs (set_codecs, or detached)");
+        return NULL;
+    }
+    if (!transcode_tick(self, now))
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)self->pkt, self->pkt_len);
+}
+
+static PyMethodDef Transcoder_methods[] = {
+    {"set_output", (PyCFunction)Transcoder_set_output, METH_VARARGS, Transcoder_set_output_doc},
+    {"set_srtp", (PyCFunction)Transcoder_set_srtp, METH_VARARGS, Transcoder_set_srtp_doc},
+    {"set_codecs", (PyCFunction)Transcoder_set_codecs, METH_VARARGS, Transcoder_set_codecs_doc},
+    {"detach", (PyCFunction)Transcoder_detach, METH_NOARGS, Transcoder_detach_doc},
+    {"set_plc", (PyCFunction)Transcoder_set_plc, METH_VARARGS, Transcoder_set_plc_doc},
+    {"plc", (PyCFunction)Transcoder_plc, METH_NOARGS, Transcoder_plc_doc},
+    {"take", (PyCFunction)Transcoder_take, METH_NOARGS, Transcoder_take_doc},
+    {"tick", (PyCFunction)Transcoder_tick, METH_O, Transcoder_tick_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Transcoder_members[] = {
+    {"engaged", T_INT, offsetof(Transcoder, engaged), 0, "Relay.tick runs this path"},
+    {"payload_type", T_INT, offsetof(Transcoder, payload_type), 0, "payload type sent"},
+    {"ssrc", T_UINT, offsetof(Transcoder, ssrc), 0, "SSRC sent"},
+    {"sequence", T_UINT, offsetof(Transcoder, sequence), 0, "next sequence number"},
+    {"timestamp", T_UINT, offsetof(Transcoder, timestamp), 0, "next timestamp"},
+    {"marker_next", T_INT, offsetof(Transcoder, marker_next), 0, "the next packet starts a talkspurt"},
+    {"frame_samples", T_INT, offsetof(Transcoder, frame_samples), 0, "timestamp units per 20 ms sent"},
+    {"packets_sent", T_LONGLONG, offsetof(Transcoder, packets_sent), 0, "RtpSender.packets_sent"},
+    {"octets_sent", T_LONGLONG, offsetof(Transcoder, octets_sent), 0, "RtpSender.octets_sent"},
+    {"last_timestamp", T_UINT, offsetof(Transcoder, last_timestamp), 0, "timestamp of the last packet sent"},
+    {"last_sent_at", T_DOUBLE, offsetof(Transcoder, last_sent_at), 0, "when it was sent"},
+    {"loss_ticks", T_INT, offsetof(Transcoder, loss_ticks), 0, "ticks since the loss was estimated"},
+    {"mark_received", T_LONGLONG, offsetof(Transcoder, mark_received), 0, "reverse buffer's received then"},
+    {"mark_lost", T_LONGLONG, offsetof(Transcoder, mark_lost), 0, "reverse buffer's lost then"},
+    {"reported_loss", T_DOUBLE, offsetof(Transcoder, reported_loss), 0, "loss the receiver reported (RTCP)"},
+    {"loss_perc", T_INT, offsetof(Transcoder, loss_perc), 0, "the encoder's expected loss (percent)"},
+    {"out_fd", T_INT, offsetof(Transcoder, out_fd), READONLY, "socket it sends from"},
+    {NULL},
+};
+
+static PyTypeObject TranscoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "media._relay.Transcoder",
+    .tp_basicsize = sizeof(Transcoder),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One transcoded direction's tick in C: jitter buffer, decode/conceal, encode, packetize, SRTP.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Transcoder_init,
+    .tp_dealloc = (destructor)Transcoder_dealloc,
+    .tp_methods = Transcoder_methods,
+    .tp_members = Transcoder_members,
+};
+
+PyDoc_STRVAR(set_opus_doc,
+             "set_opus(opus_decode, opus_encode, opus_encoder_ctl): the libopus function addresses (media.opus).");
+static PyObject *set_opus(PyObject *module, PyObject *args)
+{
+    (void)module;
+    unsigned long long dec, enc, ctl;
+    if (!PyArg_ParseTuple(args, "KKK", &dec, &enc, &ctl))
+        return NULL;
+    if (!dec || !enc || !ctl) {
+        PyErr_SetString(PyExc_ValueError, "null libopus function address");
+        return NULL;
+    }
+    opus_decode_p = (opus_decode_fn)(uintptr_t)dec;
+    opus_encode_p = (opus_encode_fn)(uintptr_t)enc;
+    opus_encoder_ctl_p = (opus_ctl_fn)(uintptr_t)ctl;
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
 /* Relay: the epoll set, the rule table, the batch loop                                                    */
 /* ------------------------------------------------------------------------------------------------------ */
 
@@ -428,6 +883,8 @@ typedef struct {
     PyObject_HEAD
     int epfd;
     PyObject *rules;            /* dict: key (bytes) -> Rule */
+    PyObject *transcoders;      /* list of Transcoder, ticked by tick() while engaged */
+    long long transcoded;
     long long forwarded, delivered, slow, dropped, truncated, recv_errors, send_errors, protect_errors;
     struct mmsghdr in_msgs[VLEN];
     struct iovec in_iov[VLEN];
@@ -500,8 +957,9 @@ static int Relay_init(Relay *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     self->rules = PyDict_New();
+    self->transcoders = PyList_New(0);
     self->bufs = PyMem_Malloc((size_t)VLEN * BUF_SIZE);
-    if (!self->rules || !self->bufs) {
+    if (!self->rules || !self->transcoders || !self->bufs) {
         PyErr_NoMemory();
         return -1;
     }
@@ -519,6 +977,7 @@ static void Relay_dealloc(Relay *self)
     if (self->epfd >= 0)
         close(self->epfd);
     Py_CLEAR(self->rules);
+    Py_CLEAR(self->transcoders);
     PyMem_Free(self->bufs);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -577,6 +1036,13 @@ static PyObject *Relay_remove_socket(Relay *self, PyObject *args)
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(stale); i++)
         PyDict_DelItem(self->rules, PyList_GET_ITEM(stale, i));
     Py_DECREF(stale);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(self->transcoders); i++) {
+        Transcoder *t = (Transcoder *)PyList_GET_ITEM(self->transcoders, i);
+        if (t->out_fd == fd) {          /* never send on a descriptor that may be reused */
+            t->engaged = 0;
+            t->out_fd = -1;
+        }
+    }
     Py_RETURN_NONE;
 }
 
@@ -651,9 +1117,27 @@ static void flush_out(Relay *self)
     self->nout = 0;
 }
 
+/* media.rtp.rtp_payload: where the payload of an RTP packet starts and ends (CSRCs, extension, padding) */
+static void payload_bounds(const uint8_t *buf, int len, int *start, int *stop)
+{
+    int pos = 12, end = len;
+    if (buf[0] != 0x80) {
+        pos = 12 + 4 * (buf[0] & 0x0F);
+        if ((buf[0] & 0x10) && len >= pos + 4)
+            pos += 4 + 4 * ((buf[pos + 2] << 8) | buf[pos + 3]);
+        if ((buf[0] & 0x20) && buf[len - 1] <= len - pos)
+            end = len - buf[len - 1];
+    }
+    if (pos > len)
+        pos = len;
+    if (pos > end)
+        pos = end;
+    *start = pos;
+    *stop = end;
+}
+
 /* 1: consumed here (forwarded, delivered, held or dropped); 0: for Python; -1: error (exception set) */
-static int forward(Relay *self, int fd, uint8_t *buf, int len, const struct sockaddr_storage *from, double now,
-                   PyObject *out_list)
+static int forward(Relay *self, int fd, uint8_t *buf, int len, const struct sockaddr_storage *from, double now)
 {
     if (len < 12 || (buf[0] >> 6) != 2 || (buf[1] >= 192 && buf[1] <= 223))
         return 0;                                   /* not RTP (STUN, DTLS, RTCP) or malformed */
@@ -673,7 +1157,7 @@ static int forward(Relay *self, int fd, uint8_t *buf, int len, const struct sock
     int pt = buf[1] & 0x7F;
     unsigned int ssrc = ((unsigned int)buf[8] << 24) | ((unsigned int)buf[9] << 16) |
                         ((unsigned int)buf[10] << 8) | buf[11];
-    if (pt != r->in_pt || ssrc != r->src_ssrc || (r->out_fd < 0 && !r->sink))
+    if (pt != r->in_pt || ssrc != r->src_ssrc || (r->out_fd < 0 && !r->into))
         return 0;                                   /* a telephone-event, a new source: the Python path */
     if (r->srtp_in) {
         int l = len;
@@ -693,34 +1177,17 @@ static int forward(Relay *self, int fd, uint8_t *buf, int len, const struct sock
         rec_update(r, seq, ts, now);
     r->packets_in++;
     r->last_arrival = now;
-    if (r->sink) {
-        PyObject *data = PyBytes_FromStringAndSize((const char *)buf, len);
-        PyObject *item = data ? PyTuple_Pack(3, r->sink, data, Py_None) : NULL;
-        Py_XDECREF(data);
-        if (!item || PyList_Append(out_list, item) < 0) {
-            Py_XDECREF(item);
-            return -1;
-        }
-        Py_DECREF(item);
+    int pos, end;
+    payload_bounds(buf, len, &pos, &end);
+    if (r->into) {
         self->delivered++;
-        return 1;
+        return jitter_put(r->into, seq, ts, buf + pos, end - pos, now, 1, ssrc) < 0 ? -1 : 1;
     }
     if (r->capture) {
-        /* media.bridge.rtp_payload: what the side sent, for the recorder (before any hold, as in Python) */
-        int pos = 12, end = len;
-        if (buf[0] != 0x80) {
-            pos = 12 + 4 * (buf[0] & 0x0F);
-            if ((buf[0] & 0x10) && len >= pos + 4)
-                pos += 4 + 4 * ((buf[pos + 2] << 8) | buf[pos + 3]);
-            if ((buf[0] & 0x20) && buf[len - 1] <= len - pos)
-                end = len - buf[len - 1];
-        }
-        if (pos > end)
-            pos = end;
+        /* what the side sent, for the recorder (before any hold, as in Python) */
         if (!r->captured && !(r->captured = PyList_New(0)))
             return -1;
-        PyObject *payload = PyBytes_FromStringAndSize((const char *)buf + (pos < len ? pos : len),
-                                                      end > pos ? end - pos : 0);
+        PyObject *payload = PyBytes_FromStringAndSize((const char *)buf + pos, end - pos);
         if (!payload || PyList_Append(r->captured, payload) < 0) {
             Py_XDECREF(payload);
             return -1;
@@ -780,9 +1247,9 @@ static int forward(Relay *self, int fd, uint8_t *buf, int len, const struct sock
 }
 
 PyDoc_STRVAR(Relay_drain_doc,
-             "drain(now, budget=4096) -> [(fd, datagram, (host, port)) | (sink, packet, None), ...]\n"
-             "Read every ready socket; forward what the rules match (stamped with now); return the rest, and what\n"
-             "sink rules accepted (decrypted) for their sink, in arrival order.");
+             "drain(now, budget=4096) -> [(fd, datagram, (host, port)), ...]\n"
+             "Read every ready socket; forward what the rules match and put what jitter rules accept into their\n"
+             "buffers (stamped with now); return the rest, in arrival order.");
 static PyObject *Relay_drain(Relay *self, PyObject *args)
 {
     double now;
@@ -823,7 +1290,7 @@ static PyObject *Relay_drain(Relay *self, PyObject *args)
                     self->truncated++;              /* larger than any RTP/DTLS datagram we handle */
                     continue;
                 }
-                int done = forward(self, fd, buf, len, &self->in_addr[i], now, slow);
+                int done = forward(self, fd, buf, len, &self->in_addr[i], now);
                 if (done < 0) {
                     flush_out(self);
                     Py_DECREF(slow);
@@ -930,14 +1397,121 @@ static PyObject *Relay_send(Relay *self, PyObject *items)
     return PyLong_FromLongLong(refused);
 }
 
+PyDoc_STRVAR(Relay_add_transcoder_doc, "add_transcoder(t): tick() runs t while t.engaged.");
+static PyObject *Relay_add_transcoder(Relay *self, PyObject *t)
+{
+    if (!PyObject_TypeCheck(t, &TranscoderType)) {
+        PyErr_SetString(PyExc_TypeError, "add_transcoder takes a media._relay.Transcoder");
+        return NULL;
+    }
+    if (check_open(self) < 0)
+        return NULL;
+    int found = PySequence_Contains(self->transcoders, t);
+    if (found < 0 || (!found && PyList_Append(self->transcoders, t) < 0))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Relay_remove_transcoder_doc, "remove_transcoder(t): forget t (no error if it is not there).");
+static PyObject *Relay_remove_transcoder(Relay *self, PyObject *t)
+{
+    if (!self->transcoders)
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = PyList_GET_SIZE(self->transcoders) - 1; i >= 0; i--) {
+        if (PyList_GET_ITEM(self->transcoders, i) == t && PySequence_DelItem(self->transcoders, i) < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+typedef struct {
+    int fd;
+    int index;
+} Outgoing;
+
+static int by_fd(const void *a, const void *b)
+{
+    const Outgoing *x = a, *y = b;
+    if (x->fd != y->fd)
+        return x->fd < y->fd ? -1 : 1;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+PyDoc_STRVAR(Relay_tick_doc,
+             "tick(now) -> packets sent: one 20 ms step of every engaged transcoder (jitter buffer, decode or\n"
+             "conceal, encode, packetize, SRTP), their packets sent with sendmmsg, one call per run of a socket.");
+static PyObject *Relay_tick(Relay *self, PyObject *arg)
+{
+    double now = PyFloat_AsDouble(arg);
+    if ((now == -1.0 && PyErr_Occurred()) || check_open(self) < 0)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(self->transcoders);
+    if (n == 0)
+        return PyLong_FromLong(0);
+    Outgoing *ready = PyMem_Malloc((size_t)n * sizeof(Outgoing));
+    if (!ready)
+        return PyErr_NoMemory();
+    int count = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Transcoder *t = (Transcoder *)PyList_GET_ITEM(self->transcoders, i);
+        if (!t->engaged || !t->jitter || t->out_fd < 0 || (!t->decoder && t->src_law == LAW_NONE)
+                || (!t->encoder && t->dst_law == LAW_NONE))
+            continue;
+        if (transcode_tick(t, now))
+            ready[count++] = (Outgoing){t->out_fd, (int)i};
+    }
+    if (count > 1)
+        qsort(ready, (size_t)count, sizeof(Outgoing), by_fd);
+    struct mmsghdr msgs[VLEN];
+    struct iovec iov[VLEN];
+    long long sent_total = 0;
+    int i = 0;
+    while (i < count) {
+        int fd = ready[i].fd, m = 0;
+        while (i + m < count && m < VLEN && ready[i + m].fd == fd) {
+            Transcoder *t = (Transcoder *)PyList_GET_ITEM(self->transcoders, ready[i + m].index);
+            iov[m].iov_base = t->pkt;
+            iov[m].iov_len = (size_t)t->pkt_len;
+            memset(&msgs[m].msg_hdr, 0, sizeof(struct msghdr));
+            msgs[m].msg_hdr.msg_name = &t->out_addr;
+            msgs[m].msg_hdr.msg_namelen = t->out_addrlen;
+            msgs[m].msg_hdr.msg_iov = &iov[m];
+            msgs[m].msg_hdr.msg_iovlen = 1;
+            m++;
+        }
+        int k = 0;
+        while (k < m) {
+            int sent = sendmmsg(fd, &msgs[k], (unsigned int)(m - k), MSG_DONTWAIT);
+            if (sent < 0 && errno == EINTR)
+                continue;
+            if (sent <= 0) {
+                Transcoder *t = (Transcoder *)PyList_GET_ITEM(self->transcoders, ready[i + k].index);
+                t->send_errors++;
+                self->send_errors++;
+                k++;
+            } else {
+                k += sent;
+                sent_total += sent;
+            }
+        }
+        i += m;
+    }
+    PyMem_Free(ready);
+    self->transcoded += sent_total;
+    return PyLong_FromLongLong(sent_total);
+}
+
 PyDoc_STRVAR(Relay_stats_doc, "stats() -> dict of the relay's counters.");
 static PyObject *Relay_stats(Relay *self, PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("{sLsLsLsLsLsLsLsLsn}", "forwarded", self->forwarded, "delivered", self->delivered,
-                         "slow", self->slow, "dropped",
+    Py_ssize_t engaged = 0;
+    for (Py_ssize_t i = 0; self->transcoders && i < PyList_GET_SIZE(self->transcoders); i++)
+        engaged += ((Transcoder *)PyList_GET_ITEM(self->transcoders, i))->engaged != 0;
+    return Py_BuildValue("{sLsLsLsLsLsLsLsLsLsnsn}", "forwarded", self->forwarded, "delivered", self->delivered,
+                         "transcoded", self->transcoded, "slow", self->slow, "dropped",
                          self->dropped, "truncated", self->truncated, "recv_errors", self->recv_errors,
                          "send_errors", self->send_errors, "protect_errors", self->protect_errors,
-                         "rules", PyDict_Size(self->rules));
+                         "rules", PyDict_Size(self->rules), "transcoders", engaged);
 }
 
 PyDoc_STRVAR(Relay_close_doc, "close(): close the epoll descriptor and forget every rule (sockets stay open).");
@@ -959,6 +1533,9 @@ static PyMethodDef Relay_methods[] = {
     {"del_rule", (PyCFunction)Relay_del_rule, METH_VARARGS, Relay_del_rule_doc},
     {"drain", (PyCFunction)Relay_drain, METH_VARARGS, Relay_drain_doc},
     {"send", (PyCFunction)Relay_send, METH_O, Relay_send_doc},
+    {"add_transcoder", (PyCFunction)Relay_add_transcoder, METH_O, Relay_add_transcoder_doc},
+    {"remove_transcoder", (PyCFunction)Relay_remove_transcoder, METH_O, Relay_remove_transcoder_doc},
+    {"tick", (PyCFunction)Relay_tick, METH_O, Relay_tick_doc},
     {"stats", (PyCFunction)Relay_stats, METH_NOARGS, Relay_stats_doc},
     {"close", (PyCFunction)Relay_close, METH_NOARGS, Relay_close_doc},
     {NULL, NULL, 0, NULL},
@@ -976,16 +1553,22 @@ static PyTypeObject RelayType = {
     .tp_methods = Relay_methods,
 };
 
+static PyMethodDef relay_functions[] = {
+    {"set_opus", set_opus, METH_VARARGS, set_opus_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef relay_module = {
     PyModuleDef_HEAD_INIT, "media._relay",
-    "C data plane of passthrough media: epoll + recvmmsg/sendmmsg forwarding with header rewrite and SRTP.",
-    -1, NULL,
+    "C data plane: epoll + recvmmsg/sendmmsg forwarding with header rewrite and SRTP, and the transcoding tick.",
+    -1, relay_functions,
 };
 
 PyMODINIT_FUNC PyInit__relay(void)
 {
-    if (PyType_Ready(&RuleType) < 0 || PyType_Ready(&RelayType) < 0)
+    if (PyType_Ready(&RuleType) < 0 || PyType_Ready(&TranscoderType) < 0 || PyType_Ready(&RelayType) < 0)
         return NULL;
+    g711_build_tables();
     PyObject *m = PyModule_Create(&relay_module);
     if (!m)
         return NULL;
@@ -994,8 +1577,10 @@ PyMODINIT_FUNC PyInit__relay(void)
         return NULL;
     }
     Py_INCREF(&RuleType);
+    Py_INCREF(&TranscoderType);
     Py_INCREF(&RelayType);
     if (PyModule_AddObject(m, "Rule", (PyObject *)&RuleType) < 0 ||
+        PyModule_AddObject(m, "Transcoder", (PyObject *)&TranscoderType) < 0 ||
         PyModule_AddObject(m, "Relay", (PyObject *)&RelayType) < 0) {
         Py_DECREF(m);
         return NULL;

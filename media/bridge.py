@@ -34,7 +34,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
 import numpy as np
 
@@ -136,7 +136,7 @@ class _Path:
     """One direction of a bridge: packets from ``src`` side to ``dst`` side, with its codec state."""
 
     def __init__(self, src_side: Side, src: LegCodec, dst: LegCodec, sender: RtpSender, transcode: bool,
-                 opus: OpusConfig) -> None:
+                 opus: OpusConfig, jitter: type[JitterBuffer] = JitterBuffer) -> None:
         self.src_side = src_side
         self.dst_side: Side = _OTHER[src_side]
         self.src = src
@@ -150,7 +150,7 @@ class _Path:
         self.decoder: OpusDecoder | None = None
         self.encoder: OpusEncoder | None = None
         if transcode:
-            self.jitter = JitterBuffer(src.clock_rate)
+            self.jitter = jitter(src.clock_rate)
             if src.name == "opus":
                 self.decoder = OpusDecoder(PCM_RATE, 1)
             if dst.name == "opus":
@@ -183,9 +183,17 @@ class _Path:
         self.pending_codes: bytes | None = None
         self.pending_pcm: np.ndarray | None = None
         self.pending_good = False
+        # a worker's C data plane may run this path's ticks instead (media.relay.TranscodeTick, which keeps
+        # this object's state while it does and hands it back before Python touches the path again)
+        self.c_tick: Any = None
+        self.c_engaged = False
 
     def close(self) -> None:
-        """Free the libopus states."""
+        """Free the libopus states (after the C tick, if any, let go of them)."""
+        if self.c_tick is not None:
+            self.c_tick.detach()
+            self.c_tick = None
+        self.c_engaged = False
         if self.decoder is not None:
             self.decoder.close()
         if self.encoder is not None:
@@ -197,6 +205,7 @@ class Bridge:
 
     ``senders`` lets a leg's transport keep its own ``RtpSender`` (an ``RtpSession``'s, so its RTCP sender
     reports count what the bridge sends); otherwise the bridge makes one per side with a random SSRC.
+    ``jitter`` is the receive buffer class of transcoded paths (``FastJitterBuffer`` where the C tick runs).
     """
 
     def __init__(
@@ -207,6 +216,7 @@ class Bridge:
         senders: dict[str, RtpSender] | None = None,
         opus: OpusConfig | None = None,
         event_timeout: float = 0.25,
+        jitter: type[JitterBuffer] = JitterBuffer,
     ) -> None:
         a.validate()
         b.validate()
@@ -227,8 +237,8 @@ class Bridge:
         self.opus = opus or OpusConfig()
         # the path from a side sends on the other side's sender
         self.paths: dict[Side, _Path] = {
-            "a": _Path("a", a, b, out["b"], not self.passthrough, self.opus),
-            "b": _Path("b", b, a, out["a"], not self.passthrough, self.opus),
+            "a": _Path("a", a, b, out["b"], not self.passthrough, self.opus, jitter),
+            "b": _Path("b", b, a, out["a"], not self.passthrough, self.opus, jitter),
         }
         self.event_timeout = event_timeout
         self._out: list[tuple[Side, bytes]] = []
@@ -341,14 +351,17 @@ class Bridge:
 
     @property
     def idle(self) -> bool:
-        """Whether a tick has nothing to do here: passthrough, no DTMF event or in-band tone in progress,
-        nothing queued. A worker may leave such a bridge out of its ticks until a packet arrives."""
+        """Whether a tick has nothing to do here: passthrough (or transcoded paths that the C tick runs), no
+        DTMF event or in-band tone in progress, nothing queued. A worker may leave such a bridge out of its
+        ticks until a packet arrives."""
         if self.closed:
             return True
-        if not self.passthrough or self._out or self._events:
+        if self._out or self._events:
             return False
         for path in self.paths.values():
-            if path.tone is not None:
+            if path.c_engaged:
+                continue
+            if path.transcode or path.tone is not None:
                 return False
             rx = path.dtmf_rx
             if rx is not None and rx.get_timer() is not None:
@@ -497,6 +510,8 @@ def tick_bridges(bridges: Iterable[Bridge], now: float, *, batch: bool = True) -
         if bridge.closed:
             continue
         for path in bridge.paths.values():
+            if path.c_engaged:
+                continue                          # the worker's C data plane ticks it
             rx = path.dtmf_rx
             if rx is not None:
                 timer = rx.get_timer()

@@ -133,6 +133,14 @@ def libopus_version() -> str:
     return load_libopus().opus_get_version_string().decode()
 
 
+def function_addresses() -> tuple[int, int, int]:
+    """Addresses of opus_decode, opus_encode and opus_encoder_ctl in the loaded libopus, for the C
+    transcoding tick (``media._relay.set_opus``), which calls them on the states these objects own."""
+    lib = load_libopus()
+    return tuple(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0  # type: ignore[return-value]
+                 for name in ("opus_decode", "opus_encode", "opus_encoder_ctl"))
+
+
 def _strerror(code: int) -> str:
     """libopus's text for an error code."""
     return load_libopus().opus_strerror(code).decode()
@@ -331,6 +339,11 @@ class OpusEncoder:
             raise OpusError(OPUS_INVALID_STATE, "encoder is closed")
         _check(self._ctl(ctypes.c_void_p(self._st), ctypes.c_int32(_RESET_STATE)))
 
+    @property
+    def state(self) -> int:
+        """The address of the libopus encoder state (0 once closed), for C code that encodes on it."""
+        return self._st or 0
+
     def encode(self, pcm: Union[bytes, bytearray, memoryview, "np.ndarray"]) -> bytes:
         """Encode one frame of 16-bit LE PCM (bytes or an int16 array) to one Opus packet."""
         if np is not None and isinstance(pcm, np.ndarray):
@@ -448,6 +461,11 @@ class OpusDecoder:
                              f"{self.sample_rate} Hz) up to {MAX_FRAME_MS} ms, got {samples}")
         return samples
 
+    @property
+    def state(self) -> int:
+        """The address of the libopus decoder state (0 once closed), for C code that decodes on it."""
+        return self._st or 0
+
     def decode(self, packet: Union[bytes, bytearray, memoryview]) -> bytes:
         """Decode one packet to 16-bit LE PCM (its whole duration; 20 ms frames give frame_samples)."""
         return self._run(self._packet(packet), self._max_samples, 0)
@@ -526,5 +544,6 @@ def packet_info(packet: Union[bytes, bytearray, memoryview], sample_rate: int = 
 
 __all__ = [
     "APPLICATIONS", "BANDWIDTHS", "BANDWIDTH_HZ", "SAMPLE_RATES", "OpusDecoder", "OpusEncoder", "OpusError",
-    "OpusLibraryNotFound", "OpusPacketInfo", "libopus_version", "load_libopus", "packet_info",
+    "OpusLibraryNotFound", "OpusPacketInfo", "function_addresses", "libopus_version", "load_libopus",
+    "packet_info",
 ]

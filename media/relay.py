@@ -11,8 +11,14 @@ objects it stands in for (the bridge path's counters, the outgoing ``RtpSender``
 ``RtpSession`` and ``ReceptionStats``). ``Forward.load`` writes their state into the rule; ``Forward.pull``
 reads what C counted and changed back into them. The worker pulls a call before any Python code touches it
 (a datagram for Python, a timer, a control command) and loads it again afterwards (``MediaWorker._commit``,
-always before the relay next reads its sockets), so the Python reference path and the C path give the same
-packets and the same statistics (tests/unit/test_relay.py compares them).
+always before the relay next reads its sockets or ticks), so the Python reference path and the C path give
+the same packets and the same statistics (tests/unit/test_relay.py compares them).
+
+A transcoded direction's ``Forward`` puts what its rule accepts straight into the bridge path's C jitter
+buffer (``load_delivery``), and while the path is in its steady state (no DTMF event, prompt, recording or
+in-band detection on it) its ``TranscodeTick`` runs the whole 20 ms step in C as well: decode or conceal,
+encode, packetize, SRTP and a batched send (``Relay.tick``); tests/unit/test_transcode_tick.py compares it
+with ``media.bridge.tick_bridges`` packet for packet.
 
 Without the extension (no compiler, not Linux) ``available()`` is False and the worker uses asyncio
 endpoints and the Python path for everything.
@@ -22,9 +28,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+
+import numpy as np
 from typing import Any, Callable
 
 from .bridge import BridgeStats
+from .opus import function_addresses
 from .rtcp import ReceptionStats
 from .rtp import RtpSender
 from .session import RtpSession
@@ -34,7 +43,7 @@ try:
 except ImportError:  # pragma: no cover - built by setup.py where a compiler is present
     _c = None
 
-__all__ = ["Forward", "MediaRelay", "RelayTransport", "available", "fileno"]
+__all__ = ["Forward", "MediaRelay", "RelayTransport", "TranscodeTick", "available", "fileno"]
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +193,6 @@ class MediaRelay:
         try:
             for fd, data, addr in self.c.drain(now):
                 try:
-                    if addr is None:                   # accepted by a sink rule: fd is the sink
-                        fd(data, now)
-                        continue
                     transport = endpoints.get(fd)
                     if transport is None:
                         continue
@@ -234,11 +240,11 @@ class Forward:
     ``key`` is (socket fd, source host, port) the packets come in on; ``out`` is (socket fd, host, port) they
     leave by; ``srtp_in``/``srtp_out`` are ``SrtpContext.c_handles()`` halves (None: plain RTP). A delivery
     (``load_delivery``) is the receive side of a transcoded direction instead: accepted packets, decrypted,
-    go to a sink (the bridge's ``receive_rtp``) without the datagram/leg/event chain; ``stats`` is None then
-    (the bridge counts what it is given).
+    go into the path's jitter buffer without the datagram/leg/event chain (what ``Bridge.receive_rtp`` does
+    with them), and ``tick`` is the path's ``TranscodeTick`` once the worker made one.
     """
 
-    __slots__ = ("relay", "key", "rule", "stats", "sender", "session", "reception", "captured")
+    __slots__ = ("relay", "key", "rule", "stats", "sender", "session", "reception", "captured", "tick")
 
     def __init__(self, relay: MediaRelay, key: tuple[int, str, int], stats: BridgeStats | None,
                  sender: RtpSender | None, session: RtpSession | None, reception: ReceptionStats | None) -> None:
@@ -251,6 +257,7 @@ class Forward:
         self.session = session
         self.reception = reception
         self.captured: list[Any] | None = None    # where captured payloads go (the bridge's list), when on
+        self.tick: TranscodeTick | None = None
         relay.set_rule(key, self.rule)
 
     def load(self, *, in_pt: int, source: int, out_pt: int, seq_off: int, ts_off: int, highest: int | None,
@@ -289,12 +296,13 @@ class Forward:
             self.captured.extend(payloads)
 
     def load_delivery(self, *, in_pt: int, source: int, srtp_in: tuple[Any, int, int] | None,
-                      sink: Callable[[bytes, float], None]) -> None:
-        """Make the rule hand what it accepts (payload type ``in_pt`` from SSRC ``source``) to ``sink``."""
+                      jitter: Any) -> None:
+        """Make the rule put what it accepts (payload type ``in_pt`` from SSRC ``source``) into ``jitter``
+        (a ``FastJitterBuffer``), counted in ``stats.packets_in``."""
         rule = self.rule
         rule.in_pt = in_pt
         rule.src_ssrc = source
-        rule.set_sink(sink)
+        rule.set_jitter(jitter)
         rule.set_srtp_in(*(srtp_in or (None,)))
         if self.reception is not None:
             rule.set_reception(*self.reception.seq_state())
@@ -303,6 +311,8 @@ class Forward:
 
     def pull(self) -> None:
         """Read what C counted and changed since the last pull back into the Python objects."""
+        if self.tick is not None:
+            self.tick.pull()
         rule = self.rule
         if self.captured is not None:
             self.take_captured()
@@ -320,5 +330,112 @@ class Forward:
                                 rule.last_out_ts, rule.last_sent_at)
 
     def remove(self) -> None:
-        """Take the rule out of the relay (after a last ``pull``)."""
+        """Take the rule (and the tick) out of the relay (after a last ``pull``)."""
         self.relay.del_rule(self.key)
+        if self.tick is not None:
+            self.tick.remove()
+            self.tick = None
+
+
+_LAWS = {None: 0, "ulaw": 1, "alaw": 2}
+
+
+class TranscodeTick:
+    """A transcoded direction's 20 ms step in C (``media._relay.Transcoder``), standing in for
+    ``tick_bridges`` on one bridge path: ``load`` writes the path's state (its sender's stream, the G.711
+    concealment frame, the FEC loss estimate) into C and lets ``Relay.tick`` run it; ``pull`` stops that and
+    writes what C changed back, so Python's tick can carry on from exactly there."""
+
+    __slots__ = ("relay", "c", "path", "sender")
+
+    def __init__(self, relay: MediaRelay, path: Any, reverse: Any) -> None:
+        assert _c is not None
+        _set_opus()
+        self.relay = relay
+        self.path = path
+        self.sender: RtpSender = path.sender
+        self.c = _c.Transcoder()
+        self.c.set_codecs(path.jitter, reverse, path.decoder.state if path.decoder is not None else 0,
+                          _LAWS[path.src_law], path.encoder.state if path.encoder is not None else 0,
+                          _LAWS[path.dst_law])
+        relay.c.add_transcoder(self.c)
+        path.c_tick = self
+
+    def load(self, out: tuple[int, str, int], srtp_out: tuple[Any, int, int] | None) -> None:
+        """Take over the path's ticks from Python, sending to ``out`` (fd, host, port), SRTP-protected with
+        ``srtp_out`` (``SrtpContext.c_handles()[1]``) when given."""
+        c, path, sender = self.c, self.path, self.sender
+        c.set_output(*out)
+        c.set_srtp(*(srtp_out or (None,)))
+        c.payload_type = sender.payload_type
+        c.ssrc = sender.ssrc
+        c.sequence = sender.sequence
+        c.timestamp = sender.timestamp
+        c.marker_next = int(sender._marker_next)
+        c.frame_samples = sender.frame_samples
+        c.packets_sent = sender.packets_sent
+        c.octets_sent = sender.octets_sent
+        pcm = path.last_pcm
+        c.set_plc(None if pcm is None else pcm.astype("<i2", copy=False).tobytes(), path.plc_gain)
+        c.loss_ticks = path.loss_ticks
+        c.mark_received, c.mark_lost = path.loss_mark
+        c.reported_loss = path.reported_loss
+        if path.encoder is not None:
+            c.loss_perc = path.encoder.packet_loss_perc
+        c.engaged = 1
+        path.c_engaged = True
+
+    def pull(self) -> None:
+        """Hand the path back to Python's tick with what C changed (counters, stream, concealment, FEC)."""
+        c, path, sender = self.c, self.path, self.sender
+        if not path.c_engaged:
+            return
+        c.engaged = 0
+        path.c_engaged = False
+        packets_out, concealed, fec, decode_errors, encode_errors, srtp_errors, send_errors, sent = c.take()
+        stats = path.stats
+        stats.packets_out += packets_out
+        stats.concealed += concealed
+        stats.fec += fec
+        stats.decode_errors += decode_errors + encode_errors
+        sender.sequence = c.sequence
+        sender.timestamp = c.timestamp
+        sender._marker_next = bool(c.marker_next)
+        sender.packets_sent = c.packets_sent
+        sender.octets_sent = c.octets_sent
+        if sent:
+            sender.last_timestamp = c.last_timestamp
+            sender.last_sent_at = c.last_sent_at
+            sender.forget_relayed_source()
+        pcm, path.plc_gain = c.plc()
+        if pcm is not None:
+            path.last_pcm = np.frombuffer(pcm, "<i2")
+        path.loss_ticks = c.loss_ticks
+        path.loss_mark = (c.mark_received, c.mark_lost)
+        if srtp_errors or send_errors:
+            log.debug("transcoder: %d SRTP and %d send errors", srtp_errors, send_errors)
+
+    def detach(self) -> None:
+        """Stop for good (the path's codecs are about to be freed)."""
+        self.c.detach()
+        self.path.c_engaged = False
+
+    def remove(self) -> None:
+        """Out of the relay's tick."""
+        self.c.detach()
+        self.path.c_engaged = False
+        if self.path.c_tick is self:
+            self.path.c_tick = None
+        self.relay.c.remove_transcoder(self.c)
+
+
+_opus_set = False
+
+
+def _set_opus() -> None:
+    """Give the C tick libopus's function addresses (once)."""
+    global _opus_set
+    if not _opus_set:
+        assert _c is not None
+        _c.set_opus(*function_addresses())
+        _opus_set = True

@@ -31,7 +31,6 @@ the bridge captures each tick (``Bridge.capture``: decoded frames, or relayed pa
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import socket
@@ -47,12 +46,12 @@ from . import g711
 from .bridge import FRAME_SAMPLES, PCM_RATE, Bridge, LegCodec, Side, fit_frame, tick_bridges
 from .certificate import DtlsCertificate
 from .dtmf import DtmfEventSender, digit_to_event, dtmf_tone, encode_telephone_event
-from .jitter import Frame, JitterBuffer
+from .jitter import FastJitterBuffer, Frame, JitterBuffer
 from .mixer import Conference
 from .opus import OpusConfig, OpusDecoder, OpusEncoder
 from .player import Player, PlayerError, Prompt, PromptCache, beep
 from .recorder import CallRecorder, RecorderError
-from .relay import Forward, MediaRelay
+from .relay import Forward, MediaRelay, TranscodeTick
 from .relay import available as relay_available
 from .relay import fileno
 from .rtp import RtpError, RtpSender, peek_header, rtp_payload
@@ -443,6 +442,8 @@ class MediaWorker:
         self._ticking: dict[str, MediaCall] = {}  # answered calls the 20 ms clock has work for (not idle relays)
         if relay is not None:
             relay.before_drain = relay.after_drain = self._commit
+        # transcoded paths buffer in C where the data plane runs (it fills them, and ticks them when it can)
+        self._jitter_class: Any = FastJitterBuffer if relay is not None else JitterBuffer
         self.address = settings.advertised()
         self.allocator = PortAllocator(settings.rtp_port_min, settings.rtp_port_max)
         self.calls: dict[str, MediaCall] = {}
@@ -517,6 +518,10 @@ class MediaWorker:
         call that only relays is left out until a packet for Python comes), then every 100 ms the plain legs'
         RTCP/timeouts."""
         self.ticks += 1
+        relay = self.relay
+        if relay is not None:
+            self._commit()
+            relay.c.tick(now)                     # the transcoded paths in their steady state, all in C
         calls = list(self._ticking.values())
         tick_bridges([c.bridge for c in calls], now, batch=self.settings.g711_batch)  # type: ignore[misc]
         for call in calls:
@@ -537,6 +542,8 @@ class MediaWorker:
             if (bridge is None or bridge.idle) and not call.sources and call.recorder is None \
                     and not call.members:
                 self._ticking.pop(call.call_id, None)
+            elif relay is not None and bridge is not None and not bridge.passthrough:
+                self._touch(call)                 # a transcoded path may be back in its steady state: C again
         if self.ticks % _POLL_TICKS == 0:
             self._poll_sessions(now)
         self._commit()
@@ -842,6 +849,9 @@ class MediaWorker:
             if self.calls.get(call.call_id) is call:
                 for side in ("a", "b"):
                     self._load_forward(call, side)  # type: ignore[arg-type]
+                bridge = call.bridge
+                if bridge is not None and not bridge.idle:
+                    self._ticking[call.call_id] = call   # what C does not tick, Python's clock does
 
     def _load_forward(self, call: MediaCall, side: Side) -> None:
         """Install, update or remove the C forward of the direction from ``side``: only while the Python path
@@ -877,14 +887,15 @@ class MediaWorker:
 
     def _load_delivery(self, call: MediaCall, side: Side, forward: Forward | None) -> None:
         """The receive side of a transcoded direction in C: packets of the leg's latched source (plain RTP) or of
-        the browser's stream (decrypted) straight into the bridge's jitter buffer, no datagram/event chain."""
+        the browser's stream (decrypted) straight into the bridge path's jitter buffer, no datagram/event
+        chain; and while the path is in its steady state, its whole tick in C too (``TranscodeTick``)."""
         relay = self.relay
         bridge = call.bridge
         assert relay is not None and bridge is not None
         path = bridge.paths[side]
         src = call.leg(side)
         plan: tuple[tuple[int, str, int], int, Any, Any, Any] | None = None
-        if not bridge.closed and path.jitter is not None:
+        if not bridge.closed and isinstance(path.jitter, FastJitterBuffer):
             if src.rtp is not None:
                 session = src.rtp.session
                 latched = session.latched_source
@@ -918,9 +929,50 @@ class MediaWorker:
             forward.remove()
             forward = None
         if forward is None:
-            forward = call.forwards[side] = Forward(relay, key, None, None, session, reception)
-        forward.load_delivery(in_pt=path.src.payload_type, source=source, srtp_in=srtp_in,
-                              sink=functools.partial(bridge.receive_rtp, side))
+            forward = call.forwards[side] = Forward(relay, key, path.stats, None, session, reception)
+        forward.load_delivery(in_pt=path.src.payload_type, source=source, srtp_in=srtp_in, jitter=path.jitter)
+        output = self._output_plan(call.leg(path.dst_side)) if self._steady(bridge, path) else None
+        if output is None:
+            return                                 # Python's tick runs it (a DTMF event, a prompt, ...)
+        if forward.tick is None:
+            forward.tick = TranscodeTick(relay, path, bridge.paths[path.dst_side].jitter)
+        forward.tick.load(*output)
+
+    def _steady(self, bridge: Bridge, path: Any) -> bool:
+        """Whether a transcoded path's tick has nothing but audio to do (the C tick does exactly that): no
+        DTMF event in progress or relayed, no in-band tone to play or detect, nothing else sent towards its
+        side (prompt, injected DTMF, a supervisor's whisper) and nothing recorded or mixed."""
+        rx = path.dtmf_rx
+        return (path.tone is None and path.inband is None and path.dst_side not in bridge.muted
+                and not bridge.capture and self._loop.time() >= path.event_until
+                and (rx is None or rx.get_timer() is None)
+                and (path.decoder is not None or path.src_law is not None)
+                and (path.encoder is not None or path.dst_law is not None))
+
+    def _output_plan(self, dst: MediaLeg) -> tuple[tuple[int, str, int], tuple[Any, int, int] | None] | None:
+        """Where the data plane sends a leg's packets: ((fd, host, port), SRTP handles or None), or None when
+        it cannot (no address yet, keys not ready, not a relay socket)."""
+        if dst.rtp is not None:
+            remote = dst.rtp.session.remote
+            fd = fileno(dst.rtp.rtp.transport) if dst.rtp.rtp is not None else None
+            if remote is None or fd is None:
+                return None
+            srtp_out = None
+            if dst.rtp.srtp is not None:
+                handles = dst.rtp.srtp.c_handles()
+                if handles is None:
+                    return None
+                srtp_out = handles[1]
+            return (fd, remote[0], remote[1]), srtp_out
+        if dst.webrtc is not None:
+            leg = dst.webrtc
+            fd = fileno(self.port.transport)
+            address = leg.remote_address
+            handles = leg.srtp.c_handles() if leg.srtp is not None else None
+            if fd is None or address is None or handles is None:
+                return None
+            return (fd, address[0], address[1]), handles[1]
+        return None
 
     def _forward_plan(self, call: MediaCall, side: Side) -> tuple[Any, ...] | None:
         """(key, out, srtp_in, srtp_out, input session, its ReceptionStats) when the direction can be
@@ -936,7 +988,7 @@ class MediaWorker:
             return None                          # no source relayed yet: the first packet goes through Python
         source = mapping[0]
         src, dst = call.leg(side), call.leg(path.dst_side)
-        session = reception = srtp_in = srtp_out = None
+        session = reception = srtp_in = None
         if src.rtp is not None:
             session = src.rtp.session
             latched = session.latched_source
@@ -969,28 +1021,10 @@ class MediaWorker:
             srtp_in = handles[0]
         else:
             return None
-        if dst.rtp is not None:
-            remote = dst.rtp.session.remote
-            fd = fileno(dst.rtp.rtp.transport) if dst.rtp.rtp is not None else None
-            if remote is None or fd is None:
-                return None
-            out = (fd, remote[0], remote[1])
-            if dst.rtp.srtp is not None:
-                handles = dst.rtp.srtp.c_handles()
-                if handles is None:
-                    return None
-                srtp_out = handles[1]
-        elif dst.webrtc is not None:
-            leg = dst.webrtc
-            fd = fileno(self.port.transport)
-            address = leg.remote_address
-            handles = leg.srtp.c_handles() if leg.srtp is not None else None
-            if fd is None or address is None or handles is None:
-                return None
-            out = (fd, address[0], address[1])
-            srtp_out = handles[1]
-        else:
+        output = self._output_plan(dst)
+        if output is None:
             return None
+        out, srtp_out = output
         return key, out, srtp_in, srtp_out, session, reception
 
     # -- legs ----------------------------------------------------------------------------------------
@@ -1183,7 +1217,7 @@ class MediaWorker:
                    for leg in (caller, callee) if leg.rtp is not None or leg.rtcp is not None}
         try:
             call.bridge = Bridge(caller.codec, callee.codec, senders=senders,
-                                 opus=self.settings.opus)
+                                 opus=self.settings.opus, jitter=self._jitter_class)
         except ValueError as exc:
             raise MediaError(str(exc)) from None
         call.answer_sdp = local
@@ -1275,7 +1309,7 @@ class MediaWorker:
             session.clock_rate = leg.codec.clock_rate
         try:
             bridge = Bridge(call.caller.codec, call.callee.codec, senders=dict(old.senders),  # type: ignore[arg-type]
-                            opus=self.settings.opus)
+                            opus=self.settings.opus, jitter=self._jitter_class)
         except ValueError as exc:
             raise MediaError(str(exc)) from None
         bridge.muted |= old.muted
