@@ -25,6 +25,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
@@ -472,6 +473,15 @@ typedef struct {
     int has_last_pcm;
     int16_t last_pcm[FRAME];
     double plc_gain;
+    /* in-band DTMF watch (media.dtmf.classify_frame_py on each decoded frame): a frame that holds a key hands
+     * the path back to Python, whose DtmfDetector decides about digits; silent frames are only counted */
+    int inband;
+    double dt_min_energy, dt_fwd, dt_rev, dt_rel, dt_ratio, dt_hrow, dt_hcol;
+    long long inband_quiet;
+    int inband_code;
+    int handback;               /* the tick stopped itself: Python must look at the path */
+    PyObject *owner;            /* whatever Python wants back with a handback (the worker: the call id) */
+    PyObject *captured;         /* list: each decoded frame as 320 bytes of PCM (recording, supervision), or NULL */
     /* in-band FEC follows the loss (media.bridge._adapt_fec) */
     int loss_ticks;
     long long mark_received, mark_lost;
@@ -488,11 +498,14 @@ static int Transcoder_init(Transcoder *self, PyObject *args, PyObject *kwds)
         return -1;
     self->out_fd = -1;
     self->plc_gain = 1.0;
+    self->inband_code = -1;
     return 0;
 }
 
 static void Transcoder_dealloc(Transcoder *self)
 {
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->captured);
     Py_CLEAR(self->jitter);
     Py_CLEAR(self->reverse);
     Py_CLEAR(self->srtp_owner);
@@ -589,6 +602,56 @@ static int pull_frame(Transcoder *t, double now, int16_t *pcm, int *good)
     return 1;
 }
 
+/* media.dtmf: the 8 DTMF frequencies, their second harmonics, and the key of each (row, column) */
+static const double dtmf_freqs[8] = {697.0, 770.0, 852.0, 941.0, 1209.0, 1336.0, 1477.0, 1633.0};
+static const int dtmf_code_of_cell[4][4] = {{1, 2, 3, 12}, {4, 5, 6, 13}, {7, 8, 9, 14}, {10, 0, 11, 15}};
+
+/* goertzel_powers_py for one frequency: |DFT|^2 by the Goertzel recursion, in the reference's order */
+static double goertzel(const int16_t *pcm, int n, double f)
+{
+    double coeff = 2.0 * cos(2.0 * M_PI * f / 8000);
+    double s1 = 0.0, s2 = 0.0;
+    for (int i = 0; i < n; i++) {
+        double s0 = (double)pcm[i] + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    return s1 * s1 + s2 * s2 - coeff * s1 * s2;
+}
+
+/* classify_frame_py (and _judge): the event code 0-15 a 20 ms frame holds, or -1 */
+static int dtmf_classify(const Transcoder *t, const int16_t *pcm)
+{
+    double scale = 2.0 / FRAME, p[8], energy = 0.0;
+    for (int k = 0; k < 8; k++)
+        p[k] = goertzel(pcm, FRAME, dtmf_freqs[k]) * scale;
+    for (int i = 0; i < FRAME; i++)
+        energy += (double)pcm[i] * (double)pcm[i];
+    int r = 0, c = 0;
+    for (int k = 1; k < 4; k++) {
+        if (p[k] > p[r])
+            r = k;
+        if (p[4 + k] > p[4 + c])
+            c = k;
+    }
+    double pr = p[r], pc = p[4 + c];
+    if (pr < t->dt_min_energy || pc < t->dt_min_energy)
+        return -1;
+    if (pr > pc * t->dt_fwd || pc > pr * t->dt_rev)
+        return -1;
+    for (int k = 0; k < 4; k++) {
+        if ((k != r && p[k] * t->dt_rel > pr) || (k != c && p[4 + k] * t->dt_rel > pc))
+            return -1;
+    }
+    if (pr + pc < t->dt_ratio * energy)
+        return -1;
+    double h_row = goertzel(pcm, FRAME, 2 * dtmf_freqs[r]) * scale;
+    double h_col = goertzel(pcm, FRAME, 2 * dtmf_freqs[4 + c]) * scale;
+    if (h_row * t->dt_hrow > pr || h_col * t->dt_hcol > pc)
+        return -1;
+    return dtmf_code_of_cell[r][c];
+}
+
 /* One tick of the path: 1 when t->pkt holds a packet to send, else 0 */
 static int transcode_tick(Transcoder *t, double now)
 {
@@ -604,6 +667,29 @@ static int transcode_tick(Transcoder *t, double now)
         memcpy(t->last_pcm, pcm, sizeof(pcm));
         t->has_last_pcm = 1;
         t->plc_gain = 1.0;
+    }
+    if (t->captured) {                                        /* what this side sent, for the recorder/mix */
+        PyObject *frame = PyBytes_FromStringAndSize(NULL, sizeof(pcm));
+        if (frame) {
+            uint8_t *b = (uint8_t *)PyBytes_AS_STRING(frame);
+            for (int i = 0; i < FRAME; i++) {
+                b[2 * i] = (uint8_t)(pcm[i] & 0xFF);
+                b[2 * i + 1] = (uint8_t)((uint16_t)pcm[i] >> 8);
+            }
+        }
+        if (!frame || PyList_Append(t->captured, frame) < 0)
+            PyErr_Clear();                                    /* out of memory: a gap in the recording */
+        Py_XDECREF(frame);
+    }
+    if (t->inband) {
+        int code = dtmf_classify(t, pcm);
+        if (code < 0) {
+            t->inband_quiet++;
+        } else {                                              /* a key: Python's detector takes it from here */
+            t->inband_code = code;
+            t->handback = 1;
+            t->engaged = 0;
+        }
     }
     uint8_t *payload = t->pkt + 12;
     int n;
@@ -780,6 +866,51 @@ static PyObject *Transcoder_plc(Transcoder *self, PyObject *Py_UNUSED(ignored))
     return Py_BuildValue("(y#d)", (const char *)b, (Py_ssize_t)sizeof(b), self->plc_gain);
 }
 
+PyDoc_STRVAR(Transcoder_set_inband_doc,
+             "set_inband(thresholds | None): watch decoded frames for DTMF with media.dtmf._thresholds(cfg, 160)\n"
+             "(min_energy, forward twist, reverse twist, relative peak, signal ratio, row and column harmonic).");
+static PyObject *Transcoder_set_inband(Transcoder *self, PyObject *arg)
+{
+    self->inband_quiet = 0;
+    self->inband_code = -1;
+    self->handback = 0;
+    if (arg == Py_None) {
+        self->inband = 0;
+        Py_RETURN_NONE;
+    }
+    if (!PyArg_ParseTuple(arg, "ddddddd", &self->dt_min_energy, &self->dt_fwd, &self->dt_rev, &self->dt_rel,
+                          &self->dt_ratio, &self->dt_hrow, &self->dt_hcol))
+        return NULL;
+    self->inband = 1;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Transcoder_set_capture_doc,
+             "set_capture(list | None): append each decoded frame (320 bytes, 16-bit LE) to this list, as\n"
+             "Bridge.captured gets them for the recorder and the supervisor mix.");
+static PyObject *Transcoder_set_capture(Transcoder *self, PyObject *arg)
+{
+    if (arg != Py_None && !PyList_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "set_capture takes a list or None");
+        return NULL;
+    }
+    Py_XINCREF(arg == Py_None ? NULL : arg);
+    Py_XSETREF(self->captured, arg == Py_None ? NULL : arg);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Transcoder_take_inband_doc,
+             "take_inband() -> (silent frames, code of the frame that handed back or -1): what the in-band watch\n"
+             "saw since the last call (then cleared), for DtmfDetector.advance_silent and step.");
+static PyObject *Transcoder_take_inband(Transcoder *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *r = Py_BuildValue("(Li)", self->inband_quiet, self->inband_code);
+    self->inband_quiet = 0;
+    self->inband_code = -1;
+    self->handback = 0;
+    return r;
+}
+
 PyDoc_STRVAR(Transcoder_take_doc,
              "take() -> (packets_out, concealed, fec, decode_errors, encode_errors, srtp_errors, send_errors,\n"
              "sent): the counters since the last take (then zeroed), and whether a packet went out.");
@@ -819,6 +950,9 @@ static PyMethodDef Transcoder_methods[] = {
     {"set_plc", (PyCFunction)Transcoder_set_plc, METH_VARARGS, Transcoder_set_plc_doc},
     {"plc", (PyCFunction)Transcoder_plc, METH_NOARGS, Transcoder_plc_doc},
     {"take", (PyCFunction)Transcoder_take, METH_NOARGS, Transcoder_take_doc},
+    {"set_inband", (PyCFunction)Transcoder_set_inband, METH_O, Transcoder_set_inband_doc},
+    {"set_capture", (PyCFunction)Transcoder_set_capture, METH_O, Transcoder_set_capture_doc},
+    {"take_inband", (PyCFunction)Transcoder_take_inband, METH_NOARGS, Transcoder_take_inband_doc},
     {"tick", (PyCFunction)Transcoder_tick, METH_O, Transcoder_tick_doc},
     {NULL, NULL, 0, NULL},
 };
@@ -841,6 +975,8 @@ static PyMemberDef Transcoder_members[] = {
     {"reported_loss", T_DOUBLE, offsetof(Transcoder, reported_loss), 0, "loss the receiver reported (RTCP)"},
     {"loss_perc", T_INT, offsetof(Transcoder, loss_perc), 0, "the encoder's expected loss (percent)"},
     {"out_fd", T_INT, offsetof(Transcoder, out_fd), READONLY, "socket it sends from"},
+    {"handback", T_INT, offsetof(Transcoder, handback), READONLY, "the tick handed the path back to Python"},
+    {"owner", T_OBJECT, offsetof(Transcoder, owner), 0, "returned with handbacks (the worker's call id)"},
     {NULL},
 };
 
@@ -884,6 +1020,7 @@ typedef struct {
     int epfd;
     PyObject *rules;            /* dict: key (bytes) -> Rule */
     PyObject *transcoders;      /* list of Transcoder, ticked by tick() while engaged */
+    PyObject *handbacks;        /* owners of the transcoders that handed back since take_handbacks() */
     long long transcoded;
     long long forwarded, delivered, slow, dropped, truncated, recv_errors, send_errors, protect_errors;
     struct mmsghdr in_msgs[VLEN];
@@ -958,8 +1095,9 @@ static int Relay_init(Relay *self, PyObject *args, PyObject *kwds)
     }
     self->rules = PyDict_New();
     self->transcoders = PyList_New(0);
+    self->handbacks = PyList_New(0);
     self->bufs = PyMem_Malloc((size_t)VLEN * BUF_SIZE);
-    if (!self->rules || !self->transcoders || !self->bufs) {
+    if (!self->rules || !self->transcoders || !self->handbacks || !self->bufs) {
         PyErr_NoMemory();
         return -1;
     }
@@ -978,6 +1116,7 @@ static void Relay_dealloc(Relay *self)
         close(self->epfd);
     Py_CLEAR(self->rules);
     Py_CLEAR(self->transcoders);
+    Py_CLEAR(self->handbacks);
     PyMem_Free(self->bufs);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -1459,6 +1598,8 @@ static PyObject *Relay_tick(Relay *self, PyObject *arg)
             continue;
         if (transcode_tick(t, now))
             ready[count++] = (Outgoing){t->out_fd, (int)i};
+        if (t->handback && PyList_Append(self->handbacks, t->owner ? t->owner : Py_None) < 0)
+            PyErr_Clear();      /* no memory for the note: the path is silent until Python touches it */
     }
     if (count > 1)
         qsort(ready, (size_t)count, sizeof(Outgoing), by_fd);
@@ -1501,6 +1642,22 @@ static PyObject *Relay_tick(Relay *self, PyObject *arg)
     return PyLong_FromLongLong(sent_total);
 }
 
+PyDoc_STRVAR(Relay_take_handbacks_doc,
+             "take_handbacks() -> [owner, ...]: the owners of the transcoders whose tick handed their path back\n"
+             "to Python (a DTMF key in the audio) since the last call.");
+static PyObject *Relay_take_handbacks(Relay *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->handbacks || PyList_GET_SIZE(self->handbacks) == 0)
+        return PyList_New(0);
+    PyObject *out = self->handbacks;
+    self->handbacks = PyList_New(0);
+    if (!self->handbacks) {
+        self->handbacks = out;
+        return NULL;
+    }
+    return out;
+}
+
 PyDoc_STRVAR(Relay_stats_doc, "stats() -> dict of the relay's counters.");
 static PyObject *Relay_stats(Relay *self, PyObject *Py_UNUSED(ignored))
 {
@@ -1536,6 +1693,7 @@ static PyMethodDef Relay_methods[] = {
     {"add_transcoder", (PyCFunction)Relay_add_transcoder, METH_O, Relay_add_transcoder_doc},
     {"remove_transcoder", (PyCFunction)Relay_remove_transcoder, METH_O, Relay_remove_transcoder_doc},
     {"tick", (PyCFunction)Relay_tick, METH_O, Relay_tick_doc},
+    {"take_handbacks", (PyCFunction)Relay_take_handbacks, METH_NOARGS, Relay_take_handbacks_doc},
     {"stats", (PyCFunction)Relay_stats, METH_NOARGS, Relay_stats_doc},
     {"close", (PyCFunction)Relay_close, METH_NOARGS, Relay_close_doc},
     {NULL, NULL, 0, NULL},

@@ -796,6 +796,26 @@ class DtmfDetector:
         self._frame += 1
         return out
 
+    @property
+    def idle(self) -> bool:
+        """No digit is sounding (frames judged silent change nothing but the counters: ``advance_silent``)."""
+        return self._active < 0
+
+    def advance_silent(self, frames: int, n: int = 160) -> None:
+        """What ``step(-1)`` does ``frames`` times while ``idle``: the C transcoding tick judges frames itself
+        and hands the path back only for one that holds a key (then ``step`` is called with its code)."""
+        if frames <= 0:
+            return
+        if not self.idle:
+            raise ValueError("advance_silent needs an idle detector (a digit is sounding)")
+        if self._last == -1:
+            self._run += frames
+        else:
+            self._last = -1
+            self._run = frames
+        self._frame += frames
+        self._n = n
+
     def _ended(self, n: int) -> DtmfDigitEnded:
         """Close the active digit."""
         code = self._active

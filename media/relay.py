@@ -15,10 +15,12 @@ always before the relay next reads its sockets or ticks), so the Python referenc
 the same packets and the same statistics (tests/unit/test_relay.py compares them).
 
 A transcoded direction's ``Forward`` puts what its rule accepts straight into the bridge path's C jitter
-buffer (``load_delivery``), and while the path is in its steady state (no DTMF event, prompt, recording or
-in-band detection on it) its ``TranscodeTick`` runs the whole 20 ms step in C as well: decode or conceal,
-encode, packetize, SRTP and a batched send (``Relay.tick``); tests/unit/test_transcode_tick.py compares it
-with ``media.bridge.tick_bridges`` packet for packet.
+buffer (``load_delivery``), and while the path is in its steady state (no DTMF event, prompt or digit
+sounding on it; a recording or a supervisor's listening gets the decoded frames) its ``TranscodeTick`` runs the whole 20 ms step in C as well: decode or conceal,
+encode, packetize, SRTP and a batched send (``Relay.tick``). A path watched for in-band DTMF is judged frame
+by frame in C too; a frame that holds a key hands the path back to Python (``Relay.take_handbacks``), whose
+detector decides about the digit. tests/unit/test_transcode_tick.py compares all this with
+``media.bridge.tick_bridges`` packet for packet and digit for digit.
 
 Without the extension (no compiler, not Linux) ``available()`` is False and the worker uses asyncio
 endpoints and the Python path for everything.
@@ -32,7 +34,8 @@ import socket
 import numpy as np
 from typing import Any, Callable
 
-from .bridge import BridgeStats
+from .bridge import BridgeStats, DtmfReceived
+from .dtmf import DtmfDigitEnded, _thresholds
 from .opus import function_addresses
 from .rtcp import ReceptionStats
 from .rtp import RtpSender
@@ -346,18 +349,20 @@ class TranscodeTick:
     concealment frame, the FEC loss estimate) into C and lets ``Relay.tick`` run it; ``pull`` stops that and
     writes what C changed back, so Python's tick can carry on from exactly there."""
 
-    __slots__ = ("relay", "c", "path", "sender")
+    __slots__ = ("relay", "c", "bridge", "path", "sender")
 
-    def __init__(self, relay: MediaRelay, path: Any, reverse: Any) -> None:
+    def __init__(self, relay: MediaRelay, bridge: Any, side: str, owner: Any = None) -> None:
         assert _c is not None
         _set_opus()
         self.relay = relay
-        self.path = path
+        self.bridge = bridge
+        self.path = path = bridge.paths[side]
         self.sender: RtpSender = path.sender
         self.c = _c.Transcoder()
-        self.c.set_codecs(path.jitter, reverse, path.decoder.state if path.decoder is not None else 0,
-                          _LAWS[path.src_law], path.encoder.state if path.encoder is not None else 0,
-                          _LAWS[path.dst_law])
+        self.c.set_codecs(path.jitter, bridge.paths[path.dst_side].jitter,
+                          path.decoder.state if path.decoder is not None else 0, _LAWS[path.src_law],
+                          path.encoder.state if path.encoder is not None else 0, _LAWS[path.dst_law])
+        self.c.owner = owner
         relay.c.add_transcoder(self.c)
         path.c_tick = self
 
@@ -382,6 +387,12 @@ class TranscodeTick:
         c.reported_loss = path.reported_loss
         if path.encoder is not None:
             c.loss_perc = path.encoder.packet_loss_perc
+        inband = path.inband
+        if inband is not None and not inband.idle:
+            raise ValueError("a digit is sounding on this path: Python's tick must run it")
+        c.set_inband(None if inband is None else _thresholds(inband.config, 160))
+        bridge = self.bridge
+        c.set_capture(bridge.captured[path.src_side] if bridge.capture else None)
         c.engaged = 1
         path.c_engaged = True
 
@@ -392,6 +403,7 @@ class TranscodeTick:
             return
         c.engaged = 0
         path.c_engaged = False
+        c.set_capture(None)
         packets_out, concealed, fec, decode_errors, encode_errors, srtp_errors, send_errors, sent = c.take()
         stats = path.stats
         stats.packets_out += packets_out
@@ -412,6 +424,15 @@ class TranscodeTick:
             path.last_pcm = np.frombuffer(pcm, "<i2")
         path.loss_ticks = c.loss_ticks
         path.loss_mark = (c.mark_received, c.mark_lost)
+        inband = path.inband
+        if inband is not None:
+            silent, code = c.take_inband()
+            inband.advance_silent(silent)
+            if code >= 0:                             # the frame that handed back held a key: a digit maybe
+                for event in inband.step(code, 160):
+                    if isinstance(event, DtmfDigitEnded):
+                        self.bridge._events.append(DtmfReceived(path.src_side, event.digit, event.duration_ms,
+                                                                "inband"))
         if srtp_errors or send_errors:
             log.debug("transcoder: %d SRTP and %d send errors", srtp_errors, send_errors)
 

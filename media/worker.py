@@ -519,9 +519,11 @@ class MediaWorker:
         RTCP/timeouts."""
         self.ticks += 1
         relay = self.relay
+        handbacks: list[str] = []
         if relay is not None:
             self._commit()
             relay.c.tick(now)                     # the transcoded paths in their steady state, all in C
+            handbacks = relay.c.take_handbacks()  # paths that met a DTMF key in their audio
         calls = list(self._ticking.values())
         tick_bridges([c.bridge for c in calls], now, batch=self.settings.g711_batch)  # type: ignore[misc]
         for call in calls:
@@ -542,8 +544,13 @@ class MediaWorker:
             if (bridge is None or bridge.idle) and not call.sources and call.recorder is None \
                     and not call.members:
                 self._ticking.pop(call.call_id, None)
-            elif relay is not None and bridge is not None and not bridge.passthrough:
+            elif relay is not None and bridge is not None and not bridge.passthrough \
+                    and any(not path.c_engaged for path in bridge.paths.values()):
                 self._touch(call)                 # a transcoded path may be back in its steady state: C again
+        for call_id in handbacks:                 # after Python's tick: theirs ran in C this tick
+            call = self.calls.get(call_id)
+            if call is not None:
+                self._touch(call)
         if self.ticks % _POLL_TICKS == 0:
             self._poll_sessions(now)
         self._commit()
@@ -633,8 +640,13 @@ class MediaWorker:
                     frames.append(None)
                 call.record_pcm[side] = pcm
             else:
-                pcm_frames = [p for p in captured if isinstance(p, np.ndarray)]
-                frames.append(pcm_frames[-1].astype(np.int16, copy=False) if pcm_frames else None)
+                # decoded frames: arrays from Python's tick, 320-byte PCM from the C tick
+                last = captured[-1] if captured else None
+                if isinstance(last, bytes):
+                    frames.append(np.frombuffer(last, "<i2").astype(np.int16) if len(last) == 2 * FRAME_SAMPLES
+                                  else None)
+                else:
+                    frames.append(last.astype(np.int16, copy=False) if last is not None else None)
             captured.clear()
         return frames
 
@@ -935,16 +947,17 @@ class MediaWorker:
         if output is None:
             return                                 # Python's tick runs it (a DTMF event, a prompt, ...)
         if forward.tick is None:
-            forward.tick = TranscodeTick(relay, path, bridge.paths[path.dst_side].jitter)
+            forward.tick = TranscodeTick(relay, bridge, side, owner=call.call_id)
         forward.tick.load(*output)
 
     def _steady(self, bridge: Bridge, path: Any) -> bool:
-        """Whether a transcoded path's tick has nothing but audio to do (the C tick does exactly that): no
-        DTMF event in progress or relayed, no in-band tone to play or detect, nothing else sent towards its
-        side (prompt, injected DTMF, a supervisor's whisper) and nothing recorded or mixed."""
+        """Whether a transcoded path's tick has nothing but audio to do (the C tick does exactly that, and
+        watches for in-band keys): no DTMF event in progress or relayed, no in-band tone to play or digit
+        sounding, nothing else sent towards its side (prompt, injected DTMF, a supervisor's whisper). A
+        recorded or supervised path stays in C: the C tick appends its decoded frames to ``captured``."""
         rx = path.dtmf_rx
-        return (path.tone is None and path.inband is None and path.dst_side not in bridge.muted
-                and not bridge.capture and self._loop.time() >= path.event_until
+        return (path.tone is None and (path.inband is None or path.inband.idle) and path.dst_side not in bridge.muted
+                and self._loop.time() >= path.event_until
                 and (rx is None or rx.get_timer() is None)
                 and (path.decoder is not None or path.src_law is not None)
                 and (path.encoder is not None or path.dst_law is not None))

@@ -7,6 +7,10 @@ packet from the browser side and one PCMU packet from the trunk side (``receive_
 ``tick_bridges`` (jitter get, Opus decode at 8 kHz, G.711 decode, Opus encode at 8 kHz, G.711 encode,
 packetize) and the output is drained. Reported per call per tick, G.711 batched across calls (numpy
 ``decode_batch``/``encode_batch``) and per frame (the active bytes backend, C when built).
+C tick rows: the same bridges with their paths handed to the C data plane's tick (``media.relay.TranscodeTick``,
+``Relay.tick``: jitter get, libopus decode/encode, G.711, packetize, and a ``sendmmsg`` of the tick's packets to
+a loopback socket nobody reads); only ``Relay.tick`` is timed (in the worker the data plane also does the
+receive side in C, which here goes through ``receive_rtp`` and is not counted).
 Passthrough row: PCMU<->PCMU, ``receive_rtp`` (relay with header rewrite) + drain, per packet.
 """
 from __future__ import annotations
@@ -72,6 +76,49 @@ def transcoding(calls: int, ticks: int, batch: bool, complexity: int) -> float:
     return elapsed / ticks / calls * 1e6
 
 
+def transcoding_c(calls: int, ticks: int, complexity: int) -> float | None:
+    """µs per call per tick of ``Relay.tick`` for `calls` Opus<->PCMU bridges ticked in C (None: not built)."""
+    import socket
+    import types
+
+    from media.jitter import FastJitterBuffer, fast_available
+    if not fast_available():
+        return None
+    from media import _relay
+    from media.relay import TranscodeTick
+
+    opus, pcmu = material()
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    relay = types.SimpleNamespace(c=_relay.Relay())
+    bridges = [Bridge(OPUS, PCMU, opus=OpusConfig(complexity=complexity), jitter=FastJitterBuffer)
+               for _ in range(calls)]
+    target = (out.fileno(), "127.0.0.1", sink.getsockname()[1])
+    for br in bridges:
+        for side in br.paths:
+            TranscodeTick(relay, br, side).load(target, None)
+    elapsed = 0.0
+    for t in range(ticks + 10):
+        now = t * 0.02
+        k = t % len(opus)
+        a_pkt = rtp(111, t, t * 960, 1, opus[k])
+        b_pkt = rtp(0, t, t * 160, 2, pcmu[k])
+        for br in bridges:
+            br.receive_rtp("a", a_pkt, now)
+            br.receive_rtp("b", b_pkt, now)
+        t0 = time.perf_counter()
+        sent = relay.c.tick(now + 0.01)
+        if t >= 10:
+            elapsed += time.perf_counter() - t0
+            assert sent == 2 * calls, sent
+    for br in bridges:
+        br.close()
+    sink.close()
+    out.close()
+    return elapsed / ticks / calls * 1e6
+
+
 def passthrough(packets: int) -> float:
     """µs per packet relayed PCMU -> PCMU (receive_rtp + drain)."""
     bridge = Bridge(PCMU, PCMU)
@@ -125,6 +172,11 @@ def main() -> None:
             rows.append({"case": "transcode opus<->pcmu", "calls": calls, "g711_batch": batch, "us_per_call_tick": us})
             print(f"transcode Opus<->PCMU  calls={calls:4d} g711 {'batched  ' if batch else 'per-frame'}: "
                   f"{us:7.1f} µs per call per 20 ms tick (both directions) -> ~{20000 / us:5.0f} calls/core")
+        us_c = transcoding_c(calls, args.ticks, args.complexity)
+        if us_c is not None:
+            rows.append({"case": "transcode opus<->pcmu, C tick", "calls": calls, "us_per_call_tick": us_c})
+            print(f"transcode Opus<->PCMU  calls={calls:4d} C tick          : "
+                  f"{us_c:7.1f} µs per call per 20 ms tick (both directions, sendmmsg included)")
     us = passthrough(100_000)
     rows.append({"case": "passthrough pcmu", "us_per_packet": us})
     print(f"passthrough PCMU<->PCMU: {us:5.2f} µs per packet relayed (bridge only, no socket/SRTP)")

@@ -20,7 +20,7 @@ from typing import Callable
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from media.jitter import JitterBuffer  # noqa: E402
+from media.jitter import FastJitterBuffer, JitterBuffer, fast_available  # noqa: E402
 from media.rtcp import (  # noqa: E402
     ReceptionStats, ReportBlock, SenderReport, SourceDescription, build_compound, parse_compound,
 )
@@ -107,8 +107,8 @@ def rows(n: int, repeat: int) -> list[tuple[str, float]]:
             upd(i & 0xFFFF, (160 * i) & 0xFFFFFFFF, i * 0.02 + (i % 3) * 0.001)
     add("ReceptionStats.update (A.1 + A.8)", stats_loop)
 
-    def jb_loop(k: int) -> None:
-        jb = JitterBuffer(8000)
+    def jb_loop(k: int, cls=JitterBuffer) -> None:
+        jb = cls(8000)
         put, get = jb.put, jb.get
         payload = b"\xff" * 160
         for i in range(k):
@@ -122,8 +122,8 @@ def rows(n: int, repeat: int) -> list[tuple[str, float]]:
         order[i], order[i + 1] = order[i + 1], order[i]
     drop = {i for i in range(n) if rng.random() < 0.02}
 
-    def jb_lossy_loop(k: int) -> None:
-        jb = JitterBuffer(8000)
+    def jb_lossy_loop(k: int, cls=JitterBuffer) -> None:
+        jb = cls(8000)
         put, get = jb.put, jb.get
         payload = b"\xff" * 160
         for i in range(k):
@@ -132,6 +132,11 @@ def rows(n: int, repeat: int) -> list[tuple[str, float]]:
                 put(j & 0xFFFF, (160 * j) & 0xFFFFFFFF, payload, i * 0.02 + 0.005 + (i % 5) * 0.004)
             get(i * 0.02)
     add("JitterBuffer put+get per frame (2 % loss, reorder, jitter)", jb_lossy_loop)
+    if fast_available():
+        # the C buffer called from Python (in the worker, the data plane puts and the C tick gets: no call)
+        add("FastJitterBuffer (C) put+get per frame (in order)", lambda k: jb_loop(k, FastJitterBuffer))
+        add("FastJitterBuffer (C) put+get per frame (2 % loss, reorder, jitter)",
+            lambda k: jb_lossy_loop(k, FastJitterBuffer))
 
     def session_loop(k: int) -> None:
         s = RtpSession(clock_rate=8000, now=0.0, payload_type=0, remote=("10.0.0.1", 4000),

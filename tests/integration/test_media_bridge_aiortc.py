@@ -22,7 +22,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 
 from media import g711  # noqa: E402
 from media.audio import dominant_frequency, tone  # noqa: E402
-from media.dtmf import decode_telephone_event, packets_for_press  # noqa: E402
+from media.dtmf import decode_telephone_event, dtmf_tone, packets_for_press  # noqa: E402
 from media.rtcp import Bye, SenderReport, parse_compound  # noqa: E402
 from media.webrtc import WebRtcPort  # noqa: E402
 from media.worker import MediaSettings, MediaWorker  # noqa: E402
@@ -61,9 +61,14 @@ class TrunkPeer(asyncio.DatagramProtocol):
         self.seq = (self.seq + 1) & 0xFFFF
         self.transport.sendto(header + payload, to)
 
-    async def play(self, to, seconds: float, dtmf_at: float | None = None) -> None:
-        """Send the tone paced at 20 ms; at dtmf_at, one 100 ms press of '5' as RFC 4733 (PT 101) instead."""
+    async def play(self, to, seconds: float, dtmf_at: float | None = None,
+                   keys_in_audio: dict[float, str] | None = None) -> None:
+        """Send the tone paced at 20 ms; at dtmf_at, one 100 ms press of '5' as RFC 4733 (PT 101) instead;
+        at each time of ``keys_in_audio``, that key as 100 ms of DTMF tones in the audio instead of the tone."""
         pcm = tone(TRUNK_HZ, 8000, seconds, amplitude=0.4)
+        for at, key in (keys_in_audio or {}).items():
+            start = int(at * 8000)
+            pcm[start:start + 800] = dtmf_tone(key, 100)
         start = time.monotonic()
         press = None
         for i in range(len(pcm) // 160):
@@ -239,8 +244,8 @@ async def test_trunk_to_browser_call(worker: MediaWorker, prefer_passthrough: bo
         if worker.relay is not None:
             # SRTP<->RTP passthrough is forwarded by the C data plane (both directions); when transcoding, it
             # puts the packets of both legs (SRTP decrypted) straight into the bridge's jitter buffers, and its
-            # tick transcodes, packetizes and sends trunk -> browser (aiortc answers without telephone-event:
-            # the other direction is watched for in-band DTMF, which Python's tick does)
+            # tick transcodes, packetizes and sends both ways (aiortc answers without telephone-event: the
+            # C tick also watches that direction for in-band keys)
             after = worker.relay.stats()
             forwarded = after["forwarded"] - before["forwarded"]
             delivered = after["delivered"] - before["delivered"]
@@ -248,14 +253,53 @@ async def test_trunk_to_browser_call(worker: MediaWorker, prefer_passthrough: bo
             if prefer_passthrough:
                 assert forwarded > 150 and delivered == 0 and transcoded == 0, after
             else:
-                assert forwarded == 0 and delivered > 150 and transcoded > 75, after
-                assert after["transcoders"] == 1, after
+                assert forwarded == 0 and delivered > 150 and transcoded > 150, after
+                assert after["transcoders"] == 2, after
     finally:
         await pc.close()
         listener.close()
         trunk_transport.close()
     await worker.delete("call-2")
 
+    assert_tones_both_ways(trunk, listener)
+
+
+async def test_keys_in_a_trunks_audio_are_reported_while_the_c_tick_transcodes(worker: MediaWorker):
+    """A trunk without telephone-event sends keys as tones: the transcoded call runs in the C tick, which
+    watches the trunk's decoded audio and hands each key to Python's detector; the digits are reported once
+    each (source "inband") and both directions go back to C afterwards."""
+    if worker.relay is None:
+        pytest.skip("the C data plane is not built")
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    listener = Listener(pc)
+    loop = asyncio.get_running_loop()
+    trunk_transport, trunk = await loop.create_datagram_endpoint(TrunkPeer, local_addr=("127.0.0.1", 0))
+    trunk_port = trunk_transport.get_extra_info("sockname")[1]
+    worker.settings.prefer_passthrough = False
+    try:
+        trunk_offer = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                       f"m=audio {trunk_port} RTP/AVP 0 8\r\na=ptime:20\r\na=sendrecv\r\n")
+        to_browser = await worker.offer("call-keys", "trunk-tag", trunk_offer)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=to_browser, type="offer"))
+        for transceiver in pc.getTransceivers():
+            transceiver.sender.replaceTrack(SineTrack(BROWSER_HZ))
+            transceiver.direction = "sendrecv"
+        await pc.setLocalDescription(await pc.createAnswer())
+        to_trunk = SessionDescription.parse(
+            await worker.answer("call-keys", "trunk-tag", "agent-tag", pc.localDescription.sdp))
+        assert not worker.calls["call-keys"].bridge.passthrough
+        before = worker.relay.stats()
+        await trunk.play(("127.0.0.1", to_trunk.media[0].port), 2.4, keys_in_audio={0.8: "7", 1.2: "3", 1.6: "#"})
+        await asyncio.sleep(0.3)
+        after = worker.relay.stats()
+    finally:
+        await pc.close()
+        listener.close()
+        trunk_transport.close()
+    await worker.delete("call-keys")
+    dtmf = [(e["digit"], e["tag"], e["source"]) for e in worker.test_events if e["event"] == "dtmf"]
+    assert dtmf == [("7", "trunk-tag", "inband"), ("3", "trunk-tag", "inband"), ("#", "trunk-tag", "inband")]
+    assert after["transcoders"] == 2 and after["transcoded"] - before["transcoded"] > 150, after
     assert_tones_both_ways(trunk, listener)
 
 

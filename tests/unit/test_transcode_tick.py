@@ -16,7 +16,8 @@ import types
 import numpy as np
 import pytest
 
-from media.bridge import Bridge, LegCodec, tick_bridges
+from media.bridge import Bridge, DtmfReceived, LegCodec, tick_bridges
+from media.dtmf import dtmf_tone
 from media.jitter import FastJitterBuffer, JitterBuffer
 from media.opus import OpusConfig, OpusEncoder
 from media.rtp import RtpSender
@@ -28,7 +29,9 @@ from media.relay import TranscodeTick  # noqa: E402  (needs the extension)
 OPUS = LegCodec(111, "opus", 48000, 126, 48000, channels=2)
 PCMU = LegCodec(0, "PCMU", 8000, 101, 8000)
 PCMA = LegCodec(8, "PCMA", 8000, 101, 8000)
+PCMU_NO_EVENTS = LegCodec(0, "PCMU", 8000, None)        # a trunk without RFC 4733: keys come in the audio
 TICK = 0.02
+KEYS = {100 + 10 * i: digit for i, digit in enumerate("159#0*D")} | {400 + 7 * i: d for i, d in enumerate("2486")}
 
 
 def tone(freq: float, i: int, rate: int = 8000, n: int = 160) -> np.ndarray:
@@ -38,14 +41,24 @@ def tone(freq: float, i: int, rate: int = 8000, n: int = 160) -> np.ndarray:
 
 def source_packets(codec: LegCodec, ticks: int, seed: int, freq: float, dtx: bool = False):
     """(arrival, packet) of one leg's stream: 20 ms frames of a tone (with silent stretches), on a lossy
-    network: loss, duplicates, reordering and jitter, and now and then a corrupt or empty Opus payload."""
+    network: loss, duplicates, reordering and jitter, and now and then a corrupt or empty Opus payload.
+    A leg without telephone-event sends DTMF keys in its audio (``KEYS``: frame -> key, 100 or 60 ms each)."""
     rng = random.Random(seed)
     encoder = OpusEncoder(8000, 1, bitrate=24000, complexity=5, dtx=dtx) if codec.name == "opus" else None
     seq, ts, ssrc = rng.randrange(65536), rng.randrange(1 << 32), rng.randrange(1 << 32)
     step = codec.clock_rate // 50
     out = []
+    keys = {}
+    if codec.event_payload_type is None:
+        for start, digit in KEYS.items():
+            length = 5 if start < 400 else 3
+            samples = dtmf_tone(digit, 20 * length)
+            for j in range(length):
+                keys[start + j] = samples[160 * j:160 * (j + 1)]
     for i in range(ticks):
         pcm = tone(freq, i) if (i // 60) % 3 != 2 else np.zeros(160, np.int16)   # a tone, then silence
+        if i in keys:
+            pcm = keys[i]
         if encoder is not None:
             payload = encoder.encode(pcm)
             if rng.random() < 0.01:
@@ -81,24 +94,32 @@ def out_socket():
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("pair", [(OPUS, PCMU), (PCMA, OPUS), (PCMU, PCMA)], ids=["opus-pcmu", "pcma-opus", "pcmu-pcma"])
-@pytest.mark.parametrize("dtx", [False, True], ids=["", "dtx"])
-def test_c_tick_sends_what_the_python_tick_sends(pair, seed: int, dtx: bool, out_socket) -> None:
+@pytest.mark.parametrize("pair", [(OPUS, PCMU), (PCMA, OPUS), (PCMU, PCMA), (OPUS, PCMU_NO_EVENTS)],
+                         ids=["opus-pcmu", "pcma-opus", "pcmu-pcma", "opus-inband"])
+@pytest.mark.parametrize("mode", ["", "dtx", "captured"])
+def test_c_tick_sends_what_the_python_tick_sends(pair, seed: int, mode: str, out_socket) -> None:
     a, b = pair
-    opus = OpusConfig(dtx=dtx)
+    opus = OpusConfig(dtx=mode == "dtx")
     ref = make_bridge(a, b, JitterBuffer, opus)
     fast = make_bridge(a, b, FastJitterBuffer, opus)
+    ref.capture = fast.capture = mode == "captured"             # a recording: every decoded frame is kept
+    for bridge in (ref, fast):
+        for path in bridge.paths.values():
+            if path.inband is not None:
+                path.inband.backend = "python"   # the Goertzel recursion the C watch mirrors (numpy sums differ)
     relay = types.SimpleNamespace(c=_relay.Relay())
-    ticks_c = {side: TranscodeTick(relay, fast.paths[side], fast.paths["b" if side == "a" else "a"].jitter)
-               for side in ("a", "b")}
+    ticks_c = {side: TranscodeTick(relay, fast, side) for side in ("a", "b")}
     out = (out_socket.fileno(), "127.0.0.1", 9)
     ticks = 600
+    dtx = mode == "dtx"
     stream = sorted([("a", t, p) for t, p in source_packets(a, ticks, seed, 440.0, dtx)]
                     + [("b", t, p) for t, p in source_packets(b, ticks, seed + 100, 1000.0, dtx)],
                     key=lambda x: x[1])
     rng = random.Random(seed)
     k = 0
-    c_packets = 0
+    c_packets = handbacks = captured = 0
+    ref_events: list[DtmfReceived] = []
+    fast_events: list[DtmfReceived] = []
     for n in range(ticks + 20):
         now = n * TICK
         while k < len(stream) and stream[k][1] <= now:
@@ -108,9 +129,10 @@ def test_c_tick_sends_what_the_python_tick_sends(pair, seed: int, dtx: bool, out
             k += 1
         for side, tick in ticks_c.items():                         # hand over now and then, both ways
             if rng.random() < 0.05:
+                inband = fast.paths[side].inband
                 if fast.paths[side].c_engaged:
                     tick.pull()
-                else:
+                elif inband is None or inband.idle:                # the worker's _steady
                     tick.load(out, None)
         if n == 300:                                               # an RTCP report: Python handles it
             for tick in ticks_c.values():
@@ -129,9 +151,28 @@ def test_c_tick_sends_what_the_python_tick_sends(pair, seed: int, dtx: bool, out
         tick_bridges([fast], now)
         got += fast.packets_to_send()
         assert sorted(got) == sorted(expected), n
+        for side, tick in ticks_c.items():                         # a key in the audio: Python takes over
+            if tick.c.handback:
+                tick.pull()
+                handbacks += 1
+        for side in ("a", "b"):
+            pcm = lambda frames: [f if isinstance(f, bytes) else f.astype("<i2").tobytes() for f in frames]
+            assert pcm(fast.captured[side]) == pcm(ref.captured[side]), (n, side)
+            captured += len(ref.captured[side])
+            ref.captured[side].clear()
+            fast.captured[side].clear()
+        while (event := ref.next_event()) is not None:
+            ref_events.append(event)
+        while (event := fast.next_event()) is not None:
+            fast_events.append(event)
     for tick in ticks_c.values():
         tick.pull()
     assert c_packets > 100
+    assert fast_events == ref_events
+    assert (captured > 500) is (mode == "captured")
+    if b.event_payload_type is None:
+        assert handbacks > 0
+        assert len(ref_events) >= 8 and {e.source for e in ref_events} == {"inband"}
     assert fast.stats() == ref.stats()
     for side in ("a", "b"):
         r, f = ref.senders[side], fast.senders[side]
@@ -152,7 +193,7 @@ def test_closing_the_bridge_detaches_the_c_tick(out_socket) -> None:
     """The libopus states belong to the bridge: once it is closed, the C tick may not touch them."""
     fast = make_bridge(OPUS, PCMU, FastJitterBuffer, OpusConfig())
     relay = types.SimpleNamespace(c=_relay.Relay())
-    tick = TranscodeTick(relay, fast.paths["a"], fast.paths["b"].jitter)
+    tick = TranscodeTick(relay, fast, "a")
     tick.load((out_socket.fileno(), "127.0.0.1", 9), None)
     assert relay.c.stats()["transcoders"] == 1
     fast.close()
