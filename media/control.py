@@ -42,6 +42,7 @@ __all__ = [
     "MediaControlError",
     "WorkerProcess",
     "serve_worker",
+    "spawn_worker",
     "start_workers",
 ]
 
@@ -171,9 +172,10 @@ class ControlServer:
                                          _text(request, "sdp"), transport)
                 body = {"result": "ok", "sdp": sdp}
             elif command == "answer":
-                sdp = await worker.answer(_text(request, "call_id"), _text(request, "from_tag"),
-                                          _text(request, "to_tag"), _text(request, "sdp"))
-                body = {"result": "ok", "sdp": sdp}
+                call_id = _text(request, "call_id")
+                sdp = await worker.answer(call_id, _text(request, "from_tag"), _text(request, "to_tag"),
+                                          _text(request, "sdp"))
+                body = {"result": "ok", "sdp": sdp, "transcoded": worker.transcoded(call_id)}
             elif command == "delete":
                 body = {"result": "ok", "stats": await worker.delete(_text(request, "call_id"))}
             elif command == "query":
@@ -312,8 +314,13 @@ class MediaControlClient:
 
     async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str | bytes) -> str:
         """The callee's SDP answer -> the SDP to send the caller."""
-        return (await self.request("answer", call_id=call_id, from_tag=from_tag, to_tag=to_tag,
-                                   sdp=sdp.decode() if isinstance(sdp, bytes) else sdp))["sdp"]
+        return (await self.answer_reply(call_id, from_tag, to_tag, sdp))["sdp"]
+
+    async def answer_reply(self, call_id: str, from_tag: str, to_tag: str, sdp: str | bytes) -> dict[str, Any]:
+        """``answer``'s whole reply: ``sdp``, and ``transcoded`` (whether the bridge transcodes, which costs
+        the worker about four times a relayed call's CPU)."""
+        return await self.request("answer", call_id=call_id, from_tag=from_tag, to_tag=to_tag,
+                                  sdp=sdp.decode() if isinstance(sdp, bytes) else sdp)
 
     async def delete(self, call_id: str) -> dict[str, Any]:
         """Tear the call's media down; returns its per-leg stats."""
@@ -456,25 +463,35 @@ def start_workers(n: int, settings: MediaSettings, *, timeout: float = 30.0) -> 
     Blocking (it waits for each child to report its control address): call it before the event loop starts,
     or through ``asyncio.to_thread``. The embedded default is ``start_workers(1, settings)``.
     """
-    ctx = multiprocessing.get_context("spawn")
-    # Workers batch small numpy products every 20 ms: OpenBLAS threads made them 3-10x slower on a busy
-    # 2-core machine (benchmarks/media/dtmf.py). Spawned children read this before importing numpy.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     handles: list[WorkerProcess] = []
     try:
         for index in range(n):
-            own = worker_settings(settings, n, index)
-            ready = ctx.Queue()
-            process = ctx.Process(target=_worker_main, args=(own, ready), name=f"callpath-media-{index}",
-                                  daemon=True)
-            process.start()
-            status, detail = ready.get(timeout=timeout)
-            if status != "ready":
-                process.join(5.0)
-                raise RuntimeError(f"media worker {index} failed to start: {detail}")
-            handles.append(WorkerProcess(index, process, own, tuple(detail) if isinstance(detail, list) else detail))
+            handles.append(spawn_worker(index, worker_settings(settings, n, index), timeout=timeout))
     except BaseException:
         for handle in handles:
             handle.stop()
         raise
     return handles
+
+
+def spawn_worker(index: int, own: MediaSettings, *, timeout: float = 30.0) -> WorkerProcess:
+    """Spawn one worker process with its own settings (a slice from ``worker_settings``) and wait until it
+    serves; RuntimeError if it reports a failure. Blocking, like ``start_workers``; also how a worker that
+    died is replaced (the same ports and RTP range)."""
+    ctx = multiprocessing.get_context("spawn")
+    # Workers batch small numpy products every 20 ms: OpenBLAS threads made them 3-10x slower on a busy
+    # 2-core machine (benchmarks/media/dtmf.py). Spawned children read this before importing numpy.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    ready = ctx.Queue()
+    process = ctx.Process(target=_worker_main, args=(own, ready), name=f"callpath-media-{index}", daemon=True)
+    process.start()
+    try:
+        status, detail = ready.get(timeout=timeout)
+    except BaseException:
+        process.kill()
+        process.join(5.0)
+        raise
+    if status != "ready":
+        process.join(5.0)
+        raise RuntimeError(f"media worker {index} failed to start: {detail}")
+    return WorkerProcess(index, process, own, tuple(detail) if isinstance(detail, list) else detail)

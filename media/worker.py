@@ -1428,6 +1428,13 @@ class MediaWorker:
         return result
 
     # -- prompts, recording, DTMF injection ---------------------------------------------------------------
+    def transcoded(self, call_id: str) -> bool | None:
+        """Whether the call's bridge transcodes (None: unknown call or not answered yet)."""
+        call = self.calls.get(call_id)
+        if call is None or call.bridge is None:
+            return None
+        return not call.bridge.passthrough
+
     def _bridged(self, call_id: str) -> MediaCall:
         call = self.calls.get(call_id)
         if call is None:

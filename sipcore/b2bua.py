@@ -430,6 +430,19 @@ class BackToBack:
         bridge.pending.add(fut)
         fut.add_done_callback(bridge.pending.discard)
 
+    def media_lost(self, call_id: str) -> bool:
+        """The media plane lost this call's media (its worker died): end both legs (BYE, CANCEL or 603 as
+        their state asks) rather than leave the parties in silence. False when no such call is bridged."""
+        bridge = self.calls.get(call_id)
+        if bridge is None:
+            return False
+        bridge.anchored = False                  # nothing left to delete on the media side
+        log.warning("media lost (worker died): ending the call", extra={"call_id": call_id})
+        bridge.a.hangup()
+        if bridge.b is not None:
+            bridge.b.hangup()
+        return True
+
     def _cleanup(self, bridge: BridgedCall) -> None:
         if bridge.done and self.calls.get(bridge.a.call_id) is bridge:
             self.calls.pop(bridge.a.call_id, None)

@@ -150,18 +150,22 @@ async def _listening(what: str, bind: Any) -> int:
 class MediaPool:
     """The B2BUA's media controller over the workers' control clients.
 
-    A new call goes to the worker with the fewest calls this pool has placed on it (ties: the Call-ID's
-    CRC32), and stays there: offer, answer, re-offers and delete of one call meet the same worker state. A
-    command for a call the pool never placed falls back to the CRC32 choice. Failures are exceptions (the
-    B2BUA logs and degrades).
+    A new call goes to the worker with the least load this pool has placed on it (ties: the Call-ID's CRC32),
+    and stays there: offer, answer, re-offers and delete of one call meet the same worker state. A call weighs
+    1 until its answer says it is transcoded, then ``TRANSCODED_WEIGHT`` (benchmarks/media/RESULTS.md: a
+    transcoded call costs a worker 3.5-4.6 times the CPU of a relayed one). A command for a call the pool
+    never placed falls back to the CRC32 choice. Failures are exceptions (the B2BUA logs and degrades).
     """
+
+    TRANSCODED_WEIGHT = 4
 
     def __init__(self, clients: list[Any]) -> None:
         if not clients:
             raise ValueError("a MediaPool needs at least one worker client")
         self.clients = clients
         self.owner: dict[str, int] = {}         # call_id -> index of its worker
-        self.load = [0] * len(clients)          # calls placed on each worker and not deleted yet
+        self.weight: dict[str, int] = {}        # call_id -> what it counts in load
+        self.load = [0] * len(clients)          # weights of the calls placed on each worker, not deleted yet
 
     def client_for(self, call_id: str) -> Any:
         """The control client of the worker that owns ``call_id``."""
@@ -178,6 +182,7 @@ class MediaPool:
             order = [(start + i) % len(self.clients) for i in range(len(self.clients))]
             index = min(order, key=lambda i: self.load[i])
             self.owner[call_id] = index
+            self.weight[call_id] = 1
             self.load[index] += 1
         return self.clients[index]
 
@@ -191,7 +196,13 @@ class MediaPool:
             raise
 
     async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: bytes) -> str:
-        return await self.client_for(call_id).answer(call_id, from_tag, to_tag, sdp)
+        reply = await self.client_for(call_id).answer_reply(call_id, from_tag, to_tag, sdp)
+        index = self.owner.get(call_id)
+        if index is not None and reply.get("transcoded") is not None:
+            weight = self.TRANSCODED_WEIGHT if reply["transcoded"] else 1
+            self.load[index] += weight - self.weight.get(call_id, 1)
+            self.weight[call_id] = weight
+        return reply["sdp"]
 
     async def delete(self, call_id: str) -> Any:
         client = self.client_for(call_id)
@@ -207,10 +218,20 @@ class MediaPool:
         except Exception:  # noqa: BLE001 - unknown call, or the worker is unreachable
             return False
 
+    def replace(self, index: int, client: Any) -> list[str]:
+        """Worker ``index`` was replaced (it died): new calls may go to ``client``; the calls it held are
+        forgotten (their media died with it) and returned."""
+        lost = [call_id for call_id, owner in self.owner.items() if owner == index]
+        for call_id in lost:
+            self._forget(call_id)
+        self.clients[index] = client
+        return lost
+
     def _forget(self, call_id: str) -> None:
         index = self.owner.pop(call_id, None)
+        weight = self.weight.pop(call_id, 1)
         if index is not None:
-            self.load[index] -= 1
+            self.load[index] -= weight
 
 
 def _on_media_event(event: dict[str, Any]) -> None:
@@ -232,6 +253,9 @@ class Application:
         self.ua: Any = None
         self.b2bua: Any = None
         self._purge_task: asyncio.Task | None = None
+        self._media_watch: asyncio.Task | None = None
+        self.media_watch_interval = 1.0         # how often the worker processes are checked for life
+        self.media_restarts = 0
         self.listening: list[str] = []
         self.media_workers: list[Any] = []      # media.control.WorkerProcess handles
         self.media_clients: list[Any] = []      # one MediaControlClient per worker
@@ -328,11 +352,58 @@ class Application:
         except Exception as exc:
             await self._stop_media()
             raise MediaStartError(f"cannot reach the media workers: {type(exc).__name__}: {exc}") from exc
-        self.media_pool = MediaPool(self.media_clients)
+        self.media_pool = MediaPool(list(self.media_clients))
         log.info("media: %d worker(s), SDP address %s", len(self.media_workers), template.advertised_address)
+        self._media_watch = asyncio.get_running_loop().create_task(self._watch_media())
+
+    async def _watch_media(self) -> None:
+        """Replace a media worker process that died (a crash, the OOM killer, a kill -9): the same ports and
+        RTP range, a new control connection; the pool forgets the calls whose media it held, and the B2BUA
+        ends them."""
+        from media.control import MediaControlClient, spawn_worker
+
+        m = self.settings.media
+        while True:
+            await asyncio.sleep(self.media_watch_interval)
+            for index, worker in enumerate(list(self.media_workers)):
+                if worker.process.is_alive():
+                    continue
+                log.error("media worker %d (pid %s) died with exit code %s: starting a new one", index,
+                          worker.process.pid, worker.process.exitcode)
+                try:
+                    fresh = await asyncio.to_thread(spawn_worker, index, worker.settings)
+                except Exception as exc:  # noqa: BLE001 - try again on the next round
+                    log.error("media worker %d did not restart: %s", index, exc)
+                    continue
+                try:
+                    client = await asyncio.wait_for(MediaControlClient.connect(
+                        fresh.address, on_event=_on_media_event, timeout=m.control_timeout), 10)
+                except Exception as exc:  # noqa: BLE001
+                    log.error("media worker %d restarted but cannot be reached: %s", index, exc)
+                    await asyncio.to_thread(fresh.stop)
+                    continue
+                old = self.media_clients[index]
+                with contextlib.suppress(Exception):
+                    await old.close()
+                self.media_workers[index] = fresh
+                self.media_clients[index] = client
+                self.media_restarts += 1
+                if self.media_pool is not None:
+                    lost = self.media_pool.replace(index, client)
+                    if lost:
+                        log.error("media worker %d: the media of %d call(s) was lost with it: %s", index,
+                                  len(lost), ", ".join(lost[:20]))
+                    for call_id in lost:          # hang them up rather than leave the parties in silence
+                        if self.b2bua is not None and hasattr(self.b2bua, "media_lost"):
+                            self.b2bua.media_lost(call_id)
 
     async def _stop_media(self) -> None:
         """Close the control connections, then stop the worker processes (SIGTERM, join in a thread)."""
+        if self._media_watch is not None:
+            self._media_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._media_watch
+            self._media_watch = None
         clients, self.media_clients = self.media_clients, []
         for client in clients:
             with contextlib.suppress(Exception):

@@ -392,3 +392,21 @@ async def test_caller_gone_while_the_offer_is_anchored():
         await until(lambda: [entry[0] for entry in media.log] == ["offer", "delete"])
         await asyncio.sleep(0.2)
         assert t.callee.ua.incoming.empty() and not t.b2b.calls   # never placed, forgotten
+
+
+async def test_a_call_whose_media_was_lost_is_ended_on_both_sides():
+    """The media worker died (the server replaced it): both parties get a BYE instead of silence, and
+    nothing is deleted on the media side (that call is gone with the worker)."""
+    async with Trio(FakeMedia()) as t:
+        call = t.dial()
+        inc = await t.incoming()
+        inc.answer(answer_to(inc.remote_sdp))
+        await expect(call, Answered)
+        await expect(inc, Confirmed)
+        a_call_id = next(iter(t.b2b.calls))
+        assert t.b2b.media_lost(a_call_id) and not t.b2b.media_lost("no-such-call")
+        await expect(call, Ended)
+        await expect(inc, Ended)
+        await asyncio.sleep(0.1)
+        assert [entry[0] for entry in t.media.log] == ["offer", "answer"]
+        await until(lambda: not t.b2b.calls)

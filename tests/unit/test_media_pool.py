@@ -16,6 +16,7 @@ class FakeWorker:
         self.name = name
         self.calls: set[str] = set()
         self.fail = False
+        self.transcoding: set[str] = set()     # calls whose answer says they are transcoded
 
     async def offer(self, call_id, from_tag, sdp, transport=None):
         if self.fail:
@@ -24,9 +25,9 @@ class FakeWorker:
         self.calls.add(call_id)
         return f"{self.name}:{call_id}"
 
-    async def answer(self, call_id, from_tag, to_tag, sdp):
+    async def answer_reply(self, call_id, from_tag, to_tag, sdp):
         assert call_id in self.calls
-        return f"{self.name}:{call_id}"
+        return {"sdp": f"{self.name}:{call_id}", "transcoded": call_id in self.transcoding}
 
     async def query(self, call_id=None):
         if call_id not in self.calls:
@@ -67,5 +68,31 @@ def test_calls_spread_to_the_least_loaded_worker_and_stay_there():
         assert pool.owner["call-new"] == 0
         # a call the pool never placed: the Call-ID's CRC32 picks the worker, as before
         assert pool.client_for("stranger") in workers
+
+    asyncio.run(scenario())
+
+
+def test_a_transcoded_call_weighs_more_than_a_relayed_one():
+    """Placement follows CPU, not call count: once answered as transcoded, a call counts four relayed ones."""
+    async def scenario() -> None:
+        workers = [FakeWorker("w0"), FakeWorker("w1")]
+        for w in workers:
+            w.transcoding = {"opus-1", "opus-2"}
+        pool = MediaPool(workers)
+        await pool.offer("opus-1", "a", b"")
+        owner = pool.owner["opus-1"]
+        await pool.answer("opus-1", "a", "b", b"")
+        assert pool.load[owner] == MediaPool.TRANSCODED_WEIGHT
+        # the next three relayed calls go to the other worker
+        for i in range(3):
+            await pool.offer(f"pcmu-{i}", "a", b"")
+            await pool.answer(f"pcmu-{i}", "a", "b", b"")
+            assert pool.owner[f"pcmu-{i}"] != owner
+        assert sorted(pool.load) == [3, 4]
+        await pool.delete("opus-1")
+        assert pool.load[owner] == 0 and "opus-1" not in pool.weight
+        # with the transcoded call gone, its worker is the least loaded again
+        await pool.offer("plain", "a", b"")
+        assert pool.owner["plain"] == owner and pool.load[owner] == 1
 
     asyncio.run(scenario())
