@@ -238,18 +238,24 @@ static void Rule_dealloc(Rule *self)
 }
 
 PyDoc_STRVAR(Rule_set_output_doc, "set_output(fd, host, port): send forwarded packets from socket fd to host:port.");
-static PyObject *Rule_set_output(Rule *self, PyObject *args)
+/* set_output(fd, host, port) of a Rule or a Transcoder: where its packets go */
+static PyObject *set_output(PyObject *args, int *out_fd, struct sockaddr_storage *addr, socklen_t *len)
 {
     int fd, port;
     const char *host;
     if (!PyArg_ParseTuple(args, "isi", &fd, &host, &port))
         return NULL;
-    if (parse_address(host, port, &self->out_addr, &self->out_addrlen) < 0) {
+    if (parse_address(host, port, addr, len) < 0) {
         PyErr_Format(PyExc_ValueError, "not an IP address and port: %s %d", host, port);
         return NULL;
     }
-    self->out_fd = fd;
+    *out_fd = fd;
     Py_RETURN_NONE;
+}
+
+static PyObject *Rule_set_output(Rule *self, PyObject *args)
+{
+    return set_output(args, &self->out_fd, &self->out_addr, &self->out_addrlen);
 }
 
 static PyObject *set_srtp(PyObject *args, PyObject **owner, void **ctx, srtp_fn *fn)
@@ -752,16 +758,7 @@ PyDoc_STRVAR(Transcoder_set_output_doc,
              "set_output(fd, host, port): send the path's packets from socket fd to host:port.");
 static PyObject *Transcoder_set_output(Transcoder *self, PyObject *args)
 {
-    int fd, port;
-    const char *host;
-    if (!PyArg_ParseTuple(args, "isi", &fd, &host, &port))
-        return NULL;
-    if (parse_address(host, port, &self->out_addr, &self->out_addrlen) < 0) {
-        PyErr_Format(PyExc_ValueError, "not an IP address and port: %s %d", host, port);
-        return NULL;
-    }
-    self->out_fd = fd;
-    Py_RETURN_NONE;
+    return set_output(args, &self->out_fd, &self->out_addr, &self->out_addrlen);
 }
 
 PyDoc_STRVAR(Transcoder_set_srtp_doc,

@@ -757,6 +757,11 @@ class DtmfDetector:
         th = self._th if self._th_n == n else self._thresholds_for(n)
         return _judge(p, float(x @ x), th, lambda r, c: (p[8 + r], p[12 + c]))
 
+    def thresholds(self, n: int = 160) -> tuple[float, ...]:
+        """The linear thresholds of the validity checks for frames of n samples (min energy, forward and
+        reverse twist, relative peak, signal ratio, row and column harmonic): what the C tick judges with."""
+        return self._th if self._th_n == n else self._thresholds_for(n)
+
     def _thresholds_for(self, n: int) -> tuple[float, ...]:
         """Cache the linear thresholds for frames of n samples."""
         self._th = _thresholds(self.config, n)

@@ -16,11 +16,12 @@ the same packets and the same statistics (tests/unit/test_relay.py compares them
 
 A transcoded direction's ``Forward`` puts what its rule accepts straight into the bridge path's C jitter
 buffer (``load_delivery``), and while the path is in its steady state (no DTMF event, prompt or digit
-sounding on it; a recording or a supervisor's listening gets the decoded frames) its ``TranscodeTick`` runs the whole 20 ms step in C as well: decode or conceal,
-encode, packetize, SRTP and a batched send (``Relay.tick``). A path watched for in-band DTMF is judged frame
-by frame in C too; a frame that holds a key hands the path back to Python (``Relay.take_handbacks``), whose
-detector decides about the digit. tests/unit/test_transcode_tick.py compares all this with
-``media.bridge.tick_bridges`` packet for packet and digit for digit.
+sounding on it; a recording or a listening supervisor gets the decoded frames) its ``TranscodeTick`` runs
+the whole 20 ms step in C as well: decode or conceal, encode, packetize, SRTP and a batched send
+(``Relay.tick``). A path watched for in-band DTMF is judged frame by frame in C too; a frame that holds a
+key hands the path back to Python (``Relay.take_handbacks``), whose detector decides about the digit.
+tests/unit/test_transcode_tick.py compares all this with ``media.bridge.tick_bridges`` packet for packet
+and digit for digit.
 
 Without the extension (no compiler, not Linux) ``available()`` is False and the worker uses asyncio
 endpoints and the Python path for everything.
@@ -30,12 +31,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-
-import numpy as np
 from typing import Any, Callable
 
+import numpy as np
+
 from .bridge import BridgeStats, DtmfReceived
-from .dtmf import DtmfDigitEnded, _thresholds
+from .dtmf import DtmfDigitEnded
 from .opus import function_addresses
 from .rtcp import ReceptionStats
 from .rtp import RtpSender
@@ -370,6 +371,9 @@ class TranscodeTick:
         """Take over the path's ticks from Python, sending to ``out`` (fd, host, port), SRTP-protected with
         ``srtp_out`` (``SrtpContext.c_handles()[1]``) when given."""
         c, path, sender = self.c, self.path, self.sender
+        inband = path.inband
+        if inband is not None and not inband.idle:
+            raise ValueError("a digit is sounding on this path: Python's tick must run it")
         c.set_output(*out)
         c.set_srtp(*(srtp_out or (None,)))
         c.payload_type = sender.payload_type
@@ -387,10 +391,7 @@ class TranscodeTick:
         c.reported_loss = path.reported_loss
         if path.encoder is not None:
             c.loss_perc = path.encoder.packet_loss_perc
-        inband = path.inband
-        if inband is not None and not inband.idle:
-            raise ValueError("a digit is sounding on this path: Python's tick must run it")
-        c.set_inband(None if inband is None else _thresholds(inband.config, 160))
+        c.set_inband(None if inband is None else inband.thresholds(160))
         bridge = self.bridge
         c.set_capture(bridge.captured[path.src_side] if bridge.capture else None)
         c.engaged = 1

@@ -920,17 +920,13 @@ class MediaWorker:
                     plan = ((fd, latched[0][0], latched[0][1]), latched[1], handles[0] if handles else None,
                             session, reception)
             elif src.webrtc is not None:
-                leg = src.webrtc
-                fd = fileno(self.port.transport)
-                address = leg.remote_address
-                handles = leg.srtp.c_handles() if leg.srtp is not None else None
+                browser = self._browser_path(src.webrtc)
                 session = src.rtcp
                 latched = session.latched_source if session is not None else None
                 source = latched[1] if latched is not None else path.jitter.ssrc
                 reception = session.sources.get(source) if session is not None and source is not None else None
-                if fd is not None and address is not None and handles is not None and source is not None \
-                        and (session is None or reception is not None):
-                    plan = ((fd, address[0], address[1]), source, handles[0], session, reception)
+                if browser is not None and source is not None and (session is None or reception is not None):
+                    plan = (browser[0], source, browser[1][0], session, reception)
         if plan is None:
             if forward is not None:
                 forward.remove()
@@ -956,8 +952,8 @@ class MediaWorker:
         sounding, nothing else sent towards its side (prompt, injected DTMF, a supervisor's whisper). A
         recorded or supervised path stays in C: the C tick appends its decoded frames to ``captured``."""
         rx = path.dtmf_rx
-        return (path.tone is None and (path.inband is None or path.inband.idle) and path.dst_side not in bridge.muted
-                and self._loop.time() >= path.event_until
+        return (path.tone is None and (path.inband is None or path.inband.idle)
+                and path.dst_side not in bridge.muted and self._loop.time() >= path.event_until
                 and (rx is None or rx.get_timer() is None)
                 and (path.decoder is not None or path.src_law is not None)
                 and (path.encoder is not None or path.dst_law is not None))
@@ -978,14 +974,19 @@ class MediaWorker:
                 srtp_out = handles[1]
             return (fd, remote[0], remote[1]), srtp_out
         if dst.webrtc is not None:
-            leg = dst.webrtc
-            fd = fileno(self.port.transport)
-            address = leg.remote_address
-            handles = leg.srtp.c_handles() if leg.srtp is not None else None
-            if fd is None or address is None or handles is None:
-                return None
-            return (fd, address[0], address[1]), handles[1]
+            browser = self._browser_path(dst.webrtc)
+            return (browser[0], browser[1][1]) if browser is not None else None
         return None
+
+    def _browser_path(self, leg: WebRtcLeg) -> tuple[tuple[int, str, int], tuple[Any, Any]] | None:
+        """A browser leg as the data plane sees it: ((ICE port fd, host, port), its SRTP ``c_handles()``), or
+        None while it has no nominated address or keys (or the port is not a relay socket)."""
+        fd = fileno(self.port.transport)
+        address = leg.remote_address
+        handles = leg.srtp.c_handles() if leg.srtp is not None else None
+        if fd is None or address is None or handles is None:
+            return None
+        return (fd, address[0], address[1]), handles
 
     def _forward_plan(self, call: MediaCall, side: Side) -> tuple[Any, ...] | None:
         """(key, out, srtp_in, srtp_out, input session, its ReceptionStats) when the direction can be
@@ -1018,19 +1019,16 @@ class MediaWorker:
                     return None
                 srtp_in = handles[0]
         elif src.webrtc is not None:
-            leg = src.webrtc
-            fd = fileno(self.port.transport)
-            address = leg.remote_address
-            handles = leg.srtp.c_handles() if leg.srtp is not None else None
-            if fd is None or address is None or handles is None:
+            browser = self._browser_path(src.webrtc)
+            if browser is None:
                 return None
+            key, handles = browser
             session = src.rtcp
             if session is not None:
                 latched = session.latched_source
                 reception = session.sources.get(source) if latched is not None and latched[1] == source else None
                 if reception is None:
                     return None
-            key = (fd, address[0], address[1])
             srtp_in = handles[0]
         else:
             return None

@@ -49,6 +49,16 @@ def material(frames: int = 50) -> tuple[list[bytes], list[bytes]]:
     return opus, pcmu
 
 
+def feed(bridges: list[Bridge], t: int, opus: list[bytes], pcmu: list[bytes], now: float) -> None:
+    """Frame ``t`` of both legs into every bridge: one Opus packet from the browser, one PCMU from the trunk."""
+    k = t % len(opus)
+    a_pkt = rtp(111, t, t * 960, 1, opus[k])
+    b_pkt = rtp(0, t, t * 160, 2, pcmu[k])
+    for br in bridges:
+        br.receive_rtp("a", a_pkt, now)
+        br.receive_rtp("b", b_pkt, now)
+
+
 def transcoding(calls: int, ticks: int, batch: bool, complexity: int) -> float:
     """µs per call per tick for `calls` Opus<->PCMU bridges."""
     opus, pcmu = material()
@@ -58,12 +68,7 @@ def transcoding(calls: int, ticks: int, batch: bool, complexity: int) -> float:
     for t in range(ticks + 10):
         now = t * 0.02
         t0 = time.perf_counter()
-        k = t % len(opus)
-        a_pkt = rtp(111, t, t * 960, 1, opus[k])
-        b_pkt = rtp(0, t, t * 160, 2, pcmu[k])
-        for br in bridges:
-            br.receive_rtp("a", a_pkt, now)
-            br.receive_rtp("b", b_pkt, now)
+        feed(bridges, t, opus, pcmu, now)
         tick_bridges(bridges, now + 0.01, batch=batch)
         sent = 0
         for br in bridges:
@@ -101,12 +106,7 @@ def transcoding_c(calls: int, ticks: int, complexity: int) -> float | None:
     elapsed = 0.0
     for t in range(ticks + 10):
         now = t * 0.02
-        k = t % len(opus)
-        a_pkt = rtp(111, t, t * 960, 1, opus[k])
-        b_pkt = rtp(0, t, t * 160, 2, pcmu[k])
-        for br in bridges:
-            br.receive_rtp("a", a_pkt, now)
-            br.receive_rtp("b", b_pkt, now)
+        feed(bridges, t, opus, pcmu, now)
         t0 = time.perf_counter()
         sent = relay.c.tick(now + 0.01)
         if t >= 10:

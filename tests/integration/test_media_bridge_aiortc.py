@@ -112,6 +112,21 @@ def assert_tones_both_ways(trunk: TrunkPeer, listener: Listener) -> None:
     assert abs(dominant_frequency(samples, rate) - TRUNK_HZ) < 15
 
 
+async def browser_takes_trunk_call(worker: MediaWorker, pc: RTCPeerConnection, call_id: str,
+                                   trunk_offer: str | bytes) -> SessionDescription:
+    """The inbound case: the trunk's offer through the worker to the browser (aiortc answers with a 440 Hz
+    tone), whose answer comes back through the worker: the SDP for the trunk."""
+    to_browser = await worker.offer(call_id, "trunk-tag", trunk_offer)
+    sd = SessionDescription.parse(to_browser)
+    assert sd.media[0].proto == "UDP/TLS/RTP/SAVPF" and sd.media[0].attribute("setup") == "actpass"
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=to_browser, type="offer"))
+    for transceiver in pc.getTransceivers():
+        transceiver.sender.replaceTrack(SineTrack(BROWSER_HZ))
+        transceiver.direction = "sendrecv"
+    await pc.setLocalDescription(await pc.createAnswer())
+    return SessionDescription.parse(await worker.answer(call_id, "trunk-tag", "agent-tag", pc.localDescription.sdp))
+
+
 def add_telephone_event(sdp: str, pt: int, rate: int) -> str:
     """aiortc offers no telephone-event: add one to its offer as a browser would."""
     sd = SessionDescription.parse(sdp)
@@ -224,16 +239,7 @@ async def test_trunk_to_browser_call(worker: MediaWorker, prefer_passthrough: bo
             "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
             f"m=audio {trunk_port} RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n"
             "a=ptime:20\r\na=sendrecv\r\n")
-        to_browser = await worker.offer("call-2", "trunk-tag", trunk_offer.to_bytes())
-        sd = SessionDescription.parse(to_browser)
-        assert sd.media[0].proto == "UDP/TLS/RTP/SAVPF" and sd.media[0].attribute("setup") == "actpass"
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=to_browser, type="offer"))
-        for transceiver in pc.getTransceivers():
-            transceiver.sender.replaceTrack(SineTrack(BROWSER_HZ))
-            transceiver.direction = "sendrecv"
-        await pc.setLocalDescription(await pc.createAnswer())
-        to_trunk = SessionDescription.parse(
-            await worker.answer("call-2", "trunk-tag", "agent-tag", pc.localDescription.sdp))
+        to_trunk = await browser_takes_trunk_call(worker, pc, "call-2", trunk_offer.to_bytes())
         section = to_trunk.media[0]
         assert section.proto == "RTP/AVP" and section.rtpmap[section.payload_types[0]].encoding == "PCMU"
         bridge = worker.calls["call-2"].bridge
@@ -279,14 +285,7 @@ async def test_keys_in_a_trunks_audio_are_reported_while_the_c_tick_transcodes(w
     try:
         trunk_offer = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
                        f"m=audio {trunk_port} RTP/AVP 0 8\r\na=ptime:20\r\na=sendrecv\r\n")
-        to_browser = await worker.offer("call-keys", "trunk-tag", trunk_offer)
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=to_browser, type="offer"))
-        for transceiver in pc.getTransceivers():
-            transceiver.sender.replaceTrack(SineTrack(BROWSER_HZ))
-            transceiver.direction = "sendrecv"
-        await pc.setLocalDescription(await pc.createAnswer())
-        to_trunk = SessionDescription.parse(
-            await worker.answer("call-keys", "trunk-tag", "agent-tag", pc.localDescription.sdp))
+        to_trunk = await browser_takes_trunk_call(worker, pc, "call-keys", trunk_offer)
         assert not worker.calls["call-keys"].bridge.passthrough
         before = worker.relay.stats()
         await trunk.play(("127.0.0.1", to_trunk.media[0].port), 2.4, keys_in_audio={0.8: "7", 1.2: "3", 1.6: "#"})
