@@ -451,6 +451,16 @@ void jitter_get(Jitter *j, double now, JItem *out)
     }
 }
 
+int jitter_starts(const Jitter *j, double now)
+{
+    return j->state == BUFFERING && j->nbuf > 0 && !(now + 1e-6 < j->start_at);
+}
+
+int jitter_playing(const Jitter *j)
+{
+    return j->state == PLAYING;
+}
+
 /* -- the Python type ------------------------------------------------------------------------------- */
 
 static int Jitter_init(Jitter *self, PyObject *args, PyObject *kwds)

@@ -73,6 +73,10 @@ int jitter_put(Jitter *j, unsigned int seq, unsigned int ts, const uint8_t *payl
                int has_ssrc, unsigned int ssrc);
 void jitter_mark_non_audio(Jitter *j, unsigned int seq, unsigned int ts, int has_ssrc, unsigned int ssrc);
 void jitter_get(Jitter *j, double now, JItem *out);
+/* whether get(now) would start playing a buffered stream (playing: 0; the tick's phase follows this) */
+int jitter_starts(const Jitter *j, double now);
+/* whether the buffer is playing a stream (a frame each get) */
+int jitter_playing(const Jitter *j);
 int jitter_add_types(PyObject *module);
 
 #endif

@@ -452,6 +452,8 @@ enum { LAW_NONE = 0, LAW_ULAW = 1, LAW_ALAW = 2 };
 typedef struct {
     PyObject_HEAD
     int engaged;                /* the C tick runs this path (else Python's tick does, or nobody) */
+    int phase;                  /* which slot of the 20 ms frame it runs in (Relay.tick with slots) */
+    double ticked_at;           /* when it last ran (-1: never) */
     Jitter *jitter;             /* the path's receive buffer */
     Jitter *reverse;            /* the other direction's, for the loss estimate behind FEC (or NULL) */
     void *decoder;              /* OpusDecoder state (src is Opus), else src_law says which G.711 */
@@ -505,6 +507,7 @@ static int Transcoder_init(Transcoder *self, PyObject *args, PyObject *kwds)
     self->out_fd = -1;
     self->plc_gain = 1.0;
     self->inband_code = -1;
+    self->ticked_at = -1.0;
     return 0;
 }
 
@@ -664,6 +667,7 @@ static int transcode_tick(Transcoder *t, double now)
     int16_t pcm[FRAME];
     int good;
     t->pkt_len = 0;
+    t->ticked_at = now;
     if (!pull_frame(t, now, pcm, &good)) {
         t->timestamp += (unsigned int)t->frame_samples;       /* RtpSender.skip: the timeline runs on */
         t->marker_next = 1;
@@ -956,6 +960,8 @@ static PyMethodDef Transcoder_methods[] = {
 
 static PyMemberDef Transcoder_members[] = {
     {"engaged", T_INT, offsetof(Transcoder, engaged), 0, "Relay.tick runs this path"},
+    {"phase", T_INT, offsetof(Transcoder, phase), 0, "the slot of the 20 ms frame it runs in"},
+    {"ticked_at", T_DOUBLE, offsetof(Transcoder, ticked_at), 0, "when it last ran (-1: never)"},
     {"payload_type", T_INT, offsetof(Transcoder, payload_type), 0, "payload type sent"},
     {"ssrc", T_UINT, offsetof(Transcoder, ssrc), 0, "SSRC sent"},
     {"sequence", T_UINT, offsetof(Transcoder, sequence), 0, "next sequence number"},
@@ -1573,13 +1579,31 @@ static int by_fd(const void *a, const void *b)
     return x->index < y->index ? -1 : x->index > y->index;
 }
 
-PyDoc_STRVAR(Relay_tick_doc,
-             "tick(now) -> packets sent: one 20 ms step of every engaged transcoder (jitter buffer, decode or\n"
-             "conceal, encode, packetize, SRTP), their packets sent with sendmmsg, one call per run of a socket.");
-static PyObject *Relay_tick(Relay *self, PyObject *arg)
+/* With slots, a transcoder runs once per 20 ms in its own slot (its phase), so that a frame waits at most a
+ * slot, not a whole frame, between becoming playable and being sent: while its buffer is not playing, it is
+ * asked every slot whether it would start, and the slot where it starts becomes its phase (at every talkspurt
+ * or re-anchor the phase follows the sender's clock again). */
+static int due(Transcoder *t, double now, int slot)
 {
-    double now = PyFloat_AsDouble(arg);
-    if ((now == -1.0 && PyErr_Occurred()) || check_open(self) < 0)
+    if (slot < 0 || t->phase == slot)
+        return 1;
+    if (!jitter_playing(t->jitter) && jitter_starts(t->jitter, now)) {
+        t->phase = slot;
+        return 1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(Relay_tick_doc,
+             "tick(now, slot=-1) -> packets sent: one 20 ms step of the engaged transcoders (jitter buffer, decode\n"
+             "or conceal, encode, packetize, SRTP), their packets sent with sendmmsg, one call per run of a socket.\n"
+             "slot -1: every transcoder; slot k (the clock's k-th sub-tick of the frame): those whose phase is k,\n"
+             "and those whose buffer starts playing now (that slot becomes their phase).");
+static PyObject *Relay_tick(Relay *self, PyObject *args)
+{
+    double now;
+    int slot = -1;
+    if (!PyArg_ParseTuple(args, "d|i", &now, &slot) || check_open(self) < 0)
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(self->transcoders);
     if (n == 0)
@@ -1591,7 +1615,7 @@ static PyObject *Relay_tick(Relay *self, PyObject *arg)
     for (Py_ssize_t i = 0; i < n; i++) {
         Transcoder *t = (Transcoder *)PyList_GET_ITEM(self->transcoders, i);
         if (!t->engaged || !t->jitter || t->out_fd < 0 || (!t->decoder && t->src_law == LAW_NONE)
-                || (!t->encoder && t->dst_law == LAW_NONE))
+                || (!t->encoder && t->dst_law == LAW_NONE) || !due(t, now, slot))
             continue;
         if (transcode_tick(t, now))
             ready[count++] = (Outgoing){t->out_fd, (int)i};
@@ -1689,7 +1713,7 @@ static PyMethodDef Relay_methods[] = {
     {"send", (PyCFunction)Relay_send, METH_O, Relay_send_doc},
     {"add_transcoder", (PyCFunction)Relay_add_transcoder, METH_O, Relay_add_transcoder_doc},
     {"remove_transcoder", (PyCFunction)Relay_remove_transcoder, METH_O, Relay_remove_transcoder_doc},
-    {"tick", (PyCFunction)Relay_tick, METH_O, Relay_tick_doc},
+    {"tick", (PyCFunction)Relay_tick, METH_VARARGS, Relay_tick_doc},
     {"take_handbacks", (PyCFunction)Relay_take_handbacks, METH_NOARGS, Relay_take_handbacks_doc},
     {"stats", (PyCFunction)Relay_stats, METH_NOARGS, Relay_stats_doc},
     {"close", (PyCFunction)Relay_close, METH_NOARGS, Relay_close_doc},

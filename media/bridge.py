@@ -187,6 +187,7 @@ class _Path:
         # this object's state while it does and hands it back before Python touches the path again)
         self.c_tick: Any = None
         self.c_engaged = False
+        self.ticked_at = -1.0                     # when Python's tick last ran this path
 
     def close(self) -> None:
         """Free the libopus states (after the C tick, if any, let go of them)."""
@@ -524,6 +525,7 @@ def tick_bridges(bridges: Iterable[Bridge], now: float, *, batch: bool = True) -
         return
     # phase 1: jitter buffers, Opus decode/PLC/FEC
     for _, path in paths:
+        path.ticked_at = now
         _pull(path, now)
     # phase 2: G.711 decode (batched)
     coded = [path for _, path in paths if path.pending_codes is not None]

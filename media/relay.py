@@ -376,6 +376,8 @@ class TranscodeTick:
             raise ValueError("a digit is sounding on this path: Python's tick must run it")
         c.set_output(*out)
         c.set_srtp(*(srtp_out or (None,)))
+        if path.ticked_at > c.ticked_at:
+            c.phase = 0                           # Python's tick ran it last, in slot 0: go on from there
         c.payload_type = sender.payload_type
         c.ssrc = sender.ssrc
         c.sequence = sender.sequence

@@ -113,6 +113,7 @@ class MediaSettings:
     prefer_passthrough: bool = True           # same G.711 codec on both legs when both offer it (no transcoding)
     media_timeout: float = 60.0
     tick_ms: int = 20
+    tick_slots: int = 4                       # C-ticked paths run in their own 5 ms slot of the 20 ms frame
     g711_batch: bool = True                   # G.711 of all calls of a tick in one numpy call
     c_relay: bool = True                      # passthrough packets forwarded by the C data plane when built
     ice_socket_buffer: int = 8 << 20          # kernel buffers of the browser port, which every browser leg shares
@@ -450,11 +451,16 @@ class MediaWorker:
         self.on_event = on_event
         self._by_webrtc: dict[int, tuple[MediaCall, MediaLeg]] = {}
         self._loop = asyncio.get_running_loop()
-        self._period = settings.tick_ms / 1000.0
+        # the clock runs in slots: tick_slots per 20 ms frame. Python's work runs in slot 0; each C-ticked
+        # transcoded path runs in the slot where its jitter buffer started playing, so that a frame waits at
+        # most a slot (5 ms), not a frame, before it leaves (benchmarks/media/RESULTS.md: latency)
+        self._slots = max(1, settings.tick_slots)
+        self._period = settings.tick_ms / 1000.0 / self._slots
+        self._slot = 0
         self._next_tick = self._loop.time() + self._period
         self._timer: asyncio.TimerHandle | None = None
         self.ticks = 0
-        self.late_ticks = 0
+        self.late_ticks = 0                       # slots that ran late
         self.tick_seconds = 0.0                   # CPU-ish time spent in ticks (loop.time deltas)
         self.prompts = PromptCache(PCM_RATE)      # decoded prompt files (loaded in an executor, never on the tick)
         self._schedule()
@@ -491,21 +497,23 @@ class MediaWorker:
         self._timer = self._loop.call_at(self._next_tick, self._on_tick)
 
     def _on_tick(self) -> None:
-        """Run every due 20 ms step (late ticks catch up, at most 5 at once), then re-arm at the next slot."""
+        """Run every due slot (late ones catch up, at most 5 frames' worth at once), then re-arm at the next."""
         loop = self._loop
         now = loop.time()
         due = int((now - self._next_tick) / self._period) + 1
         if due > 1:
             self.late_ticks += due - 1
-        if due > 5:                               # a long stall: drop the backlog rather than burst
-            self._next_tick += (due - 5) * self._period
-            due = 5
+        limit = 5 * self._slots
+        if due > limit:                           # a long stall: drop the backlog rather than burst
+            self._next_tick += (due - limit) * self._period
+            self._slot += due - limit
+            due = limit
         relay = self.relay
         if relay is not None:
-            relay.cork()                          # the tick's packets leave in a few sendmmsg calls
+            relay.cork()                          # the slot's packets leave in a few sendmmsg calls
         try:
             for _ in range(due):
-                self._tick(loop.time())
+                self._run_slot(loop.time())
                 self._next_tick += self._period
         finally:
             if relay is not None:
@@ -513,17 +521,32 @@ class MediaWorker:
         self.tick_seconds += loop.time() - now
         self._schedule()
 
-    def _tick(self, now: float) -> None:
-        """One media step: the bridges with work (transcoding, prompts, recording, DTMF in progress; a passthrough
-        call that only relays is left out until a packet for Python comes), then every 100 ms the plain legs'
-        RTCP/timeouts."""
-        self.ticks += 1
+    def _run_slot(self, now: float) -> None:
+        """One slot: the C-ticked paths whose slot it is (all of them with one slot per frame), and in slot 0
+        Python's 20 ms step; then the paths C handed back (a DTMF key in their audio) are looked at."""
+        slot = self._slot % self._slots
+        self._slot += 1
         relay = self.relay
         handbacks: list[str] = []
         if relay is not None:
             self._commit()
-            relay.c.tick(now)                     # the transcoded paths in their steady state, all in C
-            handbacks = relay.c.take_handbacks()  # paths that met a DTMF key in their audio
+            relay.c.tick(now, slot if self._slots > 1 else -1)
+            handbacks = relay.c.take_handbacks()
+        if slot == 0:
+            self._tick(now)
+        for call_id in handbacks:                 # after Python's tick: theirs ran in C this frame
+            call = self.calls.get(call_id)
+            if call is not None:
+                self._touch(call)
+        if handbacks:
+            self._commit()
+
+    def _tick(self, now: float) -> None:
+        """Python's 20 ms step: the bridges with work (transcoding that the C tick does not run, prompts,
+        recording, DTMF in progress; a passthrough call that only relays is left out until a packet for
+        Python comes), then every 100 ms the plain legs' RTCP/timeouts."""
+        self.ticks += 1
+        relay = self.relay
         calls = list(self._ticking.values())
         tick_bridges([c.bridge for c in calls], now, batch=self.settings.g711_batch)  # type: ignore[misc]
         for call in calls:
@@ -547,10 +570,6 @@ class MediaWorker:
             elif relay is not None and bridge is not None and not bridge.passthrough \
                     and any(not path.c_engaged for path in bridge.paths.values()):
                 self._touch(call)                 # a transcoded path may be back in its steady state: C again
-        for call_id in handbacks:                 # after Python's tick: theirs ran in C this tick
-            call = self.calls.get(call_id)
-            if call is not None:
-                self._touch(call)
         if self.ticks % _POLL_TICKS == 0:
             self._poll_sessions(now)
         self._commit()

@@ -214,3 +214,49 @@ def test_bad_codec_setup_is_refused() -> None:
         t.set_plc(b"\0" * 10, 1.0)
     with pytest.raises(ValueError, match="not an IP"):
         t.set_output(0, "nowhere", 5)
+
+
+def test_each_path_runs_in_the_slot_where_its_stream_starts(out_socket) -> None:
+    """With 4 slots per frame, a path runs in the 5 ms slot where its buffer starts playing: a frame waits at
+    most a slot, not a frame; after a silence the stream re-anchors and the slot follows the new arrivals.
+    A pull and load without Python ticking keeps the slot; after Python's tick (slot 0) it is slot 0 again."""
+    fast = make_bridge(PCMU, PCMA, FastJitterBuffer, OpusConfig())
+    relay = types.SimpleNamespace(c=_relay.Relay())
+    tick = TranscodeTick(relay, fast, "a")
+    tick.load((out_socket.fileno(), "127.0.0.1", 9), None)
+    pcm = tone(1000.0, 0)
+    payload = g711.ulaw_encode(pcm.tobytes())
+
+    def run(first_frame: int, frames: int, offset: float, ssrc: int = 7) -> list[float]:
+        """Packets of frames [first_frame, +frames) arriving `offset` s into each 20 ms frame; slots every
+        5 ms until 100 ms after the last; the times at which the path sent."""
+        arrivals = {round((first_frame + i) * TICK + offset, 6): first_frame + i for i in range(frames)}
+        sent = []
+        for k in range(first_frame * 4, (first_frame + frames + 5) * 4):
+            now = round(k * 0.005, 6)
+            for arrival in sorted(a for a in arrivals if now - 0.005 < a <= now):
+                i = arrivals[arrival]
+                fast.receive_rtp("a", struct.pack("!BBHII", 0x80, 0, i, 160 * i, ssrc) + payload, arrival)
+            if relay.c.tick(now, k % 4):
+                sent.append(now)
+        return sent
+
+    sent = run(0, 50, 0.007)
+    # playable 20 ms (the buffer minimum) after the first packet at 7 ms: sent at 30 ms (slot 2), then every
+    # frame in slot 2 (and 3 concealed frames, 60 ms, after the last); in a 20 ms grid it would wait for 40 ms
+    assert sent[0] == 0.03 and all(round(t * 1000) % 20 == 10 for t in sent) and len(sent) == 50 + 3
+    assert tick.c.phase == 2
+    # a silence, then a new stream (another SSRC: the buffer re-anchors) arriving 13 ms into the frames: its
+    # frames are playable at 33 ms, slot 3
+    sent = run(80, 30, 0.013, ssrc=8)
+    talk = [t for t in sent if t >= 80 * TICK]
+    assert talk[0] == round(80 * TICK + 0.035, 6) and all(round(t * 1000) % 20 == 15 for t in talk)
+    assert tick.c.phase == 3
+    tick.pull()                                   # an RTCP report: pulled and loaded, Python did not tick
+    tick.load((out_socket.fileno(), "127.0.0.1", 9), None)
+    assert tick.c.phase == 3
+    tick.pull()                                   # a DTMF event: Python ticks it for a while (slot 0)
+    tick_bridges([fast], 3.0)
+    tick.load((out_socket.fileno(), "127.0.0.1", 9), None)
+    assert tick.c.phase == 0
+    fast.close()
