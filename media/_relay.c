@@ -1663,6 +1663,15 @@ static PyObject *Relay_tick(Relay *self, PyObject *args)
     return PyLong_FromLongLong(sent_total);
 }
 
+PyDoc_STRVAR(Relay_transcoding_doc, "transcoding() -> how many transcoders are engaged (tick() has work).");
+static PyObject *Relay_transcoding(Relay *self, PyObject *Py_UNUSED(ignored))
+{
+    Py_ssize_t engaged = 0;
+    for (Py_ssize_t i = 0; self->transcoders && i < PyList_GET_SIZE(self->transcoders); i++)
+        engaged += ((Transcoder *)PyList_GET_ITEM(self->transcoders, i))->engaged != 0;
+    return PyLong_FromSsize_t(engaged);
+}
+
 PyDoc_STRVAR(Relay_take_handbacks_doc,
              "take_handbacks() -> [owner, ...]: the owners of the transcoders whose tick handed their path back\n"
              "to Python (a DTMF key in the audio) since the last call.");
@@ -1682,10 +1691,10 @@ static PyObject *Relay_take_handbacks(Relay *self, PyObject *Py_UNUSED(ignored))
 PyDoc_STRVAR(Relay_stats_doc, "stats() -> dict of the relay's counters.");
 static PyObject *Relay_stats(Relay *self, PyObject *Py_UNUSED(ignored))
 {
-    Py_ssize_t engaged = 0;
-    for (Py_ssize_t i = 0; self->transcoders && i < PyList_GET_SIZE(self->transcoders); i++)
-        engaged += ((Transcoder *)PyList_GET_ITEM(self->transcoders, i))->engaged != 0;
-    return Py_BuildValue("{sLsLsLsLsLsLsLsLsLsnsn}", "forwarded", self->forwarded, "delivered", self->delivered,
+    PyObject *engaged = Relay_transcoding(self, NULL);
+    if (!engaged)
+        return NULL;
+    return Py_BuildValue("{sLsLsLsLsLsLsLsLsLsnsN}", "forwarded", self->forwarded, "delivered", self->delivered,
                          "transcoded", self->transcoded, "slow", self->slow, "dropped",
                          self->dropped, "truncated", self->truncated, "recv_errors", self->recv_errors,
                          "send_errors", self->send_errors, "protect_errors", self->protect_errors,
@@ -1715,6 +1724,7 @@ static PyMethodDef Relay_methods[] = {
     {"remove_transcoder", (PyCFunction)Relay_remove_transcoder, METH_O, Relay_remove_transcoder_doc},
     {"tick", (PyCFunction)Relay_tick, METH_VARARGS, Relay_tick_doc},
     {"take_handbacks", (PyCFunction)Relay_take_handbacks, METH_NOARGS, Relay_take_handbacks_doc},
+    {"transcoding", (PyCFunction)Relay_transcoding, METH_NOARGS, Relay_transcoding_doc},
     {"stats", (PyCFunction)Relay_stats, METH_NOARGS, Relay_stats_doc},
     {"close", (PyCFunction)Relay_close, METH_NOARGS, Relay_close_doc},
     {NULL, NULL, 0, NULL},

@@ -518,6 +518,10 @@ class MediaWorker:
         finally:
             if relay is not None:
                 relay.uncork()
+        if self._slots > 1 and (relay is None or not relay.c.transcoding()):
+            skip = -self._slot % self._slots      # no path runs in slots 1..: wake up for the next slot 0
+            self._next_tick += skip * self._period
+            self._slot += skip
         self.tick_seconds += loop.time() - now
         self._schedule()
 
