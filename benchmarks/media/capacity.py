@@ -12,7 +12,8 @@ Paths (browser = side a, trunk = side b, both ends emulated by ``loadgen.py`` in
   thread, ng protocol; see rtpengine_ng.py), when it is installed.
 The worker is a real ``start_workers(1, ...)`` process (uvloop, control socket); its CPU (utime+stime from
 /proc/PID/stat, all threads) is read at the start and end of the measurement window, after a warm-up. The
-load generator's own CPU is reported separately and not counted. Loss: packets that never came out
+load generator's own CPU is reported separately and not counted (``--generators N`` splits the calls over N
+generator processes that start streaming together; "gen CPU %" is then the busiest one's). Loss: packets that never came out
 (passthrough: end to end; transcoding: packets that did not reach the worker or came too late for its jitter
 buffer, plus gaps in its output). Latency: one-way added latency, arrival - send time of the input packet
 carried. A PNG plot (capacity.png) is written when matplotlib imports (``pip install matplotlib``).
@@ -50,6 +51,10 @@ def run_level(path: str, calls: int, pid: int, args: argparse.Namespace, address
     else:
         cfg["control"] = address
     ctx = multiprocessing.get_context("spawn")
+    parts = max(1, min(args.generators, calls))
+    if parts > 1:
+        configs = _split(cfg, parts, ctx)         # (their barrier must outlive the children's start)
+        return merge_parts(path, calls, [_generator(ctx, part, args) for part in configs], args)
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=loadgen.run, args=(cfg, child), name=f"loadgen-{path}-{calls}")
     proc.start()
@@ -76,6 +81,62 @@ def run_level(path: str, calls: int, pid: int, args: argparse.Namespace, address
         spy.send_signal(signal.SIGINT)        # py-spy writes its file on SIGINT (not on SIGTERM)
         spy.wait(30)
     return result
+
+
+def _split(cfg: dict, parts: int, ctx) -> list[dict]:
+    """The configurations of ``parts`` generator processes sharing one level's calls (and a start barrier)."""
+    barrier = ctx.Barrier(parts)
+    out, first = [], 0
+    for part in range(parts):
+        n = cfg["calls"] // parts + (1 if part < cfg["calls"] % parts else 0)
+        out.append(dict(cfg, calls=n, part=part, parts=parts, first=first, barrier=barrier))
+        first += n
+    return out
+
+
+def _generator(ctx, cfg: dict, args: argparse.Namespace):
+    """Start one generator process; returns (process, pipe)."""
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=loadgen.run, args=(cfg, child), name=f"loadgen-{cfg['path']}-{cfg['part']}")
+    proc.start()
+    child.close()
+    renice(proc.pid, None if args.nice is None else args.nice + 5)
+    return proc, parent
+
+
+def merge_parts(path: str, calls: int, started: list, args: argparse.Namespace) -> dict:
+    """Wait for every generator process of a level and add their figures up: the worker's CPU over the
+    window of the first (they start streaming together), counts summed, latency percentiles over all
+    samples, and the generators' CPU as that of the busiest one (the figure that says whether they kept up)."""
+    import numpy as np
+
+    limit = 120 + calls * 0.2 + args.warmup + args.window
+    results = []
+    for proc, pipe in started:
+        if not pipe.poll(limit):
+            for p, _ in started:
+                p.kill()
+            return {"path": path, "calls": calls, "error": "load generator timed out"}
+        results.append(pipe.recv())
+        proc.join(10)
+    errors = [r for r in results if "error" in r]
+    if errors:
+        return {"path": path, "calls": calls, "error": errors[0]["error"]}
+    first = results[0]
+    merged = dict(first, calls=calls, generators=len(results))
+    for key in ("sent", "sent_window", "received", "never_received", "seq_gaps", "expected_by_seq",
+                "jitter_late", "late_sends"):
+        merged[key] = sum(r[key] for r in results)
+    merged["worker_packets_in"] = sum(r["worker_packets_in"] or 0 for r in results) \
+        if all(r["worker_packets_in"] is not None for r in results) else None
+    merged["setup_s"] = max(r["setup_s"] for r in results)
+    merged["gen_cpu_s"] = max(r["gen_cpu_s"] for r in results)
+    lat = np.concatenate([r.pop("lat_samples") for r in results])
+    merged.pop("lat_samples", None)
+    merged["lat_p50"] = float(np.percentile(lat, 50)) if lat.size else None
+    merged["lat_p99"] = float(np.percentile(lat, 99)) if lat.size else None
+    merged["lat_max"] = float(lat.max()) if lat.size else None
+    return merged
 
 
 def renice(pid: int, value: int | None) -> None:
@@ -178,6 +239,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=float)
     ap.add_argument("--window", type=float)
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--generators", type=int, default=1,
+                    help="load generator processes sharing each level's calls (2 for 600+ SRTP calls: one "
+                         "generator process tops out there)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy record the worker (raw collapsed stacks) into DIR")
     ap.add_argument("--nice", type=int, default=-15 if os.geteuid() == 0 else None,
                     help="renice the worker (and the load generator to this + 5); default -15 as root, off otherwise")

@@ -306,9 +306,10 @@ async def _setup(cfg: dict[str, Any], trunk: socket.socket, caller: socket.socke
     if path in ("opus", "srtp"):
         from media.certificate import DtlsCertificate
         certificate = DtlsCertificate.generate()
+    part, first = cfg.get("part", 0), cfg.get("first", 0)     # one of several generator processes
     for i in range(n):
-        cid = f"cap-{path}-{n}-{i}"
-        ssrc = 0x10000 + 2 * i
+        cid = f"cap-{path}-{n}-{part}-{i}"
+        ssrc = 0x10000 + 2 * (first + i)
         if path in ("opus", "srtp"):
             peer = WebRtcPeer(certificate)
             codecs = [("opus", 48000, 2), ("telephone-event", 48000)] if path == "opus" \
@@ -379,6 +380,8 @@ def _run(cfg: dict[str, Any]) -> dict[str, Any]:
     t_setup = time.perf_counter()
     calls, client = loop.run_until_complete(_setup(cfg, trunk, caller))
     t_setup = time.perf_counter() - t_setup
+    if cfg.get("barrier") is not None:
+        cfg["barrier"].wait(300)                      # every generator process streams from the same moment
     pid = cfg["pid"]
     # receive demultiplexing: fd -> (socket, {source port: Direction} or Direction of a browser socket)
     by_fd: dict[int, tuple[socket.socket, Any, Any, Any]] = {}
@@ -524,4 +527,5 @@ def _run(cfg: dict[str, Any]) -> dict[str, Any]:
         "lat_p50": float(np.percentile(lat, 50)) if lat.size else None,
         "lat_p99": float(np.percentile(lat, 99)) if lat.size else None,
         "lat_max": float(lat.max()) if lat.size else None,
+        **({"lat_samples": lat.astype(np.float32)} if cfg.get("parts", 1) > 1 else {}),
     }
