@@ -286,6 +286,7 @@ class _Member:
     target: str | None = None                  # whisper: the side that hears the member
     decoder: OpusDecoder | None = None         # an Opus member's audio, decoded at 8 kHz
     encoder: OpusEncoder | None = None         # what an Opus member hears
+    receives: bool = True                      # False while its SDP says sendonly/inactive (on hold): not sent to
 
     @property
     def pid(self) -> str:
@@ -419,6 +420,14 @@ def _set_fmtp(sd: SessionDescription, payload_type: int, value: str) -> None:
     at = next((i + 1 for i, a in enumerate(attrs) if a.name == "rtpmap" and (a.value or "").split(" ", 1)[0] == pt),
               len(attrs))
     attrs.insert(at, line)
+
+
+def _offered_direction(sd: SessionDescription) -> str:
+    """The direction of an SDP's audio, from its sender's side; the RFC 2543 hold (c=0.0.0.0) is sendonly."""
+    direction = sd.effective_direction(0)
+    if sd.is_legacy_hold(0):
+        direction = "sendonly" if direction == "sendrecv" else "inactive"
+    return direction
 
 
 def _rtp_address(sd: SessionDescription) -> tuple[str, int] | None:
@@ -737,6 +746,9 @@ class MediaWorker:
             inputs[member.pid] = heard.get(tag)
         out = conference.mix(inputs)
         for member in call.members.values():
+            if not member.receives:
+                member.sender.skip()                # on hold: the timeline runs on, nothing is sent
+                continue
             if member.codec.name == "opus" and member.encoder is None:
                 member.encoder = self._opus_encoder()
             payload = self._encode(member.codec, out[member.pid], member.encoder)
@@ -1378,9 +1390,7 @@ class MediaWorker:
         other = call.other(offerer)
         assert other.local_sdp is not None and other.codec is not None
         local = _restrict(other.local_sdp, other.codec)
-        local.media[0].direction = offer.effective_direction(0)
-        if offer.is_legacy_hold(0):
-            local.media[0].direction = "sendonly" if local.media[0].direction == "sendrecv" else "inactive"
+        local.media[0].direction = _offered_direction(offer)
         other.local_sdp = bump_version(local, other.local_sdp)
         call.reoffer_from = from_tag
         return other.local_sdp.to_bytes().decode()
@@ -1579,7 +1589,8 @@ class MediaWorker:
         ``whisper`` is also heard by the party ``whisper_to`` (mixed into the other party's audio; the other
         party never hears it), ``speak`` is heard by everyone (barge-in; several make a conference). ``sdp`` is
         the member's offer, plain RTP (PCMU/PCMA) or WebRTC (Opus/PCMU/PCMA); our answer comes back. Again
-        with the same tag: the mode changes (the SDP is ignored)."""
+        with the same tag: the mode changes, and a new SDP is the member's re-INVITE (hold/resume, a new
+        address, an ICE restart; its codec stays)."""
         call = self._bridged(call_id)
         role = _MIX_ROLES.get(mode)
         if role is None:
@@ -1596,6 +1607,11 @@ class MediaWorker:
             if len(call.members) >= _MAX_MEMBERS:
                 raise MediaError(f"mix: call {call_id!r} already has {_MAX_MEMBERS} members")
             member = await self._open_member(call, tag, self._parse(sdp))
+        elif sdp:
+            offer = self._parse(sdp)
+            assert member.leg.remote_sdp is not None
+            if offer.to_bytes() != member.leg.remote_sdp.to_bytes():
+                self._reoffer_member(member, offer)
         before = call.mixed_sides()
         assert call.conference is not None and call.bridge is not None
         member.role, member.target = role, target
@@ -1607,6 +1623,27 @@ class MediaWorker:
         call.bridge.capture = True
         assert member.leg.local_sdp is not None
         return member.leg.local_sdp.to_bytes().decode()
+
+    def _reoffer_member(self, member: _Member, offer: SessionDescription) -> None:
+        """A member's re-INVITE: its new address or ICE restart applied, its hold/resume followed (we do not
+        send to a member that does not want to receive), our answer's direction mirrored. Refused before
+        anything changes when its codec is gone or it moves to SDES (``stop_mix`` and ``mix`` again)."""
+        leg, codec = member.leg, member.codec
+        if _is_sdes(offer) or is_webrtc(offer) != (leg.kind == WEBRTC):
+            raise MediaError("mix: a member's re-offer cannot change its transport; stop_mix and mix again")
+        if not offer.media or offer.media[0].is_rejected:
+            raise MediaError("mix: a member's re-offer without an active audio section is not supported")
+        if not any(m.encoding.lower() == codec.name and m.clock_rate == codec.clock_rate and pt == codec.payload_type
+                   for pt, m in offer.media[0].rtpmap.items()):
+            raise MediaError(f"mix: a member's re-offer must keep {codec.encoding}/{codec.clock_rate} on payload "
+                             f"type {codec.payload_type}; for another codec, stop_mix and mix again")
+        self._update_remote(leg, offer, offer=True)
+        direction = _offered_direction(offer)
+        member.receives = direction in ("sendrecv", "recvonly")
+        assert leg.local_sdp is not None
+        local = leg.local_sdp.copy()
+        local.media[0].direction = {"sendonly": "recvonly", "recvonly": "sendonly"}.get(direction, direction)
+        leg.local_sdp = bump_version(local, leg.local_sdp)
 
     async def _open_member(self, call: MediaCall, tag: str, offer: SessionDescription) -> _Member:
         """The member's leg: a port of the range (plain RTP) or a browser leg on the ICE port, and our answer."""
@@ -1635,8 +1672,9 @@ class MediaWorker:
             sender = leg.rtp.session.sender
         sender.payload_type = leg.codec.payload_type
         leg.local_sdp = local
-        member = _Member(leg, sender, leg.codec, JitterBuffer(leg.codec.clock_rate),
-                         decoder=OpusDecoder(PCM_RATE, 1) if leg.codec.name == "opus" else None)
+        member = _Member(leg, sender, leg.codec, self._jitter_class(leg.codec.clock_rate),
+                         decoder=OpusDecoder(PCM_RATE, 1) if leg.codec.name == "opus" else None,
+                         receives=_offered_direction(offer) in ("sendrecv", "recvonly"))
         if self.calls.get(call.call_id) is not call or call.bridge is None or tag in call.members:
             member.close()                         # the call went (or got this member) while the port opened
             self._close_leg(leg)

@@ -498,3 +498,55 @@ async def test_reinvite_changes_a_partys_codec(worker_process):
         stop.set()
         await call.close()
         await client.close()
+
+
+async def test_a_members_reinvite_holds_resumes_and_moves_it(worker_process):
+    """A supervisor's phone re-INVITEs: on hold (sendonly) the worker stops sending to it and answers recvonly;
+    resumed from a new port, the mix goes there; a re-offer that drops its codec is refused and changes nothing."""
+    client = await MediaControlClient.connect(worker_process.address)
+    call = Call(client, "call-member-reinvite")
+    sup, moved = Peer(), Peer()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        await call.setup_mode("passthrough")
+        for peer in (sup, moved):
+            await loop.create_datagram_endpoint(lambda peer=peer: peer, local_addr=("127.0.0.1", 0))
+        senders = [asyncio.ensure_future(call.a.send_tone(440.0, call.to_a, "ulaw", ULAW, stop)),
+                   asyncio.ensure_future(call.b.send_tone(1000.0, call.to_b, "ulaw", ULAW, stop))]
+        offer = create_offer("127.0.0.1", sup.port, [("PCMU", 8000)])
+        answer = SessionDescription.parse(await client.mix(call.call_id, "sup-tag", offer.to_bytes(), "listen"))
+        await asyncio.sleep(0.4)
+        assert len(sup.audio(ULAW)) > 10
+
+        hold = create_offer("127.0.0.1", sup.port, [("PCMU", 8000)], direction="sendonly")
+        held = SessionDescription.parse(await client.mix(call.call_id, "sup-tag", hold.to_bytes(), "listen"))
+        assert held.effective_direction(0) == "recvonly" and held.origin.sess_version > answer.origin.sess_version
+        await asyncio.sleep(0.1)
+        t_hold = loop.time()
+        await asyncio.sleep(0.4)
+        assert sup.audio(ULAW, since=t_hold) == []
+
+        resume = create_offer("127.0.0.1", moved.port, [("PCMU", 8000)])
+        resumed = SessionDescription.parse(await client.mix(call.call_id, "sup-tag", resume.to_bytes(), "listen"))
+        assert resumed.effective_direction(0) == "sendrecv" and resumed.media[0].port == answer.media[0].port
+        t_resume = loop.time()
+        await asyncio.sleep(0.5)
+        heard = decoded(moved.audio(ULAW, since=t_resume + 0.1))
+        assert heard.size >= 160 * 10 and band_level(heard, 440) > 0.5 and band_level(heard, 1000) > 0.5
+
+        other_codec = create_offer("127.0.0.1", moved.port, [("PCMA", 8000)])
+        with pytest.raises(MediaControlError, match="must keep PCMU/8000"):
+            await client.mix(call.call_id, "sup-tag", other_codec.to_bytes(), "listen")
+        t_after = loop.time()
+        await asyncio.sleep(0.3)
+        assert len(moved.audio(ULAW, since=t_after)) > 5              # still mixed to it, in PCMU
+        stop.set()
+        await asyncio.gather(*senders)
+    finally:
+        stop.set()
+        await call.close()
+        await client.close()
+        for peer in (sup, moved):
+            if peer.transport is not None:
+                peer.transport.close()
