@@ -470,6 +470,7 @@ class MediaWorker:
         self._timer: asyncio.TimerHandle | None = None
         self.ticks = 0
         self.late_ticks = 0                       # slots that ran late
+        self.tick_errors = 0                      # slots that raised (logged; the clock goes on)
         self.tick_seconds = 0.0                   # CPU-ish time spent in ticks (loop.time deltas)
         self.prompts = PromptCache(PCM_RATE)      # decoded prompt files (loaded in an executor, never on the tick)
         self._schedule()
@@ -522,17 +523,21 @@ class MediaWorker:
             relay.cork()                          # the slot's packets leave in a few sendmmsg calls
         try:
             for _ in range(due):
-                self._run_slot(loop.time())
+                try:
+                    self._run_slot(loop.time())
+                except Exception:  # noqa: BLE001 - one call's bug must not stop every call's clock
+                    self.tick_errors += 1
+                    log.exception("media clock slot failed")
                 self._next_tick += self._period
+            if self._slots > 1 and (relay is None or not relay.c.transcoding()):
+                skip = -self._slot % self._slots  # no path runs in slots 1..: wake up for the next slot 0
+                self._next_tick += skip * self._period
+                self._slot += skip
         finally:
             if relay is not None:
                 relay.uncork()
-        if self._slots > 1 and (relay is None or not relay.c.transcoding()):
-            skip = -self._slot % self._slots      # no path runs in slots 1..: wake up for the next slot 0
-            self._next_tick += skip * self._period
-            self._slot += skip
-        self.tick_seconds += loop.time() - now
-        self._schedule()
+            self.tick_seconds += loop.time() - now
+            self._schedule()
 
     def _run_slot(self, now: float) -> None:
         """One slot: the C-ticked paths whose slot it is (all of them with one slot per frame), and in slot 0
@@ -1791,7 +1796,7 @@ class MediaWorker:
         """Worker-wide figures (for ping/query without a call)."""
         status: dict[str, Any] = {
             "calls": len(self.calls), "ice_port": self.port.port, "rtp_ports_in_use": self.allocator.in_use,
-            "ticks": self.ticks, "late_ticks": self.late_ticks,
+            "ticks": self.ticks, "late_ticks": self.late_ticks, "tick_errors": self.tick_errors,
             "tick_ms_avg": round(1000 * self.tick_seconds / max(1, self.ticks), 3)}
         status["relay"] = self.relay.stats() if self.relay is not None else None
         return status

@@ -234,3 +234,26 @@ async def test_a_recorded_passthrough_call_records_every_packet_in_order(tmp_pat
         heard = [int(f[0]) for f in frames if f.any()]
         expected = [int(np.frombuffer(g711.ulaw_decode(bytes([c]) * 2), "<i2")[0]) for c in sent]
         assert heard == expected, channel                               # every frame, once, in order
+
+
+async def test_a_failing_slot_is_logged_and_the_clock_goes_on(caplog):
+    """A bug that raises in one 20 ms step must not stop the media clock of every call."""
+    base = free_udp_range(10)
+    worker = await MediaWorker.start(MediaSettings(bind_host="127.0.0.1", rtp_port_min=base, rtp_port_max=base + 9))
+    original = worker._tick
+    calls = []
+
+    def flaky(now: float) -> None:
+        calls.append(now)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        original(now)
+
+    worker._tick = flaky  # type: ignore[method-assign]
+    try:
+        await asyncio.sleep(0.2)
+        assert worker.tick_errors == 1 and len(calls) >= 5 and worker.ticks == len(calls) - 1
+        assert worker.status()["tick_errors"] == 1
+        assert any("media clock slot failed" in r.getMessage() for r in caplog.records)
+    finally:
+        await worker.close()
