@@ -10,6 +10,7 @@ Paths (browser = side a, trunk = side b, both ends emulated by ``loadgen.py`` in
 - ``rtp``: plain RTP PCMU <-> plain RTP PCMU: relay;
 - ``rtpengine``: the same RTP relay load through the Debian ``rtpengine`` daemon (userspace, one worker
   thread, ng protocol; see rtpengine_ng.py), when it is installed.
+With ``--record DIR`` every call of the callpath paths is recorded (``record``) while it is measured.
 The worker is a real ``start_workers(1, ...)`` process (uvloop, control socket); its CPU (utime+stime from
 /proc/PID/stat, all threads) is read at the start and end of the measurement window, after a warm-up. The
 load generator's own CPU is reported separately and not counted (``--generators N`` splits the calls over N
@@ -45,7 +46,8 @@ LABEL = {"opus": "Opus<->PCMU transcode", "srtp": "SRTP<->RTP passthrough", "rtp
 
 
 def run_level(path: str, calls: int, pid: int, args: argparse.Namespace, address) -> dict:
-    cfg = {"path": path, "calls": calls, "pid": pid, "warmup": args.warmup, "window": args.window}
+    cfg = {"path": path, "calls": calls, "pid": pid, "warmup": args.warmup, "window": args.window,
+           "record": args.record}
     if path == "rtpengine":
         cfg["ng"] = address
     else:
@@ -239,6 +241,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float)
     ap.add_argument("--window", type=float)
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--record", metavar="DIR",
+                    help="record every call (two-channel WAV per call into DIR) while measuring")
     ap.add_argument("--generators", type=int, default=1,
                     help="load generator processes sharing each level's calls (2 for 600+ SRTP calls: one "
                          "generator process tops out there)")
@@ -256,6 +260,9 @@ def main() -> None:
         plot(rows, args.plot)
         return
     args.calls = args.calls or ([20, 50] if args.quick else [50, 200, 500])
+    if args.record:
+        args.record = os.path.abspath(args.record)
+        os.makedirs(args.record, exist_ok=True)
     args.warmup = args.warmup if args.warmup is not None else (2.0 if args.quick else 3.0)
     args.window = args.window if args.window is not None else (8.0 if args.quick else 15.0)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

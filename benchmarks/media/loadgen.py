@@ -343,6 +343,9 @@ async def _setup(cfg: dict[str, Any], trunk: socket.socket, caller: socket.socke
             a2b.sock, a2b.addr = caller, ("127.0.0.1", _port_of(to_a))
             b2a.sock, b2a.addr = trunk, ("127.0.0.1", _port_of(to_b))
             calls.append((cid, a2b, b2a, None, _port_of(to_b), _port_of(to_a)))
+    if cfg.get("record") and path != "rtpengine":     # every call recorded, as a contact center does
+        for cid, *_ in calls:
+            await client.record(cid, os.path.join(cfg["record"], f"{cid}.wav"))
     return calls, client
 
 
