@@ -108,6 +108,16 @@ class Call:
 PCMU_TE = [("PCMU", 8000), ("telephone-event", 8000)]
 
 
+async def tear_down(stop: asyncio.Event, call: Call, client: MediaControlClient, *peers: Peer) -> None:
+    """Stop the tone senders, end the call, close the control connection and the members' sockets."""
+    stop.set()
+    await call.close()
+    await client.close()
+    for peer in peers:
+        if peer.transport is not None:
+            peer.transport.close()
+
+
 def write_wav(path, freq: float, seconds: float) -> None:
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
@@ -359,11 +369,7 @@ async def test_mix_spy_then_whisper(worker_process, mode):
         stop.set()
         await asyncio.gather(*senders, whisper)
     finally:
-        stop.set()
-        await call.close()
-        await client.close()
-        if sup.transport is not None:
-            sup.transport.close()
+        await tear_down(stop, call, client, sup)
 
 
 @pytest.mark.parametrize("mode", ["passthrough", "transcoding"])
@@ -434,12 +440,7 @@ async def test_mix_speak_makes_a_conference(worker_process, tmp_path, mode):
         stop.set()
         await asyncio.gather(*senders)
     finally:
-        stop.set()
-        await call.close()
-        await client.close()
-        for peer in (third, spy):
-            if peer.transport is not None:
-                peer.transport.close()
+        await tear_down(stop, call, client, third, spy)
     with wave.open(str(path), "rb") as w:
         data = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
     rate = 8000
@@ -544,9 +545,4 @@ async def test_a_members_reinvite_holds_resumes_and_moves_it(worker_process):
         stop.set()
         await asyncio.gather(*senders)
     finally:
-        stop.set()
-        await call.close()
-        await client.close()
-        for peer in (sup, moved):
-            if peer.transport is not None:
-                peer.transport.close()
+        await tear_down(stop, call, client, sup, moved)
