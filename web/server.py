@@ -359,43 +359,52 @@ class Application:
     async def _watch_media(self) -> None:
         """Replace a media worker process that died (a crash, the OOM killer, a kill -9): the same ports and
         RTP range, a new control connection; the pool forgets the calls whose media it held, and the B2BUA
-        ends them."""
-        from media.control import MediaControlClient, spawn_worker
-
-        m = self.settings.media
+        ends them. A worker that keeps dying is restarted at most 5 times a minute."""
+        restarts: dict[int, list[float]] = {}
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.media_watch_interval)
             for index, worker in enumerate(list(self.media_workers)):
                 if worker.process.is_alive():
                     continue
-                log.error("media worker %d (pid %s) died with exit code %s: starting a new one", index,
-                          worker.process.pid, worker.process.exitcode)
+                recent = [t for t in restarts.get(index, []) if loop.time() - t < 60.0]
+                restarts[index] = recent
+                if len(recent) >= 5:
+                    continue                      # in a crash loop: wait for the minute to pass
+                recent.append(loop.time())
                 try:
-                    fresh = await asyncio.to_thread(spawn_worker, index, worker.settings)
-                except Exception as exc:  # noqa: BLE001 - try again on the next round
-                    log.error("media worker %d did not restart: %s", index, exc)
-                    continue
-                try:
-                    client = await asyncio.wait_for(MediaControlClient.connect(
-                        fresh.address, on_event=_on_media_event, timeout=m.control_timeout), 10)
-                except Exception as exc:  # noqa: BLE001
-                    log.error("media worker %d restarted but cannot be reached: %s", index, exc)
-                    await asyncio.to_thread(fresh.stop)
-                    continue
-                old = self.media_clients[index]
-                with contextlib.suppress(Exception):
-                    await old.close()
-                self.media_workers[index] = fresh
-                self.media_clients[index] = client
-                self.media_restarts += 1
-                if self.media_pool is not None:
-                    lost = self.media_pool.replace(index, client)
-                    if lost:
-                        log.error("media worker %d: the media of %d call(s) was lost with it: %s", index,
-                                  len(lost), ", ".join(lost[:20]))
-                    for call_id in lost:          # hang them up rather than leave the parties in silence
-                        if self.b2bua is not None and hasattr(self.b2bua, "media_lost"):
-                            self.b2bua.media_lost(call_id)
+                    await self._replace_worker(index, worker)
+                except Exception:  # noqa: BLE001 - the watch must go on for the other workers
+                    log.exception("media worker %d: replacing it failed", index)
+
+    async def _replace_worker(self, index: int, worker: Any) -> None:
+        """Spawn worker ``index`` again, connect to it, and hand the pool the new client."""
+        from media.control import MediaControlClient, spawn_worker
+
+        log.error("media worker %d (pid %s) died with exit code %s: starting a new one", index,
+                  worker.process.pid, worker.process.exitcode)
+        fresh = await asyncio.to_thread(spawn_worker, index, worker.settings)
+        try:
+            client = await asyncio.wait_for(MediaControlClient.connect(
+                fresh.address, on_event=_on_media_event, timeout=self.settings.media.control_timeout), 10)
+        except BaseException:
+            await asyncio.to_thread(fresh.stop)
+            raise
+        old = self.media_clients[index]
+        with contextlib.suppress(Exception):
+            await old.close()
+        self.media_workers[index] = fresh
+        self.media_clients[index] = client
+        self.media_restarts += 1
+        if self.media_pool is None:
+            return
+        lost = self.media_pool.replace(index, client)
+        if lost:
+            log.error("media worker %d: the media of %d call(s) was lost with it: %s", index, len(lost),
+                      ", ".join(lost[:20]))
+        for call_id in lost:                      # hang them up rather than leave the parties in silence
+            if self.b2bua is not None and hasattr(self.b2bua, "media_lost"):
+                self.b2bua.media_lost(call_id)
 
     async def _stop_media(self) -> None:
         """Close the control connections, then stop the worker processes (SIGTERM, join in a thread)."""
