@@ -211,6 +211,18 @@ static void rule_clear_srtp(PyObject **owner, void **ctx, srtp_fn *fn)
     *fn = NULL;
 }
 
+/* a Rule's or a Transcoder's jitter buffer reference: a media._relay.Jitter, or None for none */
+static int set_jitter_ref(Jitter **slot, PyObject *obj)
+{
+    if (obj != Py_None && !PyObject_TypeCheck(obj, &JitterType)) {
+        PyErr_SetString(PyExc_TypeError, "expected a media._relay.Jitter or None");
+        return -1;
+    }
+    Py_XINCREF(obj == Py_None ? NULL : obj);
+    Py_XSETREF(*slot, obj == Py_None ? NULL : (Jitter *)obj);
+    return 0;
+}
+
 static int Rule_init(Rule *self, PyObject *args, PyObject *kwds)
 {
     if (!PyArg_ParseTuple(args, ""))
@@ -283,15 +295,8 @@ PyDoc_STRVAR(Rule_set_jitter_doc,
              "(media.bridge.Bridge.receive_rtp of a transcoded path) instead of forwarding them.");
 static PyObject *Rule_set_jitter(Rule *self, PyObject *jitter)
 {
-    if (jitter != Py_None && !PyObject_TypeCheck(jitter, &JitterType)) {
-        PyErr_SetString(PyExc_TypeError, "set_jitter takes a media._relay.Jitter or None");
+    if (set_jitter_ref(&self->into, jitter) < 0)
         return NULL;
-    }
-    Py_CLEAR(self->into);
-    if (jitter != Py_None) {
-        Py_INCREF(jitter);
-        self->into = (Jitter *)jitter;
-    }
     Py_RETURN_NONE;
 }
 
@@ -519,6 +524,12 @@ static void Transcoder_dealloc(Transcoder *self)
     Py_CLEAR(self->reverse);
     Py_CLEAR(self->srtp_owner);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* whether the transcoder has both its codecs (set_codecs, and not detached) */
+static int has_codecs(const Transcoder *t)
+{
+    return t->jitter && (t->decoder || t->src_law != LAW_NONE) && (t->encoder || t->dst_law != LAW_NONE);
 }
 
 /* fit_frame after a decode of n samples: truncate, or zero-pad */
@@ -772,17 +783,6 @@ static PyObject *Transcoder_set_srtp(Transcoder *self, PyObject *args)
     return set_srtp(args, &self->srtp_owner, &self->srtp_ctx, &self->srtp);
 }
 
-static int set_jitter_ref(Jitter **slot, PyObject *obj)
-{
-    if (obj != Py_None && !PyObject_TypeCheck(obj, &JitterType)) {
-        PyErr_SetString(PyExc_TypeError, "expected a media._relay.Jitter or None");
-        return -1;
-    }
-    Py_XINCREF(obj == Py_None ? NULL : obj);
-    Py_XSETREF(*slot, obj == Py_None ? NULL : (Jitter *)obj);
-    return 0;
-}
-
 PyDoc_STRVAR(Transcoder_set_codecs_doc,
              "set_codecs(jitter, reverse_jitter|None, decoder_state, src_law, encoder_state, dst_law):\n"
              "the path's buffer (and the other direction's, for the FEC loss estimate), the libopus states\n"
@@ -933,8 +933,7 @@ static PyObject *Transcoder_tick(Transcoder *self, PyObject *arg)
     double now = PyFloat_AsDouble(arg);
     if (now == -1.0 && PyErr_Occurred())
         return NULL;
-    if (!self->jitter || (!self->decoder && self->src_law == LAW_NONE)
-            || (!self->encoder && self->dst_law == LAW_NONE)) {
+    if (!has_codecs(self)) {
         PyErr_SetString(PyExc_ValueError, "the transcoder has no codecs (set_codecs, or detached)");
         return NULL;
     }
@@ -1614,8 +1613,7 @@ static PyObject *Relay_tick(Relay *self, PyObject *args)
     int count = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         Transcoder *t = (Transcoder *)PyList_GET_ITEM(self->transcoders, i);
-        if (!t->engaged || !t->jitter || t->out_fd < 0 || (!t->decoder && t->src_law == LAW_NONE)
-                || (!t->encoder && t->dst_law == LAW_NONE) || !due(t, now, slot))
+        if (!t->engaged || t->out_fd < 0 || !has_codecs(t) || !due(t, now, slot))
             continue;
         if (transcode_tick(t, now))
             ready[count++] = (Outgoing){t->out_fd, (int)i};

@@ -586,8 +586,8 @@ class MediaWorker:
                     and not call.members:
                 self._ticking.pop(call.call_id, None)
             elif relay is not None and bridge is not None and not bridge.passthrough \
-                    and any(not path.c_engaged for path in bridge.paths.values()):
-                self._touch(call)                 # a transcoded path may be back in its steady state: C again
+                    and any(self._engageable(call, side) for side in ("a", "b")):
+                self._touch(call)                 # a transcoded path is back in its steady state: C again
         if self.ticks % _POLL_TICKS == 0:
             self._poll_sessions(now)
         self._commit()
@@ -985,6 +985,16 @@ class MediaWorker:
         if forward.tick is None:
             forward.tick = TranscodeTick(relay, bridge, side, owner=call.call_id)
         forward.tick.load(*output)
+
+    def _engageable(self, call: MediaCall, side: Side) -> bool:
+        """Whether a transcoded path that Python ticks could go to the C tick now: its delivery is in place,
+        it is in its steady state and its output is known (checked each tick instead of pulling and loading
+        the call again, which a call on hold or under a long prompt would otherwise pay 50 times a second)."""
+        bridge = call.bridge
+        assert bridge is not None
+        path = bridge.paths[side]
+        return (not path.c_engaged and path.transcode and side in call.forwards and self._steady(bridge, path)
+                and self._output_plan(call.leg(path.dst_side)) is not None)
 
     def _steady(self, bridge: Bridge, path: Any) -> bool:
         """Whether a transcoded path's tick has nothing but audio to do (the C tick does exactly that, and
