@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from .errors import SipParseError
+from .loadmonitor import LagStats
 from .message import PING, Request, Response, StreamFramer, make_response, parse_message
 from .transaction import (
     AckReceived, Flow, RequestReceived, ResponseReceived, StrayResponse, TransactionLayer,
@@ -80,7 +81,8 @@ class SipStack:
         self.stats = {"parse_errors": 0, "bad_requests": 0, "messages_in": 0, "messages_out": 0, "send_errors": 0,
                       "timer_wakeups": 0}
         self.overload_lag = 0.25      # seconds of event-loop lag that count as overload (0: never)
-        self.loop_lag = 0.0           # last measured lag of the event loop
+        self.loop_lag = 0.0           # last measured lag of the event loop, decaying (the overload guard's input)
+        self.lag_stats = LagStats()   # every lag sample of the last minutes (p99/max for the operator)
         self._lag_probe: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -127,8 +129,15 @@ class SipStack:
         self._lag_probe = loop.call_at(due, probe)
 
     def record_lag(self, lag: float) -> None:
-        """Fold one lag sample in: rises at once, decays over a few samples."""
+        """Fold one lag sample in: the guard's value rises at once and decays over a few samples."""
         self.loop_lag = max(lag, self.loop_lag * 0.7)
+        self.lag_stats.add(lag, self.clock())
+
+    def lag_summary(self, seconds: float = 30.0) -> dict[str, float | int]:
+        """p50/p99/max of the loop's lag over the last `seconds`, and the largest since start (ms)."""
+        out = self.lag_stats.summary(seconds, self.clock())
+        out["max_since_start_ms"] = round(self.lag_stats.max_ever * 1000.0, 2)
+        return out
 
     @property
     def overloaded(self) -> bool:
@@ -378,10 +387,16 @@ class SipStack:
             if owner is not None:
                 owner.on_transport_failure(ev.tx)
         elif t is TransactionTerminated:
-            owner = ev.tx.owner
+            tx = ev.tx
+            owner = tx.owner
             cb = getattr(owner, "on_terminated", None)
             if cb is not None:
-                cb(ev.tx)
+                cb(tx)
+            # The last event of a transaction: drop its link to the owner, which usually links back to it
+            # (ProxyContext.branches, a call's invite_tx). Such cycles are otherwise left to the cyclic GC,
+            # whose rare full collections let every call's messages pile up (about 12 KB a call) and then
+            # stall the loop walking them.
+            tx.owner = None
 
     def _on_timer(self) -> None:
         self.stats["timer_wakeups"] += 1

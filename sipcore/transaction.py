@@ -105,7 +105,10 @@ class TransportFailure:
 
 @dataclass(slots=True)
 class TransactionTerminated:
-    """A transaction left the table (its state can be released by the TU)."""
+    """A transaction left the table (its state can be released by the TU).
+
+    It is the transaction's last event: after delivering it the stack sets ``tx.owner`` to None, so an
+    owner that keeps its transactions (and is kept by them) is freed by reference counting."""
 
     tx: "ClientTransaction | ServerTransaction"
 

@@ -451,6 +451,14 @@ class Call:
                 tx.reply(487)
         self.ua._retire(self)
 
+    def _release(self) -> None:
+        """The UA forgot the call (its linger ended): drop the links back to it from its handler and its
+        transaction contexts, so that the call and everything it holds are freed by reference counting
+        instead of waiting, as cyclic garbage, for a rare full collection (issue: ~28 KB a call)."""
+        self.on_event = None
+        self._acks.clear()
+        self._pending_offer = None
+
     def _bye(self, dlg: Dialog | None = None) -> None:
         """Send BYE on the dialog and end the call (locally initiated)."""
         dlg = dlg or self.dialog
@@ -757,6 +765,10 @@ class OutgoingCall(Call):
         self.invite_ctx.sdp = self.local_sdp
         if self._ring_timeout:
             self._later(self._ring_timeout, self._on_ring_timeout)
+
+    def _release(self) -> None:
+        super()._release()
+        self.invite_ctx = None   # its tx (if still alive) keeps it; the context's back-link to us is one-way
 
     def _on_ring_timeout(self) -> None:
         if self.state in (CallState.CALLING, CallState.EARLY):
@@ -1381,5 +1393,6 @@ class UserAgent:
                     self._invites.pop(self._cancel_key(call.request), None)
                 except SipParseError:
                     pass
+            call._release()
 
         self._retiring[call] = loop.call_later(self.linger, forget)

@@ -13,6 +13,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sipcore.stack import ConnectionSender
 
+from .runtime import rss_bytes
+
 if TYPE_CHECKING:
     from .server import Application
 
@@ -60,6 +62,8 @@ def build_app(application: "Application") -> Starlette:
             "sip": stack.stats, "transactions": len(stack.layer),
             "bindings": await application.location.count(),
             "proxy": application.proxy.stats if application.proxy else {},
+            "process": {"rss_bytes": rss_bytes(), "loop_lag_30s": stack.lag_summary(30.0),
+                        "gc_30s": application.gc_watch.summary(30.0)},
         })
 
     async def sip_ws(ws: WebSocket) -> None:

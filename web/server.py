@@ -30,6 +30,7 @@ from sipcore.stack import SipStack
 from storage import Storage
 
 from .logs import configure_logging
+from .runtime import GcWatch, tune_gc
 from .settings import Settings
 
 log = logging.getLogger("callpath.server")
@@ -261,6 +262,7 @@ class Application:
         self.media_clients: list[Any] = []      # one MediaControlClient per worker
         self.media_pool: MediaPool | None = None
         self.media_lines: list[str] = []        # "media worker N on ICE port X, RTP ports A-B"
+        self.gc_watch = GcWatch()               # pauses of the cyclic GC (installed by the server's main)
 
     async def start(self) -> None:
         """Open storage and the location service, bind the SIP transports, wire the TU."""
@@ -452,21 +454,6 @@ class Application:
             await self.storage.aclose()
 
 
-def _tune_gc() -> None:
-    """Keep the cyclic GC off the SIP hot path.
-
-    Live transactions (kept 32 s for retransmissions on UDP) hold hundreds of thousands of objects under
-    load; with CPython's default thresholds the collector kept re-walking them and took a large share of
-    the CPU per REGISTER (py-spy --native: gc_collect_main). Start-up objects are frozen out of the
-    collector, and the young generation is collected every 50k allocations instead of 700.
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 50)
-
-
 def _install_uvloop() -> str:
     try:
         import uvloop
@@ -486,7 +473,8 @@ async def _main(settings: Settings) -> int:
         print(f"callpath: error: {exc}", file=sys.stderr, flush=True)
         await app.stop()
         return 1
-    _tune_gc()
+    tune_gc()
+    app.gc_watch.install()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

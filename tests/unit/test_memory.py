@@ -1,0 +1,191 @@
+"""What a finished call, registration or connection leaves behind: nothing, and nothing for the cyclic GC.
+
+A SIP server makes and drops hundreds of objects per call. Any reference cycle among them (a transaction's
+owner that keeps the transaction, a call's event handler that keeps the bridge that keeps the call) turns
+each finished call into cyclic garbage that only a full collection frees; with the server's GC thresholds
+those run minutes apart, so memory climbed about 12 KB per proxied call and 28 KB per back-to-back call,
+and each full collection stalled the loop walking it (issue "Long-running load"). These tests run N
+operations with the collector off, let every timer expire, and then require both: no live per-call object,
+and nothing that only the cyclic GC could have freed.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sipcore.message import make_response, parse_message
+from sipcore.proxy import ProxyContext
+from sipcore.transaction import ClientTransaction, Flow, ServerTransaction
+from sipcore.ua import Call
+
+from test_proxy_core import Harness, digest_header, register, status
+
+
+def live(*types: type) -> int:
+    """How many objects of these types the collector can see (all of them: they are GC-tracked)."""
+    return sum(1 for o in gc.get_objects() if isinstance(o, types))
+
+
+@contextmanager
+def collector_off() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def cyclic_garbage() -> Counter:
+    """Objects that only the cyclic GC would free, by type (empty when reference counting freed everything)."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+    finally:
+        gc.set_debug(0)
+    found = Counter(type(o).__name__ for o in gc.garbage)
+    gc.garbage.clear()
+    return found
+
+
+def expire_transactions(*stacks) -> None:
+    """Fire every transaction timer (J, K, L, M...) as if a minute had passed."""
+    for stack in stacks:
+        stack.layer.handle_timer(time.monotonic() + 120)
+        stack.flush()
+        assert len(stack.layer) == 0
+
+
+def _crlf(text: str) -> bytes:
+    return text.replace("\n", "\r\n").encode()
+
+
+async def _proxied_call(h: Harness, n: int) -> None:
+    """alice (127.0.0.1:5070) calls bob (registered at 127.0.0.1:5080) through the proxy: INVITE, 180, 200,
+    ACK, BYE, 200, the callee answering what the proxy forwarded and the caller following the Record-Route."""
+    bob = Flow("udp", ("127.0.0.1", 5080))
+    alice = Flow("udp", ("127.0.0.1", 5070))
+    call_id = f"leak-{n}"
+    h.stack.receive(_crlf(
+        f"INVITE sip:bob@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKi{n};rport\n"
+        f"From: <sip:alice@127.0.0.1>;tag=a{n}\nTo: <sip:bob@127.0.0.1>\nCall-ID: {call_id}\nCSeq: 1 INVITE\n"
+        f"Max-Forwards: 70\nContact: <sip:alice@127.0.0.1:5070>\nContent-Length: 0\n\n"), alice)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    fwd = parse_message(next(d for d in h.wire.take() if d.startswith(b"INVITE")))
+    for code in (180, 200):
+        resp = make_response(fwd, code, to_tag=f"b{n}")
+        if code == 200:
+            resp.add("Contact", "<sip:bob@127.0.0.1:5080>")
+        h.stack.receive(resp.to_bytes(), bob)
+    replies = [parse_message(d) for d in h.wire.take()]
+    assert [r.status for r in replies] == [180, 200]
+    route = replies[-1].get("record-route")
+    for seq, method in ((1, "ACK"), (2, "BYE")):
+        h.stack.receive(_crlf(
+            f"{method} sip:bob@127.0.0.1:5080 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{method}{n};rport\n"
+            f"Route: {route}\nFrom: <sip:alice@127.0.0.1>;tag=a{n}\nTo: <sip:bob@127.0.0.1>;tag=b{n}\n"
+            f"Call-ID: {call_id}\nCSeq: {seq} {method}\nMax-Forwards: 70\nContent-Length: 0\n\n"), alice)
+    sent = h.wire.take()
+    bye = parse_message(next(d for d in sent if d.startswith(b"BYE")))
+    h.stack.receive(make_response(bye, 200).to_bytes(), bob)
+    assert [status(d) for d in h.wire.take()] == [200]
+
+
+async def test_proxied_calls_leave_no_state_and_no_cyclic_garbage():
+    h = Harness(auth=False)
+    h.stack.receive(_crlf(register(user="bob", contact="<sip:bob@127.0.0.1:5080>", call_id="reg-bob")),
+                    Flow("udp", ("127.0.0.1", 5080)))
+    await asyncio.sleep(0)
+    h.wire.take()
+    with collector_off():
+        for n in range(60):
+            await _proxied_call(h, n)
+        expire_transactions(h.stack)
+        assert live(ProxyContext, ServerTransaction, ClientTransaction) == 0
+        assert cyclic_garbage() == Counter()
+
+
+async def test_authenticated_registrations_leave_no_cyclic_garbage():
+    h = Harness(auth=True)
+    with collector_off():
+        for n in range(60):
+            (challenge,) = [d for d in [*(await h.send(register(call_id=f"r{n}", cseq=1)))]]
+            assert status(challenge) == 401
+            (ok,) = await h.send(register(call_id=f"r{n}", cseq=2,
+                                          extra=digest_header(challenge, "alice", "secret")))
+            assert status(ok) == 200
+        expire_transactions(h.stack)
+        assert live(ServerTransaction) == 0
+        assert cyclic_garbage() == Counter()
+
+
+async def test_back_to_back_calls_are_freed_when_the_user_agents_forget_them():
+    from test_b2bua import NUMBER, connect, Trio
+    from test_ua import make_endpoint
+    from sipcore.b2bua import BackToBack, BridgedCall
+    from test_ua import Ended, expect, until
+
+    eps = [await make_endpoint(linger=0.01) for _ in range(3)]
+    caller, middle, callee = eps
+    b2b = BackToBack(middle.ua, {NUMBER: f"sip:bob@127.0.0.1:{callee.port}"})
+    middle.ua.on_invite = b2b.on_invite
+    t = Trio(caller, middle, callee, b2b)
+    try:
+        with collector_off():
+            for n in range(15):
+                call, inc = await connect(t)
+                (call if n % 2 else inc).hangup()
+                await expect(inc if n % 2 else call, Ended)
+                await until(lambda: not b2b.calls)
+            for ep in eps:
+                ep.sent.clear()
+            await asyncio.sleep(0.05)
+            expire_transactions(*(ep.stack for ep in eps))
+            await until(lambda: all(not ep.ua.calls for ep in eps))
+            del call, inc
+            assert live(Call, BridgedCall) == 0
+            garbage = cyclic_garbage()
+            assert garbage == Counter(), garbage.most_common(12)
+    finally:
+        for ep in eps:
+            ep.ua.close()
+            await ep.stack.close()
+
+
+def test_lag_stats_percentiles_over_a_trailing_span():
+    from sipcore.loadmonitor import LagStats
+
+    stats = LagStats(window=60.0)
+    for i in range(1000):                      # 50 s of 50 ms probes: 0-9 ms late, one 300 ms stall at 25 s
+        stats.add(0.3 if i == 500 else (i % 10) / 1000.0, i * 0.05)
+    last10 = stats.summary(10.0, 49.95)
+    assert last10["samples"] == 201 and last10["max_ms"] == 9.0 and last10["p99_ms"] == 9.0
+    assert last10["p50_ms"] == 4.0
+    assert stats.summary(30.0, 49.95)["max_ms"] == 300.0
+    stats.add(0.001, 200.0)                    # samples older than the window are dropped
+    assert stats.summary(300.0, 200.0)["samples"] == 1
+    assert stats.max_ever == 0.3
+    assert stats.summary(5.0, 500.0) == {"samples": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+
+
+def test_gc_watch_times_collections():
+    from web.runtime import GcWatch, rss_bytes
+
+    now = [100.0]
+    watch = GcWatch(clock=lambda: now[0]).install()
+    try:
+        gc.collect(0)
+        gc.collect()
+    finally:
+        watch.uninstall()
+    summary = watch.summary(30.0)
+    assert summary["generations"][0]["collections"] >= 1 and summary["generations"][2]["collections"] >= 1
+    assert summary["max_pause_since_start_ms"] >= 0.0
+    now[0] += 60.0
+    assert watch.summary(30.0)["generations"][2]["collections"] == 0
+    assert rss_bytes() > 10 * 2**20
