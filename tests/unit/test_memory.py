@@ -165,7 +165,7 @@ def test_lag_stats_percentiles_over_a_trailing_span():
         stats.add(0.3 if i == 500 else (i % 10) / 1000.0, i * 0.05)
     last10 = stats.summary(10.0, 49.95)
     assert last10["samples"] == 201 and last10["max_ms"] == 9.0 and last10["p99_ms"] == 9.0
-    assert last10["p50_ms"] == 4.0
+    assert last10["p50_ms"] == 5.0
     assert stats.summary(30.0, 49.95)["max_ms"] == 300.0
     stats.add(0.001, 200.0)                    # samples older than the window are dropped
     assert stats.summary(300.0, 200.0)["samples"] == 1
