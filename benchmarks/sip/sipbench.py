@@ -469,16 +469,19 @@ class CallpathServer(Server):
     kind = "callpath"
 
     def __init__(self, workdir: Path, data_dir: Path, *, auth: bool, b2bua_target: str | None = None,
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", web: bool = False, media: bool = False) -> None:
         super().__init__(workdir)
         self.data_dir = data_dir
+        self.web_port = free_udp_port() if web else 0   # /api/v1/status (RSS, loop lag) when asked for
         lines = [
             "[server]", f"data_dir = {_toml_str(str(data_dir))}", f"log_level = {_toml_str(log_level)}", "",
             "[sip]", f"listen = {_toml_str(LOCAL)}", f"domain = {_toml_str(DOMAIN)}",
             f"udp_port = {self.port}", "tcp_port = 0", "tls_port = 0",
             f"auth = {'true' if auth else 'false'}", 'auth_algorithms = ["MD5"]', "",
-            "[web]", "port = 0", "",
+            "[web]", f"listen = {_toml_str(LOCAL)}", f"port = {self.web_port}", "",
         ]
+        if media:
+            lines += ["[media]", "enabled = true", f"listen = {_toml_str(LOCAL)}", f"advertise = {_toml_str(LOCAL)}", ""]
         if b2bua_target:
             lines += ["[[sip.b2bua]]", f"number = {_toml_str(B2BUA_NUMBER)}",
                       f"target = {_toml_str(b2bua_target)}", ""]
@@ -489,6 +492,18 @@ class CallpathServer(Server):
         self._spawn([str(callpath_script()), "run", "--config", str(self.config)], env=callpath_env())
         wait_until(lambda: "callpath ready" in tail(self.log, 100_000), timeout, "callpath", self.proc, self.log)
         return self
+
+    def status(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """GET /api/v1/status (needs web=True); None when it does not answer."""
+        if not self.web_port:
+            return None
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{LOCAL}:{self.web_port}/api/v1/status", timeout=timeout) as r:
+                return json.loads(r.read())
+        except (OSError, ValueError):
+            return None
 
 
 def callpath_script() -> Path:
