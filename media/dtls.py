@@ -132,7 +132,7 @@ def _context(certificate: DtlsCertificate, profiles: Sequence[SrtpProfile]) -> S
     if ctx is None:
         ctx = SSL.Context(SSL.DTLS_METHOD)
         ctx.set_options(SSL.OP_NO_TICKET)
-        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *args: True)
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify)
         ctx.use_certificate(certificate.certificate)
         ctx.use_privatekey(certificate.key)
         ctx.check_privatekey()
@@ -146,18 +146,33 @@ def _context(certificate: DtlsCertificate, profiles: Sequence[SrtpProfile]) -> S
     return ctx
 
 
-def _verifier(fingerprints: list[tuple[str, str]], failed: list[bool]):  # noqa: ANN202
-    """The OpenSSL verify callback: accept the self-signed leaf iff it matches the SDP fingerprints."""
+class _PeerCheck:
+    """What one connection accepts as the peer's certificate (its SDP fingerprints), and whether the peer's
+    failed that check. It is the SSL.Connection's app data: the context's one verify callback reads it."""
 
-    def verify(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
-        if depth != 0:
-            return True  # WebRTC certificates are self-signed; only the leaf is authenticated
-        if fingerprint_matches(cert.to_cryptography(), fingerprints):
-            return True
-        failed[0] = True
+    __slots__ = ("fingerprints", "failed")
+
+    def __init__(self, fingerprints: list[tuple[str, str]]) -> None:
+        self.fingerprints = fingerprints
+        self.failed = False
+
+
+def _verify(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+    """The OpenSSL verify callback of every context: accept the self-signed leaf iff it matches the SDP
+    fingerprints of the connection's ``_PeerCheck`` (none: refused).
+
+    One callback per cached context, not one per connection: pyOpenSSL's ``set_verify`` wraps its callback in
+    a helper that refers to itself through a cffi callback, so a per-connection callback left a reference cycle
+    behind every browser leg (cyclic garbage, freed only by a full collection)."""
+    if depth != 0:
+        return True  # WebRTC certificates are self-signed; only the leaf is authenticated
+    check = conn.get_app_data()
+    if not isinstance(check, _PeerCheck):
         return False
-
-    return verify
+    if fingerprint_matches(cert.to_cryptography(), check.fingerprints):
+        return True
+    check.failed = True
+    return False
 
 
 def _split_records(data: bytes, mtu: int) -> list[bytes]:
@@ -206,14 +221,11 @@ class DtlsEndpoint:
         self._handshake_timeout = handshake_timeout
         self._deadline: float | None = None
         self._timer: float | None = None
-        self._fingerprint_failed = [False]  # shared with the verify callback (which must not hold self)
+        self._peer_check = _PeerCheck(self.remote_fingerprints)  # the verify callback's view (never self)
         self._events: deque[DtlsEvent] = deque()
         self._out: list[bytes] = []
         self._ssl = SSL.Connection(_context(certificate, self._profiles))
-        self._ssl.set_verify(
-            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
-            _verifier(self.remote_fingerprints, self._fingerprint_failed),
-        )
+        self._ssl.set_app_data(self._peer_check)
         if role == "server":
             self._ssl.set_accept_state()
         else:
@@ -321,7 +333,7 @@ class DtlsEndpoint:
             return
         except SSL.Error as exc:
             self._flush()  # the alert
-            self._fail("fingerprint mismatch" if self._fingerprint_failed[0] else f"handshake failed: {exc}")
+            self._fail("fingerprint mismatch" if self._peer_check.failed else f"handshake failed: {exc}")
             return
         self._flush()
         self._complete(now)

@@ -169,6 +169,20 @@ def _check_rate_channels(sample_rate: int, channels: int) -> None:
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
+_BUFFER_TYPES: dict[tuple[type, int], type] = {}
+
+
+def _buffer(ctype: type, length: int) -> ctypes.Array:
+    """A zeroed ctypes array of ``length`` ``ctype``. Its array type is kept here for good: ctypes caches
+    array types only weakly, so the type of a codec's buffer went with the last codec using it (the end of
+    a call) and was made again by the next one, each time cyclic garbage (a type refers to itself) that
+    only a full collection frees. The lengths are few (one per rate and channel count)."""
+    kind = _BUFFER_TYPES.get((ctype, length))
+    if kind is None:
+        kind = _BUFFER_TYPES[(ctype, length)] = ctype * length
+    return kind()
+
+
 def _le_bytes(buf: ctypes.Array, nbytes: int) -> bytes:
     """The first nbytes of a native int16 buffer as little-endian PCM bytes."""
     data = ctypes.string_at(buf, nbytes)
@@ -207,7 +221,7 @@ class OpusEncoder:
             raise OpusError(err.value, _strerror(err.value))
         self._encode = lib.opus_encode
         # One output buffer for the life of the encoder (see the module docstring: no per-call allocation).
-        self._out = ctypes.create_string_buffer(MAX_PACKET_BYTES)
+        self._out = _buffer(ctypes.c_char, MAX_PACKET_BYTES)
         self._get = ctypes.c_int32(0)
         self.bitrate = bitrate
         self.complexity = complexity
@@ -429,7 +443,7 @@ class OpusDecoder:
         # One PCM buffer of the longest packet (120 ms), reused for every decode: the research measured
         # opuslib (new buffer per call) at 27 µs and raw ctypes with preallocated buffers at 17 µs per
         # 20 ms decode at 8 kHz.
-        self._pcm = (ctypes.c_int16 * (self._max_samples * channels))()
+        self._pcm = _buffer(ctypes.c_int16, self._max_samples * channels)
         self._get = ctypes.c_int32(0)
 
     def _run(self, data: Optional[bytes], frame_size: int, fec: int) -> bytes:

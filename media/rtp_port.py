@@ -25,15 +25,23 @@ class _Socket(asyncio.DatagramProtocol):
     """One bound UDP socket feeding the leg (``rtcp`` marks the RTCP port)."""
 
     def __init__(self, owner: PlainRtpPort, rtcp: bool) -> None:
-        self.owner = owner
+        self.owner: PlainRtpPort | None = owner
         self.rtcp = rtcp
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        # the links back (transport -> protocol -> transport, port -> socket -> port) would otherwise make
+        # every closed leg cyclic garbage, freed only by a full collection: drop ours once the socket is gone
+        self.transport = None
+        self.owner = None
+
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.owner.datagram_received(data, addr, self.rtcp)
+        owner = self.owner
+        if owner is not None:
+            owner.datagram_received(data, addr, self.rtcp)
 
     def error_received(self, exc: Exception) -> None:  # ICMP unreachable while the peer is not up yet
         pass

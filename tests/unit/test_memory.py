@@ -14,8 +14,6 @@ import asyncio
 import gc
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from sipcore.message import make_response, parse_message
 from sipcore.proxy import ProxyContext
@@ -23,33 +21,7 @@ from sipcore.transaction import ClientTransaction, Flow, ServerTransaction
 from sipcore.ua import Call
 
 from test_proxy_core import Harness, digest_header, register, status
-
-
-def live(*types: type) -> int:
-    """How many objects of these types the collector can see (all of them: they are GC-tracked)."""
-    return sum(1 for o in gc.get_objects() if isinstance(o, types))
-
-
-@contextmanager
-def collector_off() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-def cyclic_garbage() -> Counter:
-    """Objects that only the cyclic GC would free, by type (empty when reference counting freed everything)."""
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        gc.collect()
-    finally:
-        gc.set_debug(0)
-    found = Counter(type(o).__name__ for o in gc.garbage)
-    gc.garbage.clear()
-    return found
+from gc_checks import collector_off, cyclic_garbage, live
 
 
 def expire_transactions(*stacks) -> None:
@@ -125,10 +97,9 @@ async def test_authenticated_registrations_leave_no_cyclic_garbage():
 
 
 async def test_back_to_back_calls_are_freed_when_the_user_agents_forget_them():
-    from test_b2bua import NUMBER, connect, Trio
-    from test_ua import make_endpoint
     from sipcore.b2bua import BackToBack, BridgedCall
-    from test_ua import Ended, expect, until
+    from test_b2bua import NUMBER, Trio, connect
+    from test_ua import Ended, expect, make_endpoint, until
 
     eps = [await make_endpoint(linger=0.01) for _ in range(3)]
     caller, middle, callee = eps
