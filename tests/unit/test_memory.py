@@ -15,6 +15,8 @@ import gc
 import time
 from collections import Counter
 
+import pytest
+
 from sipcore.message import make_response, parse_message
 from sipcore.proxy import ProxyContext
 from sipcore.transaction import ClientTransaction, Flow, ServerTransaction
@@ -36,39 +38,61 @@ def _crlf(text: str) -> bytes:
     return text.replace("\n", "\r\n").encode()
 
 
-async def _proxied_call(h: Harness, n: int) -> None:
-    """alice (127.0.0.1:5070) calls bob (registered at 127.0.0.1:5080) through the proxy: INVITE, 180, 200,
-    ACK, BYE, 200, the callee answering what the proxy forwarded and the caller following the Record-Route."""
+async def _proxied_call(h: Harness, n: int, ending: str = "bye") -> None:
+    """alice (127.0.0.1:5070) calls bob (registered at 127.0.0.1:5080) through the proxy, the callee answering
+    what the proxy forwarded and the caller following the Record-Route. `ending`: "bye" (180, 200, ACK, BYE,
+    200), "cancel" (180, then the caller's CANCEL: 200, 487, ACK) or "busy" (486, ACK)."""
     bob = Flow("udp", ("127.0.0.1", 5080))
     alice = Flow("udp", ("127.0.0.1", 5070))
-    call_id = f"leak-{n}"
+    call_id = f"leak-{ending}-{n}"
+    head = (f"From: <sip:alice@127.0.0.1>;tag=a{n}\nCall-ID: {call_id}\nMax-Forwards: 70\n")
     h.stack.receive(_crlf(
-        f"INVITE sip:bob@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKi{n};rport\n"
-        f"From: <sip:alice@127.0.0.1>;tag=a{n}\nTo: <sip:bob@127.0.0.1>\nCall-ID: {call_id}\nCSeq: 1 INVITE\n"
-        f"Max-Forwards: 70\nContact: <sip:alice@127.0.0.1:5070>\nContent-Length: 0\n\n"), alice)
+        f"INVITE sip:bob@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKi{n};rport\n{head}"
+        f"To: <sip:bob@127.0.0.1>\nCSeq: 1 INVITE\nContact: <sip:alice@127.0.0.1:5070>\nContent-Length: 0\n\n"), alice)
     for _ in range(3):
         await asyncio.sleep(0)
     fwd = parse_message(next(d for d in h.wire.take() if d.startswith(b"INVITE")))
-    for code in (180, 200):
-        resp = make_response(fwd, code, to_tag=f"b{n}")
-        if code == 200:
-            resp.add("Contact", "<sip:bob@127.0.0.1:5080>")
-        h.stack.receive(resp.to_bytes(), bob)
+    if ending == "busy":
+        h.stack.receive(make_response(fwd, 486, to_tag=f"b{n}").to_bytes(), bob)
+        sent = h.wire.take()
+        assert sum(d.startswith(b"ACK") for d in sent) == 1 and [status(d) for d in sent if d.startswith(b"SIP")] == [486]
+        h.stack.receive(_crlf(
+            f"ACK sip:bob@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKi{n};rport\n{head}"
+            f"To: <sip:bob@127.0.0.1>;tag=b{n}\nCSeq: 1 ACK\nContent-Length: 0\n\n"), alice)
+        assert h.wire.take() == []
+        return
+    h.stack.receive(make_response(fwd, 180, to_tag=f"b{n}").to_bytes(), bob)
+    if ending == "cancel":
+        h.stack.receive(_crlf(
+            f"CANCEL sip:bob@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKi{n};rport\n{head}"
+            f"To: <sip:bob@127.0.0.1>\nCSeq: 1 CANCEL\nContent-Length: 0\n\n"), alice)
+        cancel = parse_message(next(d for d in h.wire.take() if d.startswith(b"CANCEL")))
+        h.stack.receive(make_response(cancel, 200).to_bytes(), bob)
+        h.stack.receive(make_response(fwd, 487, to_tag=f"b{n}").to_bytes(), bob)
+        assert [status(d) for d in h.wire.take() if d.startswith(b"SIP")] == [487]
+        h.stack.receive(_crlf(
+            f"ACK sip:bob@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKi{n};rport\n{head}"
+            f"To: <sip:bob@127.0.0.1>;tag=b{n}\nCSeq: 1 ACK\nContent-Length: 0\n\n"), alice)
+        return
+    ok = make_response(fwd, 200, to_tag=f"b{n}")
+    ok.add("Contact", "<sip:bob@127.0.0.1:5080>")
+    h.stack.receive(ok.to_bytes(), bob)
     replies = [parse_message(d) for d in h.wire.take()]
     assert [r.status for r in replies] == [180, 200]
     route = replies[-1].get("record-route")
     for seq, method in ((1, "ACK"), (2, "BYE")):
         h.stack.receive(_crlf(
             f"{method} sip:bob@127.0.0.1:5080 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{method}{n};rport\n"
-            f"Route: {route}\nFrom: <sip:alice@127.0.0.1>;tag=a{n}\nTo: <sip:bob@127.0.0.1>;tag=b{n}\n"
-            f"Call-ID: {call_id}\nCSeq: {seq} {method}\nMax-Forwards: 70\nContent-Length: 0\n\n"), alice)
+            f"Route: {route}\n{head}To: <sip:bob@127.0.0.1>;tag=b{n}\nCSeq: {seq} {method}\nContent-Length: 0\n\n"),
+            alice)
     sent = h.wire.take()
     bye = parse_message(next(d for d in sent if d.startswith(b"BYE")))
     h.stack.receive(make_response(bye, 200).to_bytes(), bob)
     assert [status(d) for d in h.wire.take()] == [200]
 
 
-async def test_proxied_calls_leave_no_state_and_no_cyclic_garbage():
+@pytest.mark.parametrize("ending", ["bye", "cancel", "busy"])
+async def test_proxied_calls_leave_no_state_and_no_cyclic_garbage(ending):
     h = Harness(auth=False)
     h.stack.receive(_crlf(register(user="bob", contact="<sip:bob@127.0.0.1:5080>", call_id="reg-bob")),
                     Flow("udp", ("127.0.0.1", 5080)))
@@ -76,7 +100,7 @@ async def test_proxied_calls_leave_no_state_and_no_cyclic_garbage():
     h.wire.take()
     with collector_off():
         for n in range(60):
-            await _proxied_call(h, n)
+            await _proxied_call(h, n, ending)
         expire_transactions(h.stack)
         assert live(ProxyContext, ServerTransaction, ClientTransaction) == 0
         assert cyclic_garbage() == Counter()
