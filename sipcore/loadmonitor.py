@@ -1,8 +1,9 @@
 """Event-loop lag, sampled: the overload guard's input and the operator's view of stalls.
 
 The stack's probe timer is due every 50 ms; how late it fires is the loop's lag. `LagStats` is sans-IO:
-it is fed (lag, now) pairs and keeps the last `window` seconds of them, so a reader can ask for the
-p50/p99/max of any recent span (`/api/v1/status` shows the last 30 s) without resetting anything.
+it is fed (lag, now) pairs and keeps the last `window` seconds of them (a minute: 1,200 samples, about
+130 KB, reached after that minute), so a reader can ask for the p50/p99/max of any recent span
+(`/api/v1/status` shows the last 30 s) without resetting anything.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ class LagStats:
 
     __slots__ = ("window", "_samples", "max_ever", "count")
 
-    def __init__(self, window: float = 300.0) -> None:
+    def __init__(self, window: float = 60.0) -> None:
         self.window = window
         self._samples: deque[tuple[float, float]] = deque()
         self.max_ever = 0.0     # the largest lag seen since start

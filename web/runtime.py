@@ -28,7 +28,7 @@ class GcWatch:
     """Times every collection of the cyclic garbage collector (gc.callbacks) and keeps the last `window`
     seconds of them: generation, pause, objects collected."""
 
-    def __init__(self, window: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window
         self.clock = clock
         self.events: deque[tuple[float, int, float, int]] = deque()  # (end time, generation, pause s, collected)
