@@ -121,9 +121,10 @@ async def test_authenticated_registrations_leave_no_cyclic_garbage():
 
 
 async def test_back_to_back_calls_are_freed_when_the_user_agents_forget_them():
+    """Answered calls hung up by either side, CANCELled and busy ones, through a BackToBack."""
     from sipcore.b2bua import BackToBack, BridgedCall
     from test_b2bua import NUMBER, Trio, connect
-    from test_ua import Ended, expect, make_endpoint, until
+    from test_ua import Ended, Failed, Ringing, expect, make_endpoint, until
 
     eps = [await make_endpoint(linger=0.01) for _ in range(3)]
     caller, middle, callee = eps
@@ -132,10 +133,24 @@ async def test_back_to_back_calls_are_freed_when_the_user_agents_forget_them():
     t = Trio(caller, middle, callee, b2b)
     try:
         with collector_off():
-            for n in range(15):
-                call, inc = await connect(t)
-                (call if n % 2 else inc).hangup()
-                await expect(inc if n % 2 else call, Ended)
+            for n in range(20):
+                if n % 4 == 2:                       # the caller gives up while the callee rings
+                    call = t.dial()
+                    inc = await t.incoming()
+                    inc.ring(180)
+                    await expect(call, Ringing)
+                    call.cancel()
+                    await expect(call, Failed)
+                    await expect(inc, Ended)
+                elif n % 4 == 3:                     # the callee is busy
+                    call = t.dial()
+                    inc = await t.incoming()
+                    inc.reject(486)
+                    await expect(call, Failed)
+                else:                                # answered, then either side hangs up
+                    call, inc = await connect(t)
+                    (call if n % 2 else inc).hangup()
+                    await expect(inc if n % 2 else call, Ended)
                 await until(lambda: not b2b.calls)
             for ep in eps:
                 ep.sent.clear()
