@@ -215,8 +215,8 @@ class Side:
         self.run.intervals.append(row)
         return row
 
-    def finish(self, settle: float) -> None:
-        """Collect SIPp's outcome; the settled RSS is read by the caller after `settle` seconds."""
+    def finish(self) -> None:
+        """Collect SIPp's outcome (the settled RSS is read later, by `settle`)."""
         assert self.uac is not None
         out = self.uac.wait(timeout=120)
         self.run.completed, self.run.failed = out.successful, out.failed
@@ -228,6 +228,7 @@ class Side:
             self.run.reason += f"\nthe server exited: {sb.tail(self.server.log, 1500)}"
 
     def settle(self, settled_after: float) -> None:
+        """Read the RSS once the load has been over for `settled_after` seconds."""
         if self.server.alive():
             self.run.settled_rss_kb = rss_kb(self.server.pids())
             self.run.settled_after_s = settled_after
@@ -246,7 +247,7 @@ def analyse(run: ServerRun, warmup_share: float) -> None:
     skip = max(1, int(len(rows) * warmup_share))
     points = [(r.total_completed, r.rss_kb) for r in rows[skip:]]
     run.slope_from_call = rows[skip].total_completed if len(rows) > skip else 0
-    run.slope_kb_per_1000 = None if run.failed and not points else slope(points)
+    run.slope_kb_per_1000 = slope(points)
     lags = [r.lag_max_ms for r in rows if r.lag_max_ms is not None]
     p99s = [r.lag_p99_ms for r in rows if r.lag_p99_ms is not None]
     run.lag_max_ms = max(lags) if lags else None
@@ -363,7 +364,7 @@ def run_scenario(scenario: str, args: argparse.Namespace, root: Path, data_dir: 
                 for s in sides:
                     emit(interval_line(s.kind, s.sample(args.interval)))
             for s in sides:
-                s.finish(args.settle)
+                s.finish()
             emit(f"  load over; settling {args.settle:g} s (every transaction timer runs out)")
             time.sleep(args.settle)
             for s in sides:
