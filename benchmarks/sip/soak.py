@@ -264,6 +264,8 @@ def fmt(v: Any, spec: str = ".0f") -> str:
 def interval_line(side: str, row: Interval) -> str:
     media = f" (sip {row.rss_sip_kb / 1024:.0f} + media {row.rss_media_kb / 1024:.0f})" if row.rss_media_kb else ""
     lag = f" lag p99/max {fmt(row.lag_p99_ms, '.0f')}/{fmt(row.lag_max_ms, '.0f')} ms" if row.lag_max_ms is not None else ""
+    if row.gc_max_pause_ms:
+        lag += f" gc {row.gc_max_pause_ms:.0f} ms"
     return (f"  {row.t_s:6.0f}s {side:9s} RSS {row.rss_kb / 1024:6.1f} MB{media} CPU {row.cpu_pct:5.1f}%{lag}"
             f"  +{row.completed} ok, {row.failed} failed, {row.retransmissions} retrans")
 
@@ -442,10 +444,12 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / name).write_text(json.dumps(sb.to_jsonable(payload), indent=1, default=str))
     md = [f"# Soak {env['date']}", "", md_table(rows), ""]
     for r in runs:
-        md += [f"## {r.scenario} / {r.server}", "", "| t s | RSS MB | CPU % | lag p99/max ms | ok | failed | retrans |",
-               "| --- | --- | --- | --- | --- | --- | --- |"]
+        md += [f"## {r.scenario} / {r.server}", "",
+               "| t s | RSS MB | CPU % | lag p99/max ms | longest GC pause ms | ok | failed | retrans |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         md += [f"| {i.t_s:.0f} | {i.rss_kb / 1024:.1f} | {i.cpu_pct:.1f} | {fmt(i.lag_p99_ms)}/{fmt(i.lag_max_ms)} | "
-               f"{i.completed} | {i.failed} | {i.retransmissions} |" for i in r.intervals]
+               f"{fmt(i.gc_max_pause_ms, '.1f')} | {i.completed} | {i.failed} | {i.retransmissions} |"
+               for i in r.intervals]
         md.append("")
     (args.out / "soak-latest.md").write_text("\n".join(md))
     where = plot(runs, PLOT)
