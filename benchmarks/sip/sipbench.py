@@ -481,7 +481,9 @@ class CallpathServer(Server):
             "[web]", f"listen = {_toml_str(LOCAL)}", f"port = {self.web_port}", "",
         ]
         if media:
-            lines += ["[media]", "enabled = true", f"listen = {_toml_str(LOCAL)}", f"advertise = {_toml_str(LOCAL)}", ""]
+            # ice_port 0: any free port, so that a run beside another callpath (or a test) does not collide
+            lines += ["[media]", "enabled = true", f"listen = {_toml_str(LOCAL)}", f"advertise = {_toml_str(LOCAL)}",
+                      "ice_port = 0", ""]
         if b2bua_target:
             lines += ["[[sip.b2bua]]", f"number = {_toml_str(B2BUA_NUMBER)}",
                       f"target = {_toml_str(b2bua_target)}", ""]
