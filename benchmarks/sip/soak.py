@@ -27,6 +27,7 @@ Usage (needs .venv from `bash dev.sh test`, SIPp; Kamailio and Sippy optional):
   python3 benchmarks/sip/soak.py                            # all three, 20 minutes each (~65 min)
   python3 benchmarks/sip/soak.py --only proxy --minutes 5
   python3 benchmarks/sip/soak.py --no-reference --minutes 2 # callpath alone, a quick look
+  python3 benchmarks/sip/soak.py --from-json a.json b.json  # tables and plot again from saved runs
 Everything listens and sends on 127.0.0.1 only.
 """
 from __future__ import annotations
@@ -402,7 +403,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="run the reference after callpath instead of side by side at the same time")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, SIPp statistics)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--from-json", type=Path, nargs="+", metavar="FILE",
+                    help="no load: tables and plot from saved results (a later file's scenario/server wins)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        runs, envs = load_runs(args.from_json, args.warmup)
+        write_report(runs, {"merged_from": [str(p) for p in args.from_json], "environments": envs,
+                            "date": ", ".join(e.get("date", "?") for e in envs)}, args.out, stamp=False)
+        return 0
     args.rate = {k: float(v) for k, v in (item.split("=", 1) for item in args.rate)}
     scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in scenarios if s not in RATES]
@@ -432,17 +440,51 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
         else:
             emit(f"work directory kept: {root}")
-    rows = summary_rows(runs)
-    print("\n" + text_table(rows))
-    args.out.mkdir(parents=True, exist_ok=True)
     env = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": sb.machine_info(), "sipp": sb.sipp_version(),
            "kamailio": sb.kamailio_version(), "python": sb.python_info(str(sb.CALLPATH_VENV / "bin" / "python")),
-           "args": {k: v for k, v in vars(args).items() if k != "out"}}
+           "git": sb_git(), "args": {k: v for k, v in vars(args).items() if k not in ("out", "from_json")}}
+    write_report(runs, env, args.out, stamp=True)
+    return 0 if all(r.status == "ok" for r in runs) else 1
+
+
+def sb_git() -> str:
+    """The commit callpath ran at (with '+changes' when the tree was dirty)."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        done = subprocess.run(["git", "-C", str(sb.REPO_ROOT), *a], capture_output=True, text=True, timeout=10)
+        return done.stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def load_runs(paths: list[Path], warmup: float) -> tuple[list[ServerRun], list[dict[str, Any]]]:
+    """Runs from saved results; a later file's (scenario, server) replaces an earlier one's."""
+    merged: dict[tuple[str, str], ServerRun] = {}
+    envs = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        envs.append(data.get("environment", {}))
+        for raw in data.get("runs", []):
+            raw = dict(raw)
+            raw["intervals"] = [Interval(**i) for i in raw.get("intervals", [])]
+            run = ServerRun(**raw)
+            analyse(run, warmup)
+            merged[(run.scenario, run.server)] = run
+    order = {name: i for i, name in enumerate(RATES)}
+    return sorted(merged.values(), key=lambda r: (order.get(r.scenario, 99), r.server != "callpath")), envs
+
+
+def write_report(runs: list[ServerRun], env: dict[str, Any], out: Path, stamp: bool) -> None:
+    """The summary table on stdout; soak-latest.json/.md (and a timestamped copy) under `out`; the plot."""
+    rows = summary_rows(runs)
+    print("\n" + text_table(rows))
+    out.mkdir(parents=True, exist_ok=True)
     payload = {"environment": env, "runs": [asdict(r) for r in runs]}
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name in ("soak-latest.json", f"soak-{stamp}.json"):
-        (args.out / name).write_text(json.dumps(sb.to_jsonable(payload), indent=1, default=str))
-    md = [f"# Soak {env['date']}", "", md_table(rows), ""]
+    names = ["soak-latest.json"] + ([f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json"] if stamp else [])
+    for name in names:
+        (out / name).write_text(json.dumps(sb.to_jsonable(payload), indent=1, default=str))
+    md = [f"# Soak {env.get('date', '')}", "", md_table(rows), ""]
     for r in runs:
         md += [f"## {r.scenario} / {r.server}", "",
                "| t s | RSS MB | CPU % | lag p99/max ms | longest GC pause ms | ok | failed | retrans |",
@@ -451,11 +493,10 @@ def main(argv: list[str] | None = None) -> int:
                f"{fmt(i.gc_max_pause_ms, '.1f')} | {i.completed} | {i.failed} | {i.retransmissions} |"
                for i in r.intervals]
         md.append("")
-    (args.out / "soak-latest.md").write_text("\n".join(md))
+    (out / "soak-latest.md").write_text("\n".join(md))
     where = plot(runs, PLOT)
-    print(f"\nresults: {args.out / 'soak-latest.json'}, {args.out / 'soak-latest.md'}"
+    print(f"\nresults: {out / 'soak-latest.json'}, {out / 'soak-latest.md'}"
           + (f", plot {where}" if where else " (no plot: matplotlib does not import)"))
-    return 0 if all(r.status == "ok" for r in runs) else 1
 
 
 if __name__ == "__main__":
