@@ -1,4 +1,4 @@
-"""What the callpath process itself costs: resident memory, garbage-collector pauses, and the GC tuning.
+"""What the callpath process itself costs: resident memory, garbage-collector pauses, and the GC schedule.
 
 An operator keeping a PBX up for months needs to see memory and stalls, not guess them: `/api/v1/status`
 shows the RSS, and every cyclic-GC collection of the last minutes with its pause (`GcWatch`), beside the
@@ -81,19 +81,44 @@ class GcWatch:
 
 
 def tune_gc() -> None:
-    """Keep the cyclic GC's pauses short and rare: freeze start-up objects, collect the young often enough.
+    """Freeze the start-up objects and leave the collections to `GcSchedule` (automatic ones only as a backstop).
 
-    A finished call leaves no cyclic garbage (tests/unit/test_memory.py), so under steady load allocations
-    and frees balance and the collector hardly runs; it runs while the live state grows (the 32 s window of
-    transactions filling, bindings and digest nonces accumulating), and then a collection walks the objects
-    that survived since the last one of its generation. Measured on 40,000 live REGISTER transactions
-    (in-process, uvloop): CPython's (700, 10, 10) re-walked them so often that the GC took a large share of
-    the CPU per REGISTER (py-spy --native: gc_collect_main); (50000, 20, 50) fixed that, but one generation-1
-    collection then walked a million survivors in 284 ms (a 242 ms loop stall in the 20-minute registration
-    soak); (25000, 2, 100) keeps every young collection under ~25 ms at the same total CPU, while a full
-    collection still needs 200 young ones (5 million net allocations) and CPython's own rule that a quarter
-    of the long-lived objects be new.
+    CPython starts a collection when allocations minus frees pass a threshold. A finished call leaves no
+    cyclic garbage (tests/unit/test_memory.py), so under steady load allocations and frees balance, and the
+    young generation's list silently grows to every object born since the last collection that is still
+    alive: the whole 32 s window of live transactions. The next collection, whenever some growth triggers it,
+    walks all of that: 242-311 ms loop stalls in the 20-minute registration soak with (50000, 20, 50) and with
+    (25000, 2, 100) alike, enough for the overload guard to refuse new requests. `GcSchedule` instead collects
+    the young generations every second (a second's worth of survivors: a few ms), so what lives longer sits in
+    the old generation, which only the scheduled full collection walks. The automatic thresholds stay as a
+    backstop for bursts: 100,000 net allocations for the young, and practically never for the full collection.
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(25_000, 2, 100)
+    gc.set_threshold(100_000, 1_000, 1_000_000)
+
+
+class GcSchedule:
+    """Runs the cyclic GC on the loop's clock: generations 0-1 every `young_every` seconds, a full collection
+    every `full_every` seconds (0: never). See `tune_gc` for why, and `GcWatch` for what each one cost."""
+
+    def __init__(self, young_every: float = 1.0, full_every: float = 3600.0) -> None:
+        self.young_every = young_every
+        self.full_every = full_every
+        self.young = 0
+        self.full = 0
+
+    async def run(self) -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        next_full = loop.time() + self.full_every if self.full_every > 0 else None
+        while True:
+            await asyncio.sleep(self.young_every)
+            if next_full is not None and loop.time() >= next_full:
+                gc.collect(2)
+                self.full += 1
+                next_full = loop.time() + self.full_every
+            else:
+                gc.collect(1)
+                self.young += 1

@@ -30,7 +30,7 @@ from sipcore.stack import SipStack
 from storage import Storage
 
 from .logs import configure_logging
-from .runtime import GcWatch, tune_gc
+from .runtime import GcSchedule, GcWatch, tune_gc
 from .settings import Settings
 
 log = logging.getLogger("callpath.server")
@@ -475,6 +475,8 @@ async def _main(settings: Settings) -> int:
         return 1
     tune_gc()
     app.gc_watch.install()
+    gc_schedule = GcSchedule(full_every=float(settings.server.gc_full_interval))
+    gc_task = asyncio.get_running_loop().create_task(gc_schedule.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -520,6 +522,7 @@ async def _main(settings: Settings) -> int:
     print("callpath ready", flush=True)
     await stop.wait()
     log.info("shutting down")
+    gc_task.cancel()
     if web_task is not None:
         server.should_exit = True
         with contextlib.suppress(Exception):

@@ -199,3 +199,36 @@ def test_gc_watch_times_collections():
     now[0] += 60.0
     assert watch.summary(30.0)["generations"][2]["collections"] == 0
     assert rss_bytes() > 10 * 2**20
+
+
+async def test_gc_schedule_collects_the_young_every_tick_and_everything_now_and_then():
+    import gc as _gc
+
+    from web.runtime import GcSchedule, GcWatch
+
+    watch = GcWatch().install()
+    schedule = GcSchedule(young_every=0.01, full_every=0.045)
+    task = asyncio.get_running_loop().create_task(schedule.run())
+    try:
+        await asyncio.sleep(0.2)
+    finally:
+        task.cancel()
+        watch.uninstall()
+    assert schedule.young >= 5 and schedule.full >= 2
+    generations = watch.summary(60.0)["generations"]
+    assert generations[1]["collections"] >= schedule.young and generations[2]["collections"] >= schedule.full
+    never = GcSchedule(young_every=0.01, full_every=0)
+    task = asyncio.get_running_loop().create_task(never.run())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    assert never.full == 0 and never.young >= 2
+    assert _gc.isenabled()
+
+
+def test_gc_full_interval_setting_is_checked():
+    from web.settings import SettingsError, load_settings
+
+    assert load_settings(None, env={}).server.gc_full_interval == 3600
+    assert load_settings(None, env={"CALLPATH_SERVER_GC_FULL_INTERVAL": "0"}).server.gc_full_interval == 0
+    with pytest.raises(SettingsError, match="gc_full_interval"):
+        load_settings(None, env={"CALLPATH_SERVER_GC_FULL_INTERVAL": "-5"})
