@@ -6,6 +6,7 @@ event loop's lag (sipcore.loadmonitor).
 """
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import time
@@ -109,8 +110,7 @@ class GcSchedule:
         self.full = 0
 
     async def run(self) -> None:
-        import asyncio
-
+        """Collect until cancelled."""
         loop = asyncio.get_running_loop()
         next_full = loop.time() + self.full_every if self.full_every > 0 else None
         while True:
