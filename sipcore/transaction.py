@@ -239,11 +239,11 @@ class ClientTransaction(Transaction):
                     ack = self._ack_for(resp).to_bytes()
                     self.last_bytes = ack
                     layer._send(ack, self.flow)
+                    layer._emit(ResponseReceived(self, resp))  # before TransactionTerminated: always the last
                     if self.flow.reliable:
                         self._terminate()
                     else:
                         self._start("D", 32.0, now)
-                    layer._emit(ResponseReceived(self, resp))
                 elif st == "Completed":
                     layer._send(self.last_bytes, self.flow)  # retransmit ACK
         else:

@@ -108,17 +108,26 @@ class GcSchedule:
         self.full_every = full_every
         self.young = 0
         self.full = 0
+        self._next_full: float | None = None
 
-    async def run(self) -> None:
-        """Collect until cancelled."""
-        loop = asyncio.get_running_loop()
-        next_full = loop.time() + self.full_every if self.full_every > 0 else None
-        while True:
-            await asyncio.sleep(self.young_every)
-            if next_full is not None and loop.time() >= next_full:
+    def tick(self, now: float) -> int:
+        """One tick at time `now`: the full collection when it is due, else the young one; returns the
+        generation collected. The first tick starts the full collection's period."""
+        if self.full_every > 0:
+            if self._next_full is None:
+                self._next_full = now + self.full_every
+            elif now >= self._next_full:
                 gc.collect(2)
                 self.full += 1
-                next_full = loop.time() + self.full_every
-            else:
-                gc.collect(1)
-                self.young += 1
+                self._next_full = now + self.full_every
+                return 2
+        gc.collect(1)
+        self.young += 1
+        return 1
+
+    async def run(self) -> None:
+        """Tick every `young_every` seconds until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.young_every)
+            self.tick(loop.time())

@@ -202,27 +202,28 @@ def test_gc_watch_times_collections():
 
 
 async def test_gc_schedule_collects_the_young_every_tick_and_everything_now_and_then():
-    import gc as _gc
-
     from web.runtime import GcSchedule, GcWatch
 
     watch = GcWatch().install()
-    schedule = GcSchedule(young_every=0.01, full_every=0.045)
-    task = asyncio.get_running_loop().create_task(schedule.run())
     try:
-        await asyncio.sleep(0.2)
+        schedule = GcSchedule(young_every=1.0, full_every=10.0)
+        done = [schedule.tick(float(t)) for t in range(0, 25)]     # one tick a second for 25 s
     finally:
-        task.cancel()
         watch.uninstall()
-    assert schedule.young >= 5 and schedule.full >= 2
+    assert done.count(2) == 2 and done[10] == 2 and done[20] == 2   # a full collection every 10 s
+    assert schedule.young == 23 and schedule.full == 2
     generations = watch.summary(60.0)["generations"]
-    assert generations[1]["collections"] >= schedule.young and generations[2]["collections"] >= schedule.full
-    never = GcSchedule(young_every=0.01, full_every=0)
-    task = asyncio.get_running_loop().create_task(never.run())
-    await asyncio.sleep(0.05)
+    assert generations[1]["collections"] >= 23 and generations[2]["collections"] >= 2
+    never = GcSchedule(full_every=0)
+    assert {never.tick(float(t)) for t in range(0, 10000, 100)} == {1}
+    ticking = GcSchedule(young_every=0.001)                         # the loop drives tick()
+    task = asyncio.get_running_loop().create_task(ticking.run())
+    for _ in range(5000):
+        if ticking.young >= 3:
+            break
+        await asyncio.sleep(0.001)
     task.cancel()
-    assert never.full == 0 and never.young >= 2
-    assert _gc.isenabled()
+    assert ticking.young >= 3
 
 
 def test_gc_full_interval_setting_is_checked():

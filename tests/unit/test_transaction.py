@@ -231,3 +231,20 @@ def test_invite_client_timer_b_does_not_fire_once_proceeding():
     tl.receive(parse_message(response_to(tx, 180)), UDP, 0.1)
     tl.handle_timer(100.0)
     assert tx.state == "Proceeding" and not any(isinstance(e, TransactionTimeout) for e in events(tl))
+
+
+def test_terminated_is_every_transactions_last_event_on_reliable_flows_too():
+    """The stack drops a transaction's owner after TransactionTerminated, so nothing may follow it: over TCP a
+    non-2xx to an INVITE (and a final to a non-INVITE) ends the transaction at once, after its response."""
+    from sipcore.transaction import TransactionTerminated
+
+    tl = layer()
+    owner = object()
+    inv = tl.send_request(new_request("INVITE"), TCP, 0.0, owner=owner)
+    opt = tl.send_request(new_request("OPTIONS"), TCP, 0.0, owner=owner)
+    tl.receive(parse_message(response_to(inv, 486)), TCP, 0.1)
+    tl.receive(parse_message(response_to(opt, 200)), TCP, 0.1)
+    got = [(type(e).__name__, e.tx.request.method) for e in events(tl)]
+    assert got == [("ResponseReceived", "INVITE"), ("TransactionTerminated", "INVITE"),
+                   ("ResponseReceived", "OPTIONS"), ("TransactionTerminated", "OPTIONS")]
+    assert TransactionTerminated.__doc__ and "last event" in TransactionTerminated.__doc__
