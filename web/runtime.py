@@ -78,7 +78,7 @@ class GcWatch:
         return {"generations": per_gen, "max_pause_since_start_ms": round(self.max_pause * 1000.0, 2),
                 "max_pause_generation": self.max_pause_generation,
                 "thresholds": list(gc.get_threshold()), "frozen": gc.get_freeze_count(),
-                "tracked": sum(gc.get_count())}
+                "counts": list(gc.get_count())}     # allocations minus frees per generation since its last run
 
 
 def tune_gc() -> None:

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -499,8 +500,6 @@ class CallpathServer(Server):
         """GET /api/v1/status (needs web=True); None when it does not answer."""
         if not self.web_port:
             return None
-        import urllib.request
-
         try:
             with urllib.request.urlopen(f"http://{LOCAL}:{self.web_port}/api/v1/status", timeout=timeout) as r:
                 return json.loads(r.read())

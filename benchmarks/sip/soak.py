@@ -420,11 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         print("soak: sipp is not installed (Debian package sip-tester)", file=sys.stderr)
         return 2
     root = Path(tempfile.mkdtemp(prefix="callpath-soak-"))
-    log_lines: list[str] = []
 
     def emit(text: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {text}"
-        log_lines.append(line)
         print(line, flush=True)
 
     runs: list[ServerRun] = []

@@ -28,7 +28,7 @@ from web.server import Application
 from web.settings import load_settings
 
 from test_websocket import ALICE, Registration, WsPeer, new_branch, new_tag, register, sip_text, ws_peer
-from gc_checks import cyclic_garbage
+from gc_checks import cyclic_garbage, live
 
 uvloop = pytest.importorskip("uvloop")
 uvicorn = pytest.importorskip("uvicorn")
@@ -37,10 +37,6 @@ pytestmark = pytest.mark.integration
 
 CLIENTS = 300
 DOMAIN = "127.0.0.1"
-
-
-def live_connections() -> int:
-    return sum(1 for o in gc.get_objects() if type(o) is WebSocketConnection)
 
 
 def writer_tasks() -> list[asyncio.Task]:
@@ -147,7 +143,7 @@ async def _scenario(tmp_path: Any) -> None:
         finally:
             gc.enable()
         assert (len(stack._conns), len(stack._conn_by_remote)) == (conns, by_remote)
-        assert live_connections() == 0
+        assert live(WebSocketConnection) == 0
         assert writer_tasks() == [] and len([t for t in asyncio.all_tasks() if not t.done()]) == tasks
         assert len(stack.layer) == 0                # every transaction over (reliable transport: no timer J)
         assert await location.count() == 1         # alice's one binding, refreshed by every REGISTER
