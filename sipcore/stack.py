@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from .errors import SipParseError
+from . import sockfilter
+from .limiter import SourceLimiter
 from .loadmonitor import LagStats
 from .message import PING, Request, Response, StreamFramer, make_response, parse_message
 from .transaction import (
@@ -27,6 +29,7 @@ from .uri import SipUri, format_host, split_quoted
 
 log = logging.getLogger("callpath.sip")
 
+MAX_WRITE_BUFFER = 1 << 20  # bytes queued to a stream peer that does not read before it is dropped
 TIMER_SLACK = 0.01  # seconds: SIP timers (T1 = 500 ms) tolerate firing up to 10 ms early
 
 
@@ -85,6 +88,12 @@ class SipStack:
         self.lag_stats = LagStats()   # every lag sample of the last minutes (p99/max for the operator)
         self._lag_probe: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.limiter: SourceLimiter | None = None   # per-source flood limiter (set_limiter)
+        self.kernel_filter = True                   # drop blocked sources' datagrams in the kernel too
+        self.filter_state = {"addresses": 0, "attaches": 0, "errors": 0}
+        self._filter_pending = False
+        self._limiter_timer: asyncio.TimerHandle | None = None
+        self.max_connections = 0                    # open TCP/TLS/WebSocket connections (0: no cap)
 
     # -- set-up ------------------------------------------------------------------------------------
     async def listen_udp(self, host: str, port: int) -> int:
@@ -115,6 +124,63 @@ class SipStack:
     def add_listener(self, transport: str, host: str, port: int) -> None:
         """Register a transport served elsewhere (WebSocket via the web app)."""
         self.listeners[transport] = Listener(transport, host, port, self.advertise)
+
+    # -- flood limiter ---------------------------------------------------------------------------
+    def set_limiter(self, limiter: SourceLimiter | None, kernel_filter: bool = True) -> None:
+        """Count every message per source before parsing; drop blocked sources (see limiter.py)."""
+        self.limiter = limiter if limiter is not None and limiter.enabled else None
+        self.kernel_filter = kernel_filter and sockfilter.supported()
+        if self.limiter is not None and self._loop is not None and self._limiter_timer is None:
+            self._limiter_tick()
+
+    def admit(self, ip: str) -> bool:
+        """Whether a message (or connection) from `ip` may be processed; counts it in the limiter."""
+        lim = self.limiter
+        if lim is None:
+            return True
+        ok = lim.allow(ip)
+        if lim._version != lim._seen_version and not self._filter_pending:
+            self._filter_pending = True   # rebuild once per loop iteration, not per datagram
+            (self._loop or asyncio.get_event_loop()).call_soon(self._refresh_filter)
+        return ok
+
+    def _limiter_tick(self) -> None:
+        """Once a second: end blocks whose time is up (a source dropped in the kernel never reaches
+        `admit`), and rebuild the kernel filter if the blocked set changed."""
+        lim = self.limiter
+        if lim is None:
+            self._limiter_timer = None
+            return
+        lim.expire()
+        if lim._version != lim._seen_version:
+            self._refresh_filter()
+        loop = self._loop or asyncio.get_event_loop()
+        self._limiter_timer = loop.call_later(1.0, self._limiter_tick)
+
+    def _refresh_filter(self) -> None:
+        self._filter_pending = False
+        lim = self.limiter
+        if lim is None or not lim.changed():
+            return
+        if not self.kernel_filter or self._udp is None:
+            return
+        sock = self._udp.get_extra_info("socket")
+        try:
+            self.filter_state["addresses"] = sockfilter.attach(sock, list(lim.blocked))
+            self.filter_state["attaches"] += 1
+        except (OSError, ValueError) as exc:
+            self.filter_state["errors"] += 1
+            self.kernel_filter = False
+            log.warning("kernel socket filter unavailable (%s): blocked sources are dropped in user space only",
+                        exc)
+
+    def limiter_status(self) -> dict[str, Any]:
+        """The limiter's counters, the kernel filter, and the UDP socket's kernel drop count."""
+        out: dict[str, Any] = self.limiter.snapshot() if self.limiter is not None else {"enabled": False}
+        out["kernel_filter"] = dict(self.filter_state, enabled=self.kernel_filter)
+        if self._udp is not None:
+            out["udp_socket_drops"] = sockfilter.kernel_drops(self._udp.get_extra_info("socket"))
+        return out
 
     # -- overload ---------------------------------------------------------------------------------
     def start_load_monitor(self, interval: float = 0.05) -> None:
@@ -148,6 +214,9 @@ class SipStack:
         """Stop listening and drop connections."""
         if self._lag_probe:
             self._lag_probe.cancel()
+        if self._limiter_timer:
+            self._limiter_timer.cancel()
+            self._limiter_timer = None
         if self._timer:
             self._timer.cancel()
         if self._udp:
@@ -435,6 +504,16 @@ class SipStack:
             self.layer.transport_error(Flow(conn.transport_name, conn.remote, conn.conn_id))
             self._pump()
 
+    def accepts_connection(self, ip: str) -> bool:
+        """Whether a new TCP/TLS/WebSocket connection from `ip` is taken: the source is not blocked
+        (the connection counts as a message) and the connection cap is not reached."""
+        if self.limiter is not None and not self.admit(ip):
+            return False
+        if self.max_connections and len(self._conns) >= self.max_connections:
+            self.stats["connections_refused"] = self.stats.get("connections_refused", 0) + 1
+            return False
+        return True
+
     def connection_alive(self, flow: Flow) -> bool:
         """Whether the connection a stream flow is bound to is still open."""
         conn = self._conns.get(flow.conn_id) if flow.conn_id is not None else None
@@ -466,9 +545,12 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.stack = stack
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
+        stack = self.stack
+        if stack.limiter is not None and not stack.admit(addr[0]):
+            return  # a blocked source: dropped unparsed
         if len(data) <= 4 and not data.strip(b"\r\n\x00"):
             return  # keep-alive
-        self.stack.receive(data, Flow("udp", (addr[0], addr[1])))
+        stack.receive(data, Flow("udp", (addr[0], addr[1])))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("UDP error: %s", exc)
@@ -503,7 +585,12 @@ class StreamConnection(asyncio.Protocol, ConnectionSender):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.remote = (peer[0], peer[1])
-        self.conn_id = self.stack._add_conn(self)
+        stack = self.stack
+        if not stack.accepts_connection(peer[0]):
+            self.closed = True
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self.conn_id = stack._add_conn(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -520,15 +607,27 @@ class StreamConnection(asyncio.Protocol, ConnectionSender):
             self.close()
             return
         flow = Flow(self.transport_name, self.remote, self.conn_id)
+        stack = self.stack
         for frame in frames:
+            if stack.limiter is not None and not stack.admit(self.remote[0]):
+                self.close()  # the source is blocked: its connections go too
+                return
             if frame is PING:
                 self.send(b"\r\n")  # RFC 5626 pong
                 continue
             self.stack.receive(frame, flow)
 
     def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        t = self.transport
+        if t is not None and not self.closed:
+            if t.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                # A peer that stopped reading: drop it rather than queue without bound.
+                log.info("closing %s connection to %s: %d bytes unread", self.transport_name, self.remote,
+                         t.get_write_buffer_size())
+                self.stack.stats["slow_connections_closed"] = self.stack.stats.get("slow_connections_closed", 0) + 1
+                t.abort()
+                return
+            t.write(data)
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:

@@ -24,6 +24,10 @@ T4 = 5.0
 
 RELIABLE = frozenset({"tcp", "tls", "ws", "wss", "sctp"})
 
+# To tags of responses sent without a transaction start with this: the ACK for such a non-2xx (a
+# stateless 407 to an INVITE) matches no transaction and is absorbed here rather than routed.
+STATELESS_TAG = "cpsl-"
+
 
 @dataclass(frozen=True, slots=True)
 class Flow:
@@ -292,8 +296,13 @@ class ServerTransaction(Transaction):
         self.last_response: Response | None = None
         self.to_tag: str | None = None
 
-    def respond(self, resp: Response, now: float | None = None) -> None:
-        """Send a response from the TU through this transaction."""
+    def respond(self, resp: Response, now: float | None = None, stateless: bool = False) -> None:
+        """Send a response from the TU through this transaction.
+
+        `stateless` (final responses only): send it and forget the transaction at once, as a stateless
+        server does (Kamailio's sl_send_reply). For challenges and refusals of requests that create no
+        state: a flood of them then costs no memory and no retransmissions; a retransmitted request
+        is simply answered again."""
         layer = self.layer
         now = layer.now if now is None else now
         st = self.state
@@ -309,6 +318,10 @@ class ServerTransaction(Transaction):
         layer._send(data, self.flow)
         code = resp.status
         self._stop("trying")
+        if stateless and code >= 200:
+            layer.stats["stateless_replies"] += 1
+            self._terminate()
+            return
         if code < 200:
             if not self.is_invite:
                 self.state = "Proceeding"
@@ -330,12 +343,15 @@ class ServerTransaction(Transaction):
                 self._start("J", 64 * T1, now)
 
     def reply(self, status: int, reason: str | None = None, headers: list[tuple[str, str]] | tuple = (),
-              body: bytes = b"", now: float | None = None) -> Response:
-        """Build (RFC 3261 §8.2.6) and send a response; a To tag is added to non-100 responses."""
+              body: bytes = b"", now: float | None = None, stateless: bool = False) -> Response:
+        """Build (RFC 3261 §8.2.6) and send a response; a To tag is added to non-100 responses.
+
+        `stateless`: see respond(); the To tag then marks the response so its ACK is absorbed."""
         if self.to_tag is None and status > 100:
-            self.to_tag = self.request.to.tag or self.layer.new_tag()
+            self.to_tag = self.request.to.tag or (
+                STATELESS_TAG + self.layer.new_tag() if stateless else self.layer.new_tag())
         resp = make_response(self.request, status, reason, self.to_tag, headers, body)
-        self.respond(resp, now)
+        self.respond(resp, now, stateless)
         return resp
 
     def _on_request(self, req: Request, now: float) -> None:
@@ -375,13 +391,20 @@ class TransactionLayer:
     """All transactions of one SIP endpoint, with one timer heap and one outbox."""
 
     def __init__(self, via_for: Callable[[Flow], str], new_tag: Callable[[], str] | None = None,
-                 auto_trying: bool = True) -> None:
-        """`via_for(flow)` returns the sent-by ("SIP/2.0/UDP host:port") this endpoint puts in Via for a flow."""
+                 auto_trying: bool = True, max_transactions: int = 0, retry_after: int = 5) -> None:
+        """`via_for(flow)` returns the sent-by ("SIP/2.0/UDP host:port") this endpoint puts in Via for a flow.
+
+        `max_transactions` (0: no cap): at that many live transactions a new initial request gets a
+        stateless 503 with Retry-After `retry_after` instead of a transaction; in-dialog requests and
+        CANCEL still pass (they end work in progress)."""
         from .message import new_tag as _new_tag
 
         self.via_for = via_for
         self.new_tag = new_tag or _new_tag
         self.auto_trying = auto_trying
+        self.max_transactions = max_transactions
+        self.retry_after = retry_after
+        self._trying: list[tuple[ServerTransaction, float]] = []  # new INVITEs: 100 Trying armed lazily
         self.server: dict[tuple, ServerTransaction] = {}
         self.client: dict[tuple, ClientTransaction] = {}
         self._timers: list[tuple[float, int, Transaction, str]] = []
@@ -389,7 +412,8 @@ class TransactionLayer:
         self._outbox: list[tuple[bytes, Flow]] = []
         self._events: deque[Event] = deque()
         self.now = 0.0
-        self.stats = {"requests_in": 0, "responses_in": 0, "retransmissions_absorbed": 0}
+        self.stats = {"requests_in": 0, "responses_in": 0, "retransmissions_absorbed": 0,
+                      "stateless_replies": 0, "stateless_acks_absorbed": 0, "refused_at_cap": 0}
 
     # -- sans-IO interface -------------------------------------------------------------------------
     def receive(self, msg: Request | Response, flow: Flow, now: float) -> None:
@@ -418,7 +442,17 @@ class TransactionLayer:
             stx._on_request(msg, now)
             return
         if method == "ACK":
+            if (msg.to.tag or "").startswith(STATELESS_TAG):
+                self.stats["stateless_acks_absorbed"] += 1  # the ACK for a stateless non-2xx
+                return
             self._emit(AckReceived(msg, flow))
+            return
+        cap = self.max_transactions
+        if cap and len(self.server) + len(self.client) >= cap and method != "CANCEL" and msg.to.tag is None:
+            self.stats["refused_at_cap"] += 1
+            resp = make_response(msg, 503, "Service Unavailable (transaction limit)",
+                                 STATELESS_TAG + self.new_tag(), [("Retry-After", str(self.retry_after))])
+            self._send(resp.to_bytes(), flow)
             return
         stx = ServerTransaction(self, key, msg, flow)
         self.server[key] = stx
@@ -426,7 +460,9 @@ class TransactionLayer:
         if method == "CANCEL":
             cancelled = self.server.get(key[:-1] + ("INVITE",))
         elif stx.is_invite and self.auto_trying:
-            stx._start("trying", 0.2, now)
+            # Armed when the TU has had its turn (get_timer/handle_timer): an INVITE answered at once,
+            # such as a stateless 407, then leaves nothing in the timer heap.
+            self._trying.append((stx, now))
         self._emit(RequestReceived(stx, msg, cancelled))
 
     def send_request(self, request: Request, flow: Flow, now: float, owner: Any = None,
@@ -459,8 +495,17 @@ class TransactionLayer:
         """The next event for the TU, or None."""
         return self._events.popleft() if self._events else None
 
+    def _arm_trying(self) -> None:
+        """Start the 200 ms 100-Trying timer of the new INVITEs the TU has not answered yet."""
+        for stx, at in self._trying:
+            if stx.state == "Proceeding" and stx.last_response is None:
+                stx._start("trying", 0.2, at)
+        self._trying.clear()
+
     def get_timer(self) -> float | None:
         """When handle_timer must next be called (absolute time), or None."""
+        if self._trying:
+            self._arm_trying()
         timers = self._timers
         while timers:
             when, _, tx, name = timers[0]
@@ -472,6 +517,8 @@ class TransactionLayer:
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at `now`."""
         self.now = now
+        if self._trying:
+            self._arm_trying()
         timers = self._timers
         while timers and timers[0][0] <= now:
             when, _, tx, name = heapq.heappop(timers)

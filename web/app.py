@@ -29,8 +29,15 @@ class WebSocketConnection(ConnectionSender):
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.closed = False
 
+    MAX_QUEUED = 1000  # messages waiting for a client that does not read: beyond, it is dropped
+
     def send(self, data: bytes) -> None:
         if not self.closed:
+            if self.queue.qsize() >= self.MAX_QUEUED:
+                log.info("closing WebSocket to %s: %d messages unread", self.remote, self.queue.qsize())
+                self.closed = True
+                self.queue.put_nowait(None)
+                return
             self.queue.put_nowait(data)
 
     def close(self) -> None:
@@ -62,6 +69,7 @@ def build_app(application: "Application") -> Starlette:
             "sip": stack.stats, "transactions": len(stack.layer),
             "bindings": await application.location.count(),
             "proxy": application.proxy.stats if application.proxy else {},
+            "layer": stack.layer.stats, "limiter": stack.limiter_status(),
             "process": {"rss_bytes": rss_bytes(), "loop_lag_30s": stack.lag_summary(30.0),
                         "gc_30s": application.gc_watch.summary(30.0)},
         })
@@ -72,9 +80,12 @@ def build_app(application: "Application") -> Starlette:
         if "sip" not in offered:
             await ws.close(code=1002)  # RFC 7118 §4: the "sip" subprotocol is mandatory
             return
+        client = ws.client or ("0.0.0.0", 0)
+        if not stack.accepts_connection(client[0]):
+            await ws.close(code=1008)  # blocked source or connection cap: policy violation
+            return
         await ws.accept(subprotocol="sip")
         conn = WebSocketConnection(ws)
-        client = ws.client or ("0.0.0.0", 0)
         transport = "wss" if ws.url.scheme == "wss" else "ws"
         cid = stack.register_connection(transport, (client[0], client[1]), conn)
         writer = asyncio.get_running_loop().create_task(conn.writer())
@@ -87,6 +98,8 @@ def build_app(application: "Application") -> Starlette:
                 if msg["type"] == "websocket.disconnect":
                     break
                 data: Any = msg.get("bytes") or (msg.get("text") or "").encode("utf-8")
+                if stack.limiter is not None and not stack.admit(client[0]):
+                    break  # the source got blocked: close its connection
                 if data:
                     stack.receive(data, flow)
         except WebSocketDisconnect:

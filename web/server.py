@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sipcore.auth import DigestAuthenticator
+from sipcore.limiter import SourceLimiter
 from sipcore.location import LocationService, open_location
 from sipcore.proxy import Proxy, ProxyConfig
 from sipcore.registrar import RegistrarPolicy
@@ -281,6 +282,10 @@ class Application:
         stack = self.stack = SipStack(sip.advertise_host, max_message_size=sip.max_message_size,
                                       trace=sip.sip_trace, hep=self.hep)
         stack.overload_lag = sip.overload_lag_ms / 1000.0
+        lim = s.limits
+        stack.layer.max_transactions = lim.max_transactions
+        stack.layer.retry_after = lim.retry_after
+        stack.max_connections = lim.max_connections
         if sip.udp_port:
             port = await _listening(f"udp {sip.listen}:{sip.udp_port}", stack.listen_udp(sip.listen, sip.udp_port))
             self.listening.append(f"udp:{sip.listen}:{port}")
@@ -301,10 +306,15 @@ class Application:
         config = ProxyConfig(domain=sip.realm, auth=sip.auth, ephemeral_secret=sip.ephemeral_secret,
                              policy=RegistrarPolicy(sip.min_expires, sip.max_expires, sip.default_expires))
         self.proxy = Proxy(stack, config, self.users, self.location, authenticator)
+        self.proxy.max_tasks = lim.max_tasks
+        self.proxy.max_calls = lim.max_calls
+        self.proxy.retry_after = lim.retry_after
         if s.media.enabled:
             await self._start_media()
         self._wire_b2bua()
         stack.start_load_monitor()
+        stack.set_limiter(SourceLimiter(lim.source_limit, lim.source_window, lim.block_time, lim.trusted),
+                          kernel_filter=lim.kernel_filter)
         self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop())
 
     def _wire_b2bua(self) -> None:
@@ -491,7 +501,8 @@ async def _main(settings: Settings) -> int:
             tls = {"ssl_certfile": settings.web.tls_cert, "ssl_keyfile": settings.web.tls_key or None}
         config = uvicorn.Config(build_app(app), host=settings.web.listen, port=settings.web.port,
                                 log_level="warning", lifespan="off", ws="websockets-sansio"
-                                if _has_ws_sansio() else "auto", **tls)
+                                if _has_ws_sansio() else "auto", ws_max_size=settings.sip.max_message_size,
+                                **tls)
         server = uvicorn.Server(config)
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
         try:  # bind here, so a port in use is a one-line error rather than uvicorn exiting the process

@@ -143,6 +143,31 @@ class MediaSettings:
 
 
 @dataclass
+class LimitsSettings:
+    """[limits]: what one source may send, and how much state the SIP server keeps (docs/sip.md "Floods").
+
+    The per-source limiter counts every message and new connection per address over a sliding window;
+    a source above the limit is dropped unparsed (UDP: in the kernel) for ``block_time``. The defaults
+    let a busy office NAT of a few hundred phones through (a mass re-registration after a power cut is
+    a few hundred messages a second) and stop a scanner's flood within milliseconds. At a cap, new
+    requests get a stateless 503 with Retry-After instead of memory.
+    """
+
+    source_limit: int = _setting(1000, help="messages per source address per window before it is blocked; 0 disables")
+    source_window: float = _setting(2.0, help="seconds of the per-source sliding window")
+    block_time: int = _setting(30, help="seconds a source over the limit stays blocked")
+    trusted: list[str] = _setting(
+        help="addresses/networks never limited (trunks, other callpath nodes), e.g. [\"192.0.2.0/24\"]",
+        factory=list)
+    kernel_filter: bool = _setting(True, help="drop blocked sources' UDP in the kernel (socket filter, Linux)")
+    max_transactions: int = _setting(30000, help="live SIP transactions; new requests beyond get 503; 0: no cap")
+    max_tasks: int = _setting(2000, help="requests waiting on the user directory/location store; 0: no cap")
+    max_calls: int = _setting(5000, help="calls callpath takes part in (back-to-back legs); 0: no cap")
+    max_connections: int = _setting(10000, help="open TCP/TLS/WebSocket connections; 0: no cap")
+    retry_after: int = _setting(5, help="Retry-After seconds in 503s sent at a cap or under overload")
+
+
+@dataclass
 class Settings:
     """The whole configuration of one callpath process, one attribute per TOML section."""
 
@@ -151,6 +176,7 @@ class Settings:
     sip: SipSettings = field(default_factory=SipSettings)
     web: WebSettings = field(default_factory=WebSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
 
     @property
     def data_path(self) -> Path:
@@ -175,6 +201,7 @@ SECTIONS: dict[str, type] = {
     "sip": SipSettings,
     "web": WebSettings,
     "media": MediaSettings,
+    "limits": LimitsSettings,
 }
 
 
@@ -405,6 +432,19 @@ def _validate(s: Settings) -> None:
             "sip expiry settings must satisfy min_expires <= default_expires <= max_expires, got "
             f"{s.sip.min_expires} / {s.sip.default_expires} / {s.sip.max_expires}"
         )
+    lim = s.limits
+    for name in ("source_limit", "block_time", "max_transactions", "max_tasks", "max_calls", "max_connections",
+                 "retry_after"):
+        if getattr(lim, name) < 0:
+            raise SettingsError(f"limits.{name} must be 0 or positive, got {getattr(lim, name)}")
+    if lim.source_window <= 0:
+        raise SettingsError(f"limits.source_window must be positive seconds, got {lim.source_window}")
+    from sipcore.limiter import parse_networks
+
+    try:
+        parse_networks(lim.trusted)
+    except ValueError as exc:
+        raise SettingsError(f"limits.trusted: {exc}") from None
     if s.sip.max_message_size < 1500:
         raise SettingsError(f"sip.max_message_size must be at least 1500 bytes, got {s.sip.max_message_size}")
     if s.sip.location != "memory" and not s.sip.location.startswith(("redis://", "rediss://", "unix://")):

@@ -470,7 +470,10 @@ class CallpathServer(Server):
     kind = "callpath"
 
     def __init__(self, workdir: Path, data_dir: Path, *, auth: bool, b2bua_target: str | None = None,
-                 log_level: str = "warning", web: bool = False, media: bool = False) -> None:
+                 log_level: str = "warning", web: bool = False, media: bool = False,
+                 limiter: bool = False) -> None:
+        """`limiter`: keep the per-source flood limiter on (its default); load tests from one host turn it
+        off, as an operator would for a benchmark, since every SIPp instance here shares 127.0.0.1."""
         super().__init__(workdir)
         self.data_dir = data_dir
         self.web_port = free_udp_port() if web else 0   # /api/v1/status (RSS, loop lag) when asked for
@@ -481,6 +484,8 @@ class CallpathServer(Server):
             f"auth = {'true' if auth else 'false'}", 'auth_algorithms = ["MD5"]', "",
             "[web]", f"listen = {_toml_str(LOCAL)}", f"port = {self.web_port}", "",
         ]
+        if not limiter:
+            lines += ["[limits]", "source_limit = 0", ""]
         if media:
             # ice_port 0: any free port, so that a run beside another callpath (or a test) does not collide
             lines += ["[media]", "enabled = true", f"listen = {_toml_str(LOCAL)}", f"advertise = {_toml_str(LOCAL)}",
