@@ -132,7 +132,7 @@ class SourceLimiter:
         rate = count + self._prev.get(ip, 0) * overlap
         if rate <= self.limit:
             return True
-        self._block(ip, now, rate)
+        self._block(ip, now, rate, weight)
         return False
 
     def _rotate(self, now: float) -> None:
@@ -148,10 +148,11 @@ class SourceLimiter:
             if now >= b.until:
                 self._unblock(ip, b, now)
 
-    def _block(self, ip: str, now: float, rate: float) -> None:
+    def _block(self, ip: str, now: float, rate: float, weight: int) -> None:
+        self.stats["dropped"] += weight   # the message that tripped the limit is dropped too
         if len(self.blocked) >= self.max_blocked:
             return  # cannot remember more: the caps protect the server from here
-        self.blocked[ip] = Block(now, now + self.block_time, rate)
+        self.blocked[ip] = Block(now, now + self.block_time, rate, weight)
         self.stats["blocks"] += 1
         self._version += 1
         log.warning("source %s blocked for %.0f s: %.0f messages in %.1f s (limit %d)",
