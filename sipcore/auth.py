@@ -14,10 +14,23 @@ Server use, when the user record has to be fetched asynchronously first::
     creds = parse_credentials(value)                # AuthError -> 400
     user = await users.get(creds.username)
     result = auth.verify_credentials(creds, request.method, user.password if user else None, now,
-                                     request_uri=str(request.uri))
-    if not result.ok: reply 401 with auth.challenges(now, stale=result.stale)
+                                     request_uri=request.raw_uri, is_local=proxy.is_local_domain)
+    if not result.ok: reply per result.reason (400 for BAD_URI / MISSING_QOP / UNSUPPORTED_QOP,
+                      403 for a wrong password, else 401 with auth.challenges(now, stale=result.stale))
 
 or, with a synchronous lookup, ``auth.verify(value, method, lookup, now)`` does all of it.
+
+What an answer must satisfy to be accepted (RFC 7616 §3.4; the order is the order of the checks):
+
+- realm ours, algorithm one we offered;
+- ``qop=auth`` with ``nc`` and ``cnonce``: every challenge offers ``qop="auth"``, and RFC 7616 makes qop and
+  cnonce mandatory, so an RFC 2069-style answer (no qop) is refused (MISSING_QOP: the caller answers 400,
+  "required parameters are missing") unless the authenticator was built with ``allow_no_qop=True``;
+- the digest ``uri`` designates the Request-URI (RFC 7616 §3.4.6; ``digest_uri_matches`` says what that means:
+  RFC 3261 §19.1.4 comparison made lenient where real clients differ), else BAD_URI (400);
+- a nonce this server signed for this realm, a right response, an unexpired nonce, and a nonce-count never
+  accepted before for that nonce (REPLAYED_NC): every accepted answer passes the nonce-count tracker, a
+  no-qop answer (when allowed) as a one-time use of its nonce, so no accepted answer can be replayed.
 
 Limits: the nonce-count window lives in this process (nodes sharing a secret do not share it), and the
 ``auth-int`` qop and RFC 7616 ``userhash`` / ``username*`` are not offered by the server side.
@@ -30,12 +43,16 @@ import enum
 import functools
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
+
+from .errors import SipParseError
+from .uri import SipUri
 
 __all__ = [
     "AuthError",
@@ -50,6 +67,7 @@ __all__ = [
     "build_authorization",
     "compute_ha1",
     "digest_response",
+    "digest_uri_matches",
     "ephemeral_credentials",
     "ephemeral_lookup",
     "ephemeral_password",
@@ -550,6 +568,148 @@ class NonceCountTracker:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The digest uri against the Request-URI (RFC 7616 §3.4.6, RFC 3261 §19.1.4)
+# --------------------------------------------------------------------------------------------------------------
+
+#: Escapes that stay escapes when URIs are compared: the reserved set of RFC 3261 §19.1.4, and '%' itself.
+_KEEP_ESCAPED = frozenset(";/?:@&=+$,%")
+_ESCAPE_SUB = re.compile(r"%([0-9A-Fa-f]{2})").sub
+#: uri-parameters that must be on both sides or neither (§19.1.4 names user, ttl, method and maddr; transport
+#: too, as in its examples: "can resolve to different transports").
+_ONE_SIDED_NEVER_MATCHES = ("user", "ttl", "method", "maddr", "transport")
+
+
+def _escape_to_char(m: re.Match[str]) -> str:
+    c = chr(int(m.group(1), 16))
+    if c in _KEEP_ESCAPED or not " " < c < "\x7f":
+        return "%" + m.group(1).upper()
+    return c
+
+
+def _canonical_escapes(text: str) -> str:
+    """``text`` with every %HH escape of an unreserved printable character decoded and the others upper-cased:
+    two spellings of a component are equivalent (§19.1.4) exactly when their canonical forms are equal."""
+    return _ESCAPE_SUB(_escape_to_char, text) if "%" in text else text
+
+
+def _canonical_host(host: str) -> str:
+    """Host for comparison: case-folded; an IPv6 reference in its compressed form ([0:0::1] is [::1])."""
+    host = host.lower()
+    if host.startswith("["):
+        try:
+            return f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+        except ValueError:
+            return host
+    return host
+
+
+def _effective_port(uri: SipUri) -> int:
+    """The port a URI designates: explicit, else 5061 for sips: or ;transport=tls, else 5060."""
+    if uri.port is not None:
+        return uri.port
+    if uri.scheme == "sips" or (uri.params.get("transport") or "").lower() == "tls":
+        return 5061
+    return 5060
+
+
+def _canonical_value(value: str | None) -> str:
+    return _canonical_escapes(value).lower() if value else ""
+
+
+def _same_sip_uri(a: SipUri, b: SipUri) -> bool:
+    """RFC 3261 §19.1.4 equivalence of two sip:/sips: URIs, except that an explicit default port (5060, or 5061
+    for sips: / TLS) equals an absent one: "sip:example.com" and "sip:example.com:5060" reach the same server,
+    and clients disagree on spelling it (the RFC itself calls them different because an SRV lookup could pick
+    another port for the portless one; our own domain is what is compared here, so that cannot apply).
+
+    Scheme, user, password, host, port, the parameters present on both sides, the parameters that must not be
+    one-sided, and the headers are compared; user and password case-sensitively, everything else not; %HH
+    escapes of unreserved characters equal the characters.
+    """
+    if a.scheme != b.scheme:
+        return False
+    if a.user != b.user and (a.user is None or b.user is None
+                             or _canonical_escapes(a.user) != _canonical_escapes(b.user)):
+        return False
+    if a.password != b.password and (a.password is None or b.password is None
+                                     or _canonical_escapes(a.password) != _canonical_escapes(b.password)):
+        return False
+    if _canonical_host(a.host) != _canonical_host(b.host) or _effective_port(a) != _effective_port(b):
+        return False
+    pa, pb = a.params, b.params
+    for name in _ONE_SIDED_NEVER_MATCHES:
+        if (name in pa) != (name in pb):
+            return False
+    for name in pa.keys() & pb.keys():
+        if _canonical_value(pa[name]) != _canonical_value(pb[name]):
+            return False
+    if a.headers or b.headers:
+        ha = {k.lower(): _canonical_escapes(v) for k, v in a.headers.items()}
+        hb = {k.lower(): _canonical_escapes(v) for k, v in b.headers.items()}
+        if ha != hb:
+            return False
+    return True
+
+
+def digest_uri_matches(
+    digest_uri: str,
+    request_uri: str | SipUri,
+    is_local: Callable[[SipUri], bool] | None = None,
+) -> bool:
+    """Whether a digest ``uri`` parameter designates the same resource as the Request-URI (RFC 7616 §3.4.6).
+
+    Most clients (baresip, JsSIP, Linphone, Yealink and other desk phones) copy the Request-URI verbatim, which
+    is the first, string-equality test. Otherwise the two match when:
+
+    1. they are equivalent by RFC 3261 §19.1.4 (see ``_same_sip_uri``): differences of case in scheme/host,
+       escaping, parameters present on one side only (other than user/ttl/method/maddr/transport), and an
+       explicit default port against none, are all the same resource; or, when ``is_local`` (does this URI
+       designate this server? the proxy's ``is_local_domain``) is given and both URIs designate this server
+       with the same scheme:
+    2. the digest uri has no user part: the server itself, which is what SIPp's ``[authentication]`` signs
+       (``sip:REMOTE_IP:REMOTE_PORT``, whatever the Request-URI: a REGISTER to ``sip:example.com`` or an INVITE
+       to ``sip:bob@host:port``); or
+    3. both name the same user: the Request-URI was moved from one of this server's names to another (an
+       upstream proxy rewriting the host, as Kamailio's dispatcher ``ds_select_domain`` does, or a client that
+       signs our domain while sending to our address). The proxy routes both alike, so they are one resource.
+
+    A different user, a foreign host, or another scheme never match. Unparseable or non-SIP URIs (tel:) match
+    only when equal ignoring case and equivalent escapes.
+
+    Kamailio's auth module, the reference for rewritten Request-URIs, never compares the two at all (its README,
+    auth_checks_*: checking the uri "would not work if an upstream proxy rewrites the uri and it will also not
+    work with a lot of UA implementations"; it can bind the nonce to the Request-URI instead). callpath checks,
+    as RFC 7616 requires, and accepts of a rewrite only what keeps the resource (3.): a rewrite to another user
+    or another domain is refused, since a Via header that would show an upstream proxy can be forged by anyone.
+    """
+    if isinstance(request_uri, str):
+        if digest_uri == request_uri:
+            return True
+        try:
+            target = SipUri.parse(request_uri, strict=False)
+        except SipParseError:
+            return False
+    else:
+        target = request_uri
+        if digest_uri == str(target):
+            return True
+    try:
+        signed = SipUri.parse(digest_uri, strict=False)
+    except SipParseError:
+        return False
+    if signed.scheme not in ("sip", "sips") or target.scheme not in ("sip", "sips"):
+        return signed.scheme == target.scheme and (
+            _canonical_escapes(str(signed)).lower() == _canonical_escapes(str(target)).lower())
+    if _same_sip_uri(signed, target):
+        return True
+    if is_local is None or signed.scheme != target.scheme or not (is_local(signed) and is_local(target)):
+        return False
+    if signed.user is None:
+        return True
+    return target.user is not None and _canonical_escapes(signed.user) == _canonical_escapes(target.user)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Server side
 # --------------------------------------------------------------------------------------------------------------
 
@@ -563,6 +723,7 @@ class AuthReason(enum.StrEnum):
     WRONG_REALM = "wrong realm"
     UNSUPPORTED_ALGORITHM = "unsupported algorithm"
     UNSUPPORTED_QOP = "unsupported qop"
+    MISSING_QOP = "no qop in the answer to a qop challenge"
     BAD_URI = "digest uri does not match the request-uri"
     BAD_NONCE = "nonce not issued by this server"
     UNKNOWN_USER = "unknown user"
@@ -589,6 +750,8 @@ class AuthResult:
 
 Secret = str | HA1
 Lookup = Callable[[str, str, str], "str | HA1 | None"]
+#: The nonce-count recorded for an accepted answer without qop: above any nc (8 hex digits), so it closes the nonce.
+_NONCE_SPENT = 1 << 32
 
 
 class DigestAuthenticator:
@@ -596,6 +759,11 @@ class DigestAuthenticator:
 
     ``algorithms`` is the challenge order: many clients answer only the first challenge and only MD5, so MD5 goes
     first by default. ``-sess`` variants are accepted only when listed.
+
+    Every challenge offers ``qop="auth"``, so an answer without qop (RFC 2069 style) is refused with MISSING_QOP:
+    RFC 7616 makes qop, nc and cnonce mandatory, and such an answer carries no nonce-count to protect it from
+    replay. ``allow_no_qop=True`` accepts it for a legacy client, once per nonce (a second use is
+    REPLAYED_NC), which makes it as replay-safe as a counted answer at the price of a challenge per request.
     """
 
     __slots__ = (
@@ -610,7 +778,7 @@ class DigestAuthenticator:
         algorithms: Sequence[str] = ("MD5", "SHA-256"),
         nonce_ttl: int = 300,
         *,
-        allow_no_qop: bool = True,
+        allow_no_qop: bool = False,
         max_tracked_nonces: int = 65536,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -657,17 +825,21 @@ class DigestAuthenticator:
         lookup: Lookup,
         now: float,
         *,
-        request_uri: str | None = None,
+        request_uri: str | SipUri | None = None,
+        is_local: Callable[[SipUri], bool] | None = None,
     ) -> AuthResult:
         """Parse and verify an ``Authorization`` value; ``lookup(username, realm, base_algorithm)`` gives the
-        password (str), an HA1, or None for an unknown user. Never raises for bad input: see ``AuthResult.reason``."""
+        password (str), an HA1, or None for an unknown user. Never raises for bad input: see ``AuthResult.reason``.
+
+        ``request_uri`` (the Request-URI as the client sent it) is what the digest ``uri`` must designate, with
+        ``is_local`` telling which URIs name this server (see ``digest_uri_matches``); None skips that check."""
         if not credentials_value:
             return AuthResult(False, AuthReason.NO_CREDENTIALS)
         try:
             creds = parse_credentials(credentials_value)
         except AuthError as exc:
             return AuthResult(False, AuthReason.MALFORMED, detail=str(exc))
-        early = self._precheck(creds, request_uri)
+        early = self.precheck(creds, request_uri, is_local)
         if early is not None:
             return early
         expiry = self._nonces.expiry(creds.nonce)
@@ -683,10 +855,12 @@ class DigestAuthenticator:
         secret: Secret | None,
         now: float,
         *,
-        request_uri: str | None = None,
+        request_uri: str | SipUri | None = None,
+        is_local: Callable[[SipUri], bool] | None = None,
     ) -> AuthResult:
-        """Verify already-parsed credentials against the stored password / HA1 (None: unknown user)."""
-        early = self._precheck(credentials, request_uri)
+        """Verify already-parsed credentials against the stored password / HA1 (None: unknown user);
+        ``request_uri`` and ``is_local`` as for ``verify``."""
+        early = self.precheck(credentials, request_uri, is_local)
         if early is not None:
             return early
         expiry = self._nonces.expiry(credentials.nonce)
@@ -694,8 +868,12 @@ class DigestAuthenticator:
             return AuthResult(False, AuthReason.BAD_NONCE, credentials.username, credentials)
         return self._check(credentials, method, secret, expiry, now)
 
-    def _precheck(self, creds: DigestCredentials, request_uri: str | None) -> AuthResult | None:
-        """Checks that need no user record: realm, algorithm, qop, digest-uri."""
+    def precheck(
+        self, creds: DigestCredentials, request_uri: str | SipUri | None, is_local: Callable[[SipUri], bool] | None
+    ) -> AuthResult | None:
+        """The checks that need no user record (realm, algorithm, qop, digest uri): None when they pass, else the
+        failure. ``verify``/``verify_credentials`` run them first; a caller whose user lookup is costly (async)
+        can run them before it, so a request refused anyway costs no lookup."""
         if creds.realm != self.realm:
             return AuthResult(False, AuthReason.WRONG_REALM, creds.username, creds, f"realm {creds.realm!r}")
         if creds.algorithm not in self._allowed:
@@ -703,24 +881,33 @@ class DigestAuthenticator:
         qop = creds.qop
         if qop is None:
             if not self.allow_no_qop:
-                return AuthResult(False, AuthReason.UNSUPPORTED_QOP, creds.username, creds, "qop required")
+                return AuthResult(False, AuthReason.MISSING_QOP, creds.username, creds, "qop=auth was offered")
         elif qop != "auth" and qop.lower() != "auth":
             return AuthResult(False, AuthReason.UNSUPPORTED_QOP, creds.username, creds, f"qop={qop}")
-        if request_uri is not None and creds.uri != request_uri:
-            return AuthResult(False, AuthReason.BAD_URI, creds.username, creds, f"uri {creds.uri!r}")
+        if request_uri is not None:
+            uri = creds.uri
+            if uri != (request_uri if request_uri.__class__ is str else str(request_uri)) and (
+                    not digest_uri_matches(uri, request_uri, is_local)):
+                return AuthResult(False, AuthReason.BAD_URI, creds.username, creds,
+                                  f"uri {uri!r} for Request-URI {str(request_uri)!r}")
         return None
 
     def _check(
         self, creds: DigestCredentials, method: str, secret: Secret | None, expiry: int, now: float
     ) -> AuthResult:
-        """Response, then nonce expiry and nc: stale is only ever reported alongside a correct response."""
+        """Response, then nonce expiry and nc: stale is only ever reported alongside a correct response.
+
+        Every answer that gets this far passes the nonce-count tracker, so none can be accepted twice; one
+        without qop (only when ``allow_no_qop``) counts as _NONCE_SPENT, above any 8-hex-digit nc: it is the
+        nonce's last use."""
         if secret is None:
             return AuthResult(False, AuthReason.UNKNOWN_USER, creds.username, creds)
         if not response_matches(creds, method, secret):
             return AuthResult(False, AuthReason.BAD_RESPONSE, creds.username, creds)
         if now > expiry:
             return AuthResult(False, AuthReason.STALE_NONCE, creds.username, creds)
-        if creds.qop is not None and not self.tracker.accept(creds.nonce, creds.nc_value, expiry, now):
+        nc = creds.nc_value if creds.qop is not None else _NONCE_SPENT
+        if not self.tracker.accept(creds.nonce, nc, expiry, now):
             return AuthResult(False, AuthReason.REPLAYED_NC, creds.username, creds, f"nc={creds.nc}")
         return AuthResult(True, AuthReason.OK, creds.username, creds)
 

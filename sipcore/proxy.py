@@ -297,7 +297,22 @@ class Proxy:
 
     # -- authentication ----------------------------------------------------------------------------
     async def _authenticate(self, tx: ServerTransaction, req: Request, header: str, status: int) -> SipAccount | None:
-        """Digest check (RFC 7616); sends the 401/407 challenge (stale=true for expired nonces) on failure."""
+        """Digest check (RFC 7616); answers the failure itself and returns None, or returns the account.
+
+        Failure table (each failure counts in ``stats["auth_failures"]``):
+
+        - no credentials for our realm: 401/407 challenge;
+        - malformed credentials: 400 "malformed credentials";
+        - digest ``uri`` not designating the Request-URI the client sent (what it signed: ``req.uri`` is never
+          rewritten in place, a forwarded copy is): 400 "digest uri does not match Request-URI" (RFC 7616
+          §3.4.6; ``digest_uri_matches`` in auth.py says which spellings match);
+        - no qop (RFC 2069 style) although the challenge offered qop=auth, or a qop we did not offer: 400
+          (RFC 7616 §3.4: missing or improper parameters);
+        - those three are decided before the user lookup, so they cost no directory round trip;
+        - unknown user or wrong password: 403;
+        - expired nonce or spent nonce-count (a replay): challenge with stale=true (no re-prompt);
+        - anything else (foreign nonce, realm or algorithm not offered): a fresh challenge.
+        """
         now = self.clock()
         value = None
         for v in req.get_all(header):
@@ -309,32 +324,46 @@ class Proxy:
             return None
         try:
             creds = parse_credentials(value)
-        except AuthError:
+        except AuthError as exc:
+            self.stats["auth_failures"] += 1
+            log.info("auth failed: %s", exc, extra={"call_id": req.call_id})
             tx.reply(400, "Bad Request (malformed credentials)")
             return None
-        username = creds.username
-        account: SipAccount | None = None
-        secret: Any = None
-        if self.config.ephemeral_secret and ":" in username:
-            secret = ephemeral_password(self.config.ephemeral_secret, username, now)
-            user = username.split(":", 1)[1]
-            account = await self.users.get(user)
-            if account is None or not account.enabled:
-                secret = None
-        else:
-            account = await self.users.get(username)
-            if account is not None and account.enabled:
-                alg = creds.algorithm.upper()
-                secret = HA1(account.ha1_sha256 if alg.startswith("SHA-256") else account.ha1_md5)
-        result = self.auth.verify_credentials(creds, req.method, secret, now)
-        if result.ok and account is not None:
-            return account
+        # The Request-URI as received (parsed once already by on_request): what the client signed.
+        result = self.auth.precheck(creds, req.uri, self.is_local_domain)
+        if result is None:
+            username = creds.username
+            account: SipAccount | None = None
+            secret: Any = None
+            if self.config.ephemeral_secret and ":" in username:
+                secret = ephemeral_password(self.config.ephemeral_secret, username, now)
+                user = username.split(":", 1)[1]
+                account = await self.users.get(user)
+                if account is None or not account.enabled:
+                    secret = None
+            else:
+                account = await self.users.get(username)
+                if account is not None and account.enabled:
+                    alg = creds.algorithm.upper()
+                    secret = HA1(account.ha1_sha256 if alg.startswith("SHA-256") else account.ha1_md5)
+            # no request_uri: precheck above matched it (again would double the cost for clients, such as
+            # SIPp, that spell the uri differently from the Request-URI)
+            result = self.auth.verify_credentials(creds, req.method, secret, now)
+            if result.ok and account is not None:
+                return account
         self.stats["auth_failures"] += 1
-        log.info("auth failed for %r: %s", username, result.reason, extra={"call_id": req.call_id})
+        reason = result.reason
+        log.info("auth failed for %r: %s %s", creds.username, reason, result.detail, extra={"call_id": req.call_id})
         if result.stale:  # expired nonce or replayed nonce-count: a fresh nonce, no re-prompt
             self._challenge(tx, status, now, stale=True)
-        elif result.reason in (AuthReason.UNKNOWN_USER, AuthReason.BAD_RESPONSE):
+        elif reason is AuthReason.UNKNOWN_USER or reason is AuthReason.BAD_RESPONSE:
             tx.reply(403, "Forbidden (bad credentials)")
+        elif reason is AuthReason.BAD_URI:
+            tx.reply(400, "Bad Request (digest uri does not match Request-URI)")
+        elif reason is AuthReason.MISSING_QOP:
+            tx.reply(400, "Bad Request (digest qop required)")
+        elif reason is AuthReason.UNSUPPORTED_QOP:
+            tx.reply(400, "Bad Request (unsupported digest qop)")
         else:
             self._challenge(tx, status, now)
         return None

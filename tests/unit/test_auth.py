@@ -17,6 +17,7 @@ from sipcore.auth import (
     build_authorization,
     compute_ha1,
     digest_response,
+    digest_uri_matches,
     ephemeral_credentials,
     ephemeral_lookup,
     ephemeral_password,
@@ -28,6 +29,7 @@ from sipcore.auth import (
     response_matches,
     select_challenge,
 )
+from sipcore.uri import SipUri
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 REALM = "example.com"
@@ -417,16 +419,200 @@ def test_failure_reasons() -> None:
     assert reason(ok) is AuthReason.OK
 
 
-def test_legacy_no_qop_client_accepted_unless_disabled() -> None:
-    for allow in (True, False):
-        auth = new_auth(allow_no_qop=allow)
-        ch = auth.challenges(NOW)[0].replace(', qop="auth"', "")
-        header = build_authorization(ch, "REGISTER", REGISTER_URI, "alice", "secret")
-        assert "nc=" not in header
-        result = auth.verify(header, "REGISTER", password_lookup(), NOW)
-        assert result.ok is allow
-        if not allow:
-            assert result.reason is AuthReason.UNSUPPORTED_QOP
+def _no_qop_header(auth: DigestAuthenticator, uri: str = REGISTER_URI) -> str:
+    """An RFC 2069-style answer (no qop, nc or cnonce) computed for the nonce of a real challenge."""
+    ch = auth.challenges(NOW)[0].replace(', qop="auth"', "")
+    header = build_authorization(ch, "REGISTER", uri, "alice", "secret")
+    assert "nc=" not in header and "qop=" not in header and "cnonce=" not in header
+    return header
+
+
+def test_answer_without_qop_is_refused_by_default() -> None:
+    """Every challenge offers qop=auth; RFC 7616 makes qop/nc/cnonce mandatory: an RFC 2069 answer is refused
+    (the proxy answers 400), the right password notwithstanding, and so is each of its replays."""
+    auth = new_auth()
+    header = _no_qop_header(auth)
+    lookup = password_lookup()
+    for _ in range(3):
+        result = auth.verify(header, "REGISTER", lookup, NOW + 1, request_uri=REGISTER_URI)
+        assert not result.ok and result.reason is AuthReason.MISSING_QOP and not result.stale
+    assert lookup.calls == []  # refused before the user lookup
+    assert len(auth.tracker) == 0
+
+
+def test_legacy_no_qop_answer_when_allowed_is_accepted_once_per_nonce() -> None:
+    """allow_no_qop=True is for a legacy client: the nonce-count tracker still covers it (one use per nonce),
+    so the answer cannot be replayed during the nonce's lifetime; a fresh nonce works again."""
+    auth = new_auth(allow_no_qop=True)
+    header = _no_qop_header(auth)
+    lookup = password_lookup()
+    assert auth.verify(header, "REGISTER", lookup, NOW + 1, request_uri=REGISTER_URI).ok
+    replay = auth.verify(header, "REGISTER", lookup, NOW + 2, request_uri=REGISTER_URI)
+    assert replay.reason is AuthReason.REPLAYED_NC and replay.stale  # re-challenged with stale=true
+    assert auth.verify(_no_qop_header(auth), "REGISTER", lookup, NOW + 3, request_uri=REGISTER_URI).ok
+    # a no-qop answer also closes a nonce that counted answers used before it
+    ch = auth.challenges(NOW)[0]
+    counted = build_authorization(ch, "REGISTER", REGISTER_URI, "alice", "secret", "cn", 1)
+    assert auth.verify(counted, "REGISTER", lookup, NOW + 4).ok
+    bare = build_authorization(ch.replace(', qop="auth"', ""), "REGISTER", REGISTER_URI, "alice", "secret")
+    assert auth.verify(bare, "REGISTER", lookup, NOW + 5).ok
+    late = build_authorization(ch, "REGISTER", REGISTER_URI, "alice", "secret", "cn", 2)
+    assert auth.verify(late, "REGISTER", lookup, NOW + 6).reason is AuthReason.REPLAYED_NC
+
+
+def test_every_accepted_answer_is_counted_by_the_tracker() -> None:
+    """No accepted answer escapes the nonce-count tracker (the replay window is closed for all of them)."""
+    auth = new_auth(allow_no_qop=True)
+    lookup = password_lookup()
+    accepted = 0
+    for i in range(5):
+        ch = auth.challenges(NOW)[0]
+        if i % 2:
+            ch = ch.replace(', qop="auth"', "")
+        header = build_authorization(ch, "REGISTER", REGISTER_URI, "alice", "secret", "cn", 1)
+        assert auth.verify(header, "REGISTER", lookup, NOW).ok
+        accepted += 1
+        assert len(auth.tracker) == accepted
+        assert auth.verify(header, "REGISTER", lookup, NOW).reason is AuthReason.REPLAYED_NC
+
+
+def test_unoffered_qop_is_refused() -> None:
+    auth = new_auth()
+    ch = auth.challenges(NOW)[0].replace('qop="auth"', 'qop="auth-int"')
+    header = build_authorization(ch, "REGISTER", REGISTER_URI, "alice", "secret", "cn", 1)
+    result = auth.verify(header, "REGISTER", password_lookup(), NOW)
+    assert result.reason is AuthReason.UNSUPPORTED_QOP and not result.stale
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The digest uri against the Request-URI (RFC 7616 §3.4.6, RFC 3261 §19.1.4)
+# ---------------------------------------------------------------------------------------------------------------
+
+#: What a proxy at 127.0.0.1:5060 and 127.0.0.1:35123 serving example.com calls local (Proxy.is_local_domain).
+LOCAL_PORTS = (5060, 35123)
+
+
+def is_local(uri: SipUri) -> bool:
+    return uri.host.lower() in ("127.0.0.1", "example.com") and (uri.port is None or uri.port in LOCAL_PORTS)
+
+
+@pytest.mark.parametrize(
+    "digest_uri, request_uri",
+    [
+        ("sip:127.0.0.1", "sip:127.0.0.1"),  # verbatim: baresip, JsSIP, Linphone, desk phones
+        ("sip:example.com;transport=tcp", "sip:example.com;transport=tcp"),
+        ("sip:127.0.0.1:5060", "sip:127.0.0.1"),  # explicit default port against none, both ways
+        ("sip:127.0.0.1", "sip:127.0.0.1:5060"),
+        ("sips:example.com:5061", "sips:example.com"),
+        ("sip:example.com:5061;transport=tls", "sip:example.com;transport=TLS"),
+        ("SIP:Example.COM", "sip:example.com"),  # scheme and host are case-insensitive
+        ("sip:%61lice@AtLanTa.CoM;Transport=TCP", "sip:alice@atlanta.com;transport=tcp"),  # RFC 3261 §19.1.4
+        ("sip:alice@example.com;lr", "sip:alice@example.com"),  # a parameter on one side only is ignored...
+        ("sip:alice@example.com", "sip:alice@example.com;ob"),
+        ("sip:alice@example.com;newparam=5", "sip:alice@example.com;NEWPARAM=5"),
+        ("sip:alice@example.com;p=%41", "sip:alice@example.com;p=a"),
+        ("sip:alice@[0:0::1]:5060", "sip:alice@[::1]"),
+        ("sip:carol@chicago.com?Subject=next%20meeting", "sip:carol@chicago.com?subject=next%20meeting"),
+        ("tel:+15551234", "TEL:+15551234"),
+    ],
+)
+def test_digest_uri_matches_equivalent_spellings(digest_uri: str, request_uri: str) -> None:
+    assert digest_uri_matches(digest_uri, request_uri)
+    assert digest_uri_matches(digest_uri, SipUri.parse(request_uri, strict=False))
+
+
+@pytest.mark.parametrize(
+    "digest_uri, request_uri",
+    [
+        ("sip:other.example", "sip:127.0.0.1"),  # another host: the case measured on main
+        ("sip:alice@example.org", "sip:alice@example.com"),
+        ("sip:bob@example.com", "sip:alice@example.com"),  # another user
+        ("sip:Alice@example.com", "sip:alice@example.com"),  # the user part is case-sensitive
+        ("sip:alice@example.com", "sip:example.com"),
+        ("sips:example.com", "sip:example.com"),  # another scheme
+        ("sip:127.0.0.1:5070", "sip:127.0.0.1"),  # another (non-default) port
+        # (below: a foreign domain, where RFC 3261 §19.1.4 alone decides; for this server's own names see
+        # test_digest_uri_naming_this_server)
+        ("sips:atlanta.com:5060", "sips:atlanta.com"),  # 5060 is not the default for sips
+        ("sip:alice@atlanta.com;transport=tcp", "sip:alice@atlanta.com"),  # one-sided transport/user/maddr/...
+        ("sip:alice@atlanta.com;user=phone", "sip:alice@atlanta.com"),
+        ("sip:alice@atlanta.com;maddr=192.0.2.1", "sip:alice@atlanta.com"),
+        ("sip:alice@atlanta.com;ttl=1", "sip:alice@atlanta.com"),
+        ("sip:alice@atlanta.com", "sip:alice@atlanta.com;method=INVITE"),
+        ("sip:alice@atlanta.com;transport=tcp", "sip:alice@atlanta.com;transport=udp"),  # on both, differing
+        ("sip:carol@chicago.com", "sip:carol@chicago.com?Subject=next%20meeting"),  # headers never ignored
+        ("sip:a%40b@example.com", "sip:a@b@example.com"),  # a reserved character is not its escape
+        ("/dir/index.html", "sip:127.0.0.1"),
+        ("sip:", "sip:127.0.0.1"),
+        ("tel:+15551234", "sip:+15551234@example.com"),
+    ],
+)
+def test_digest_uri_mismatches(digest_uri: str, request_uri: str) -> None:
+    assert not digest_uri_matches(digest_uri, request_uri)
+    assert not digest_uri_matches(digest_uri, request_uri, is_local)
+
+
+@pytest.mark.parametrize(
+    "digest_uri, request_uri, matches",
+    [
+        # SIPp's [authentication] signs sip:REMOTE_IP:REMOTE_PORT whatever the Request-URI (tests/sipp/*.xml):
+        ("sip:127.0.0.1:35123", "sip:127.0.0.1", True),  # register_*.xml: REGISTER sip:[domain]
+        ("sip:127.0.0.1:35123", "sip:bob@127.0.0.1:35123", True),  # uac*.xml: INVITE sip:[service]@ip:port
+        ("sip:127.0.0.1:35123", "sip:bob@other.example", False),  # ...but only for a target of ours
+        ("sip:127.0.0.1:40000", "sip:bob@127.0.0.1:35123", False),  # and only when it names us (our port)
+        # both name this server and the same user: a Request-URI moved between our names (upstream rewrite)
+        ("sip:bob@example.com", "sip:bob@127.0.0.1:35123", True),
+        ("sip:bob@127.0.0.1", "sip:bob@example.com;transport=tcp", True),
+        ("sip:alice@example.com", "sip:bob@127.0.0.1:35123", False),  # another user never
+        ("sip:bob@other.example", "sip:bob@127.0.0.1", False),  # nor a foreign host
+        ("sips:bob@example.com", "sip:bob@127.0.0.1", False),  # nor another scheme
+        ("sip:alice@example.com", "sip:127.0.0.1", False),  # nor a user where the target has none
+    ],
+)
+def test_digest_uri_naming_this_server(digest_uri: str, request_uri: str, matches: bool) -> None:
+    assert digest_uri_matches(digest_uri, request_uri, is_local) is matches
+    assert not digest_uri_matches(digest_uri, request_uri)  # without is_local, only RFC 3261 equivalence
+
+
+def test_uri_mismatch_is_refused_before_the_lookup_and_spends_no_nonce_count() -> None:
+    """The case measured on main: credentials computed for uri=sip:other.example presented with a REGISTER
+    whose Request-URI is sip:127.0.0.1 were accepted; they are BAD_URI now (the proxy answers 400)."""
+    auth = new_auth()
+    ch = auth.challenges(NOW)[0]
+    lookup = password_lookup()
+    wrong = build_authorization(ch, "REGISTER", "sip:other.example", "alice", "secret", "cn", 1)
+    result = auth.verify(wrong, "REGISTER", lookup, NOW, request_uri="sip:127.0.0.1", is_local=is_local)
+    assert result.reason is AuthReason.BAD_URI and not result.ok and not result.stale
+    assert "sip:other.example" in result.detail
+    assert lookup.calls == [] and len(auth.tracker) == 0
+    assert auth.precheck(parse_credentials(wrong), "sip:127.0.0.1", is_local) == result
+    right = build_authorization(ch, "REGISTER", "sip:127.0.0.1", "alice", "secret", "cn", 1)
+    assert auth.verify(right, "REGISTER", lookup, NOW, request_uri="sip:127.0.0.1", is_local=is_local).ok
+    assert auth.precheck(parse_credentials(right), "sip:127.0.0.1", is_local) is None
+
+
+def test_verify_accepts_spelling_variants_and_hashes_the_uri_as_sent() -> None:
+    """A matching but differently spelled uri is accepted, and the response is checked over the uri the client
+    signed (not the Request-URI): rewriting it to the Request-URI would break every such client."""
+    auth = new_auth()
+    ch = auth.challenges(NOW)[0]
+    lookup = password_lookup()
+    for nc, (signed, target) in enumerate([
+        ("sip:127.0.0.1:5060", "sip:127.0.0.1"),
+        ("sip:127.0.0.1:35123", "sip:127.0.0.1"),  # SIPp
+        ("SIP:alice@Example.com;ob", "sip:alice@example.com"),
+    ], start=1):
+        header = build_authorization(ch, "REGISTER", signed, "alice", "secret", "cn", nc)
+        assert auth.verify(header, "REGISTER", lookup, NOW, request_uri=target, is_local=is_local).ok
+        assert auth.verify_credentials(parse_credentials(header), "REGISTER", "secret", NOW,
+                                       request_uri=SipUri.parse(target), is_local=is_local).reason is (
+            AuthReason.REPLAYED_NC)  # the same answer again: right uri, spent nc
+
+
+def test_no_request_uri_skips_the_uri_check() -> None:
+    auth = new_auth()
+    header = build_authorization(auth.challenges(NOW)[0], "REGISTER", "sip:anything", "alice", "secret", "c", 1)
+    assert auth.verify(header, "REGISTER", password_lookup(), NOW).ok
 
 
 # ---------------------------------------------------------------------------------------------------------------
