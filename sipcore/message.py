@@ -579,6 +579,11 @@ class StreamFramer:
         self.max_size = max_size
         self._buf = bytearray()
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete message held (the stack times out connections that keep one)."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every complete frame now available."""
         buf = self._buf

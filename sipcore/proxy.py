@@ -81,7 +81,11 @@ class Proxy:
         self.ua: Any = None     # sipcore.ua.UserAgent: owns dialogs callpath itself takes part in
         self.b2bua: Any = None  # sipcore.b2bua.BackToBack: numbers answered and re-originated
         self._tasks: set[asyncio.Task] = set()
-        self.stats = {"registers": 0, "forwarded": 0, "auth_failures": 0, "rejected_overload": 0}
+        self.max_tasks = 0      # requests waiting on the directory/location store (0: no cap)
+        self.max_calls = 0      # calls the UA/B2BUA takes part in (0: no cap)
+        self.retry_after = 5    # seconds, in the 503s sent at a cap or under overload
+        self.stats = {"registers": 0, "forwarded": 0, "auth_failures": 0, "rejected_overload": 0,
+                      "challenged_stateless": 0, "rejected_at_cap": 0}
         stack.tu = self
         self.refresh_domains()
 
@@ -112,18 +116,21 @@ class Proxy:
             if method == "OPTIONS" and not req.has("route") and self.is_local_domain(req.uri):
                 self._answer_options(tx)
             else:
-                tx.reply(483)
+                tx.reply(483, stateless=True)
             return
         if req.has("proxy-require"):
-            tx.reply(420, headers=[("Unsupported", ", ".join(req.get_all("proxy-require")))])
+            tx.reply(420, headers=[("Unsupported", ", ".join(req.get_all("proxy-require")))], stateless=True)
             return
         flow_hint = self._pop_own_routes(req)
         to_tag = req.to.tag
-        if to_tag is None and self.stack.overloaded:
-            # Shed new work while the loop lags: calls in progress keep their timing, callers retry later.
-            self.stats["rejected_overload"] += 1
-            tx.reply(503, "Service Unavailable (overloaded)", headers=[("Retry-After", "5")])
-            return
+        if to_tag is None:
+            if self.stack.overloaded:
+                # Shed new work while the loop lags: calls in progress keep their timing, callers retry later.
+                self.stats["rejected_overload"] += 1
+                self._refuse(tx, "overloaded")
+                return
+            if self.config.auth and self._challenge_first(tx, req):
+                return
         if req.has("route"):
             if to_tag is None:  # a pre-loaded route: relayed for authenticated users only, like a foreign domain
                 self._spawn(self._relay_foreign(tx, req, req.routes[0].uri), tx)
@@ -136,14 +143,14 @@ class Proxy:
                 return
             uri = req.uri
             if self.is_local_domain(uri) and flow_hint is None:
-                tx.reply(481 if uri.user else 404)
+                tx.reply(481 if uri.user else 404, stateless=True)
                 return
             self._forward(tx, req, [(uri, None, ())], record_route=False, flow_hint=flow_hint)
             return
         uri = req.uri
         if method == "REGISTER":
             if not self.is_local_domain(uri):
-                tx.reply(403, "Forbidden (not a domain served here)")
+                tx.reply(403, "Forbidden (not a domain served here)", stateless=True)
                 return
             self._spawn(self._register(tx, req), tx)
             return
@@ -153,9 +160,41 @@ class Proxy:
             if method == "OPTIONS":
                 self._answer_options(tx)
             else:
-                tx.reply(405, headers=[("Allow", "OPTIONS, REGISTER")])
+                tx.reply(405, headers=[("Allow", "OPTIONS, REGISTER")], stateless=True)
         else:
             self._spawn(self._route_local(tx, req), tx)
+
+    def _challenge_first(self, tx: ServerTransaction, req: Request) -> bool:
+        """Challenge at once, statelessly, an initial request that needs credentials and has none.
+
+        This is what a scanner or a flood sends: answered without a transaction, a task or a directory
+        lookup (the nonce is stateless too), so it costs neither memory nor retransmissions. Requests to
+        the server itself (OPTIONS pings), ACK/PRACK and REGISTERs for other domains take their usual path.
+        """
+        method = req.method
+        if method in ("ACK", "PRACK"):
+            return False
+        uri = req.uri
+        if method == "REGISTER":
+            if not self.is_local_domain(uri):
+                return False
+            header, status = "authorization", 401
+        else:
+            if uri.user is None and not req.has("route") and self.is_local_domain(uri):
+                return False
+            header, status = "proxy-authorization", 407
+        realm = f'realm="{self.auth.realm}"'
+        for v in req.get_all(header):
+            if realm in v or "realm=" not in v:
+                return False  # credentials for us: checked by the usual (async) path
+        self.stats["challenged_stateless"] += 1
+        self._challenge(tx, status, self.clock())
+        return True
+
+    def _refuse(self, tx: ServerTransaction, why: str) -> None:
+        """A stateless 503 with Retry-After: the server is at a cap or overloaded, not the request's fault."""
+        tx.reply(503, f"Service Unavailable ({why})", headers=[("Retry-After", str(self.retry_after))],
+                 stateless=True)
 
     def _on_cancel(self, tx: ServerTransaction, cancelled: ServerTransaction | None) -> None:
         """CANCEL (§16.10): 200 to the CANCEL, then cancel the matching INVITE's branches (487 upstream)."""
@@ -216,7 +255,14 @@ class Proxy:
 
     # -- helpers -----------------------------------------------------------------------------------
     def _spawn(self, coro: Any, tx: ServerTransaction | None = None) -> None:
-        """Run an async request handler; a malformed header it meets is answered 4xx, a bug 500."""
+        """Run an async request handler; a malformed header it meets is answered 4xx, a bug 500.
+
+        At `max_tasks` handlers in flight the request gets a stateless 503 instead of another task."""
+        if tx is not None and self.max_tasks and len(self._tasks) >= self.max_tasks:
+            coro.close()
+            self.stats["rejected_at_cap"] += 1
+            self._refuse(tx, "too many requests in progress")
+            return
         if tx is not None:
             coro = self._answering_errors(coro, tx)
         task = asyncio.get_running_loop().create_task(coro)
@@ -248,17 +294,24 @@ class Proxy:
         return "z9hG4bK" + hashlib.md5(f"{top}{ack.call_id}{ack.cseq.seq}".encode()).hexdigest()[:16]
 
     def _answer_options(self, tx: ServerTransaction) -> None:
-        tx.reply(200, headers=[("Allow", ALLOW), ("Accept", "application/sdp"),
-                               ("Supported", "path, outbound, 100rel"), ("Server", self.config.server_header)])
+        """OPTIONS to the server (phones' keep-alive pings): answered statelessly, it changes nothing."""
+        tx.reply(200, headers=[("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "path, outbound, 100rel"),
+                               ("Server", self.config.server_header)], stateless=True)
 
     def _pop_own_routes(self, req: Request) -> Flow | None:
         """Remove the Route entries that point at us (loose routing, §16.4).
 
         With double Record-Route the last of ours is the one facing the destination; a connection flow
-        token in it (our `cpflow` parameter) names the connection to send on."""
+        token in it (our `cpflow` parameter) names the connection to send on. A Route header left with no
+        value at all is removed, so callers may take `routes[0]` whenever `has("route")` (the stack rejects
+        such requests before they get here; this keeps the invariant for requests built elsewhere)."""
         flow: Flow | None = None
         while req.has("route"):
-            first = req.routes[0]
+            routes = req.routes
+            if not routes:
+                req.remove("route")
+                break
+            first = routes[0]
             if not self.stack.is_local(first.uri, self.domains):
                 break
             token = first.uri.params.get("cpflow")
@@ -327,7 +380,7 @@ class Proxy:
         except AuthError as exc:
             self.stats["auth_failures"] += 1
             log.info("auth failed: %s", exc, extra={"call_id": req.call_id})
-            tx.reply(400, "Bad Request (malformed credentials)")
+            tx.reply(400, "Bad Request (malformed credentials)", stateless=True)
             return None
         # The Request-URI as received (parsed once already by on_request): what the client signed.
         result = self.auth.precheck(creds, req.uri, self.is_local_domain)
@@ -357,13 +410,13 @@ class Proxy:
         if result.stale:  # expired nonce or replayed nonce-count: a fresh nonce, no re-prompt
             self._challenge(tx, status, now, stale=True)
         elif reason is AuthReason.UNKNOWN_USER or reason is AuthReason.BAD_RESPONSE:
-            tx.reply(403, "Forbidden (bad credentials)")
+            tx.reply(403, "Forbidden (bad credentials)", stateless=True)
         elif reason is AuthReason.BAD_URI:
-            tx.reply(400, "Bad Request (digest uri does not match Request-URI)")
+            tx.reply(400, "Bad Request (digest uri does not match Request-URI)", stateless=True)
         elif reason is AuthReason.MISSING_QOP:
-            tx.reply(400, "Bad Request (digest qop required)")
+            tx.reply(400, "Bad Request (digest qop required)", stateless=True)
         elif reason is AuthReason.UNSUPPORTED_QOP:
-            tx.reply(400, "Bad Request (unsupported digest qop)")
+            tx.reply(400, "Bad Request (unsupported digest qop)", stateless=True)
         else:
             self._challenge(tx, status, now)
         return None
@@ -374,24 +427,25 @@ class Proxy:
         if tx.flow.transport in ("ws", "wss"):
             # JsSIP (and SIP.js) keep only the LAST challenge and speak only MD5; phones take the first.
             values.sort(key=lambda v: "algorithm=MD5" in v)
-        tx.reply(status, headers=[(name, c) for c in values])
+        # Stateless (no transaction kept): a challenge creates nothing; a retransmission is challenged again.
+        tx.reply(status, headers=[(name, c) for c in values], stateless=True)
 
     # -- registrar ---------------------------------------------------------------------------------
     async def _register(self, tx: ServerTransaction, req: Request) -> None:
         self.stats["registers"] += 1
         to_uri = req.to.uri
         if to_uri.scheme not in ("sip", "sips"):
-            tx.reply(400, "Bad Request (address-of-record must be a SIP URI)")
+            tx.reply(400, "Bad Request (address-of-record must be a SIP URI)", stateless=True)
             return
         if to_uri.user is None:
-            tx.reply(400, "Bad Request (To has no user)")
+            tx.reply(400, "Bad Request (To has no user)", stateless=True)
             return
         if self.config.auth:
             account = await self._authenticate(tx, req, "authorization", 401)
             if account is None:
                 return
             if to_uri.user not in (account.username, account.extension):
-                tx.reply(403, "Forbidden (To user does not match the credentials)")
+                tx.reply(403, "Forbidden (To user does not match the credentials)", stateless=True)
                 return
             user = account.username
         else:
@@ -417,18 +471,22 @@ class Proxy:
         if self.b2bua is not None and self.b2bua.handles_number(uri.user):
             if self.config.auth and not await self._authorize_caller(tx, req):
                 return
+            if self.max_calls and self.ua is not None and len(self.ua.calls) >= self.max_calls:
+                self.stats["rejected_at_cap"] += 1
+                self._refuse(tx, "too many calls")
+                return
             self.b2bua.on_invite(tx, req)
             return
         account = await self.users.get(uri.user) or await self.users.by_extension(uri.user)
         if account is None or not account.enabled:
-            tx.reply(404)
+            tx.reply(404, stateless=True)
             return
         if self.config.auth and req.method not in ("ACK", "PRACK") and not await self._authorize_caller(tx, req):
             return
         aor = f"sip:{account.username}@{self.config.domain}"
         bindings = await self.location.lookup(aor)
         if not bindings:
-            tx.reply(480)
+            tx.reply(480, stateless=True)
             return
         if tx.state not in ("Proceeding", "Trying"):
             return  # cancelled or timed out meanwhile
@@ -440,7 +498,7 @@ class Proxy:
                 continue  # a WebSocket client whose connection is gone: unreachable until it registers again
             targets.append((contact, flow, b.path))
         if not targets:
-            tx.reply(480)
+            tx.reply(480, stateless=True)
             return
         self._forward(tx, req, targets, record_route=req.method in DIALOG_CREATING)
 
@@ -450,7 +508,7 @@ class Proxy:
         if account is None:
             return False
         if req.from_.uri.user not in (account.username, account.extension):
-            tx.reply(403, "Forbidden (From user does not match the credentials)")
+            tx.reply(403, "Forbidden (From user does not match the credentials)", stateless=True)
             return False
         self._strip_credentials(req)
         return True

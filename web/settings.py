@@ -163,7 +163,7 @@ class LimitsSettings:
     max_transactions: int = _setting(30000, help="live SIP transactions; new requests beyond get 503; 0: no cap")
     max_tasks: int = _setting(2000, help="requests waiting on the user directory/location store; 0: no cap")
     max_calls: int = _setting(5000, help="calls callpath takes part in (back-to-back legs); 0: no cap")
-    max_connections: int = _setting(10000, help="open TCP/TLS/WebSocket connections; 0: no cap")
+    max_connections: int = _setting(4096, help="open TCP/TLS/WebSocket connections; 0: no cap")
     retry_after: int = _setting(5, help="Retry-After seconds in 503s sent at a cap or under overload")
 
 
