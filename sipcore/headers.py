@@ -1,10 +1,13 @@
 """Typed SIP header values a proxy needs: Via and CSeq (From/To/Contact/Route use uri.NameAddr)."""
 from __future__ import annotations
 
+import re
+
 from .errors import SipParseError
 from .uri import is_digits, format_host, format_params, parse_params, split_hostport
 
 MAGIC_COOKIE = "z9hG4bK"
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 
 
 class Via:
@@ -36,17 +39,19 @@ class Via:
         while i < n and rest[i] not in " \t":
             i += 1
         transport = rest[:i]
-        if not transport:
-            raise SipParseError(f"bad Via transport: {text!r}")
+        if not transport or _TOKEN.match(transport) is None:
+            raise SipParseError(f"bad Via transport: {text[:80]!r}")
         sent_by = rest[i:].strip()
         semi = sent_by.find(";")
         if semi >= 0:
-            params = parse_params(sent_by[semi + 1 :])
+            params = parse_params(sent_by[semi + 1 :], strict=True)
             sent_by = sent_by[:semi].strip()
+            if params:
+                _check_via_params(params, text)
         else:
             params = {}
         if not sent_by:
-            raise SipParseError(f"Via without sent-by: {text!r}")
+            raise SipParseError(f"Via without sent-by: {text[:80]!r}")
         sent_by = sent_by.replace(" ", "").replace("\t", "")
         host, port = split_hostport(sent_by)
         return cls(transport, host, port, params)
@@ -65,7 +70,7 @@ class Via:
     def rport(self) -> int | None:
         """The rport value when filled in (RFC 3581), else None."""
         v = self.params.get("rport")
-        return int(v) if v and is_digits(v) else None
+        return int(v) if v and is_digits(v) and len(v) <= 5 else None
 
     @property
     def sent_by(self) -> tuple[str, int | None]:
@@ -78,6 +83,27 @@ class Via:
 
     def __repr__(self) -> str:
         return f"Via({str(self)!r})"
+
+
+def _check_via_params(params: dict[str, str | None], text: str) -> None:
+    """The Via parameters callpath acts on must be well-formed (RFC 3261 §20.42, RFC 3581): a token
+    branch, a numeric (or empty) rport and ttl, a host in received/maddr. Unknown ones pass unchecked."""
+    if "branch" in params:
+        branch = params["branch"]
+        if not branch or _TOKEN.match(branch) is None:
+            raise SipParseError(f"bad Via branch: {text[:80]!r}")
+    rport = params.get("rport")
+    if rport and (not is_digits(rport) or len(rport) > 5 or int(rport) > 65535):
+        raise SipParseError(f"bad Via rport: {text[:80]!r}")
+    ttl = params.get("ttl")
+    if "ttl" in params and (not ttl or not is_digits(ttl) or len(ttl) > 3):
+        raise SipParseError(f"bad Via ttl: {text[:80]!r}")
+    for name in ("received", "maddr"):
+        if name in params:
+            value = params[name]
+            if not value:
+                raise SipParseError(f"empty Via {name}: {text[:80]!r}")
+            split_hostport(value)  # SipParseError for anything that is not a host
 
 
 class CSeq:
@@ -93,12 +119,12 @@ class CSeq:
     def parse(cls, text: str) -> "CSeq":
         """Parse `314159 INVITE`; the number must fit in 32 bits (RFC 3261 §8.1.1.5)."""
         parts = text.split()
-        if len(parts) != 2 or not is_digits(parts[0]):
-            raise SipParseError(f"bad CSeq: {text!r}")
-        seq = int(parts[0])
-        if seq >= 2**32:
-            raise SipParseError(f"CSeq number out of range: {text!r}")
-        return cls(seq, parts[1])
+        if len(parts) != 2 or not is_digits(parts[0]) or _TOKEN.match(parts[1]) is None:
+            raise SipParseError(f"bad CSeq: {text[:80]!r}")
+        number = parts[0]
+        if len(number) > 10 or int(number) >= 2**32:  # the length first: int() of 5,000 digits raises ValueError
+            raise SipParseError(f"CSeq number out of range: {text[:80]!r}")
+        return cls(int(number), parts[1])
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"

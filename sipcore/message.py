@@ -15,7 +15,8 @@ from .uri import is_digits, NameAddr, SipUri, split_quoted
 
 __all__ = [
     "SipParseError", "SipMessage", "Request", "Response", "parse_message", "make_response",
-    "StreamFramer", "new_branch", "new_tag", "new_call_id", "reason_phrase", "PING",
+    "StreamFramer", "new_branch", "new_tag", "new_call_id", "reason_phrase", "PING", "validate",
+    "KNOWN_METHODS",
 ]
 
 COMPACT: dict[str, str] = {
@@ -67,6 +68,23 @@ REASONS: dict[int, str] = {
 }
 
 PING = b"\r\n\r\n"  # RFC 5626 keep-alive on stream transports; StreamFramer yields it as its own item
+
+# Methods callpath knows (RFC 3261, 3262, 3265, 3311, 3428, 3515, 3903, 6086): a request with another method
+# and a CSeq naming a different one is answered 501, not 400 (RFC 4475 §3.1.2.18).
+KNOWN_METHODS: frozenset[str] = frozenset({
+    "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO", "MESSAGE", "REFER",
+    "NOTIFY", "SUBSCRIBE", "PUBLISH",
+})
+# Headers that must appear exactly once in a request or response callpath acts on (RFC 3261 §8.1.1, §20).
+MANDATORY: tuple[str, ...] = ("via", "call-id", "from", "to", "cseq")
+SINGLE: frozenset[str] = frozenset({"call-id", "from", "to", "cseq", "max-forwards"})
+# validate() keeps which headers it met in an int: one bit per header it checks.
+_BITS: dict[str, int] = {"call-id": 1, "from": 2, "to": 4, "cseq": 8, "max-forwards": 16, "via": 32, "contact": 64,
+                         "route": 128}
+_SINGLE_BITS = 1 | 2 | 4 | 8 | 16              # at most once (SINGLE)
+_MANDATORY_BITS = 1 | 2 | 4 | 8 | 32           # at least once (MANDATORY)
+_LIST_BITS = 32 | 64 | 128                     # list headers whose elements must not be empty (Via, Contact, Route)
+_CALL_ID_RE = re.compile(r"[\x21-\x7e]+\Z")  # RFC 3261 §25.1 word ["@" word]: visible ASCII, no LWS
 
 _KEY_CACHE: dict[str, str] = {}
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
@@ -138,6 +156,11 @@ class SipMessage:
                     out.append(v)
             return out
         return values
+
+    def get_all_raw(self, name: str) -> list[str]:
+        """Every value of a header as received, list headers not split."""
+        key = header_key(name)
+        return [h[2] for h in self.headers if h[0] == key]
 
     def has(self, name: str) -> bool:
         """Whether the header is present."""
@@ -237,11 +260,14 @@ class SipMessage:
 
     @property
     def call_id(self) -> str:
-        """Call-ID value."""
-        v = self._required("call-id").strip()
-        if not v or " " in v:
-            raise SipParseError(f"bad Call-ID: {v!r}")
-        return v
+        """Call-ID value: visible ASCII without whitespace (SipParseError otherwise; cached)."""
+        c = self._cache.get("call-id")
+        if c is None:
+            v = self._required("call-id").strip()
+            if _CALL_ID_RE.match(v) is None:
+                raise SipParseError(f"bad Call-ID: {v[:80]!r}")
+            c = self._cache["call-id"] = v
+        return c  # type: ignore[return-value]
 
     @property
     def cseq(self) -> CSeq:
@@ -465,14 +491,87 @@ def use_scanner(kind: str) -> None:
 use_scanner("c" if _c_scan is not None and os.environ.get("CALLPATH_PURE_PYTHON", "") in ("", "0") else "python")
 
 
+_LWS_RE = re.compile(r"[ \t]+")
+
+
+def _request_line(start: str, salvage: bool = False) -> tuple[str, str, str]:
+    """method, Request-URI text, version of a request line.
+
+    Extra spaces around the three elements (RFC 4475 §3.1.2.9 `lwsstart`, §3.1.2.10 `trws`) are ignored,
+    as Kamailio does; they are never forwarded since the start line is rebuilt with single spaces. Spaces
+    inside the URI (`lwsruri`, §3.1.2.8) are an error; with `salvage` the URI is kept with its spaces so
+    the request can still be answered 400."""
+    parts = start.split(" ")
+    if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2]:
+        parts = _LWS_RE.split(start.strip(" \t"))
+        if len(parts) < 3:
+            raise SipParseError(f"bad request line: {start[:80]!r}")
+        if len(parts) > 3:
+            if not salvage:
+                raise SipParseError(f"whitespace in the Request-URI: {start[:80]!r}")
+            parts = [parts[0], " ".join(parts[1:-1]), parts[-1]]
+    method, uri, version = parts
+    if not _TOKEN_RE.match(method):
+        raise SipParseError(f"bad method: {method[:40]!r}")
+    if not version.upper().startswith("SIP/"):
+        raise SipParseError(f"bad SIP version: {start[:80]!r}")
+    return method, uri, version
+
+
+def _salvage(data: bytes) -> "Request | None":
+    """The request in `data` as far as it can be read, for answering it after parse_message failed.
+
+    Only the start line must be a valid request line; header lines that cannot be read are skipped and the
+    body is dropped. None for responses and for anything that is not a SIP request at all (nothing to answer)."""
+    data = data.lstrip(b"\r\n")
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        end = data.find(b"\n\n")
+    head = (data if end < 0 else data[:end]).decode("utf-8", "surrogateescape")
+    lines = head.replace("\r\n", "\n").split("\n")
+    if lines[0].startswith("SIP/"):
+        return None
+    try:
+        method, uri, version = _request_line(lines[0], salvage=True)
+    except SipParseError:
+        return None
+    headers: list[list[str]] = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line[0] in " \t":
+            if headers:
+                headers[-1][2] = (headers[-1][2] + " " + line.strip()).strip()
+            continue
+        name, sep, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if sep and _TOKEN_RE.match(name):
+            low = name.lower()  # not header_key: names of a broken message stay out of its cache
+            headers.append([COMPACT.get(low, low), name, value.strip()])
+    req = Request(method, uri, version=version)
+    req.headers = headers
+    return req
+
+
 def parse_message(data: bytes, max_size: int = 65535) -> Message:
     """Parse one complete message (a datagram, or a frame from StreamFramer).
 
     Raises SipParseError for anything that cannot be framed or has an unusable start line; header
-    values are checked later by the typed accessors so a 4xx can still be built from the rest.
+    values are checked later (`validate`, the typed accessors) so a 4xx can still be built from the rest.
+    When the start line is a request line the error carries the request as far as it could be read
+    (`SipParseError.message`), so the stack can still answer it (RFC 4475 §3.1.2.2/.3, §3.3.9: 400).
     """
     if len(data) > max_size:
         raise SipParseError(f"message of {len(data)} bytes exceeds {max_size}", status=513)
+    try:
+        return _parse(data)
+    except SipParseError as exc:
+        if exc.message is None:
+            exc.message = _salvage(data)
+        raise
+
+
+def _parse(data: bytes) -> Message:
     if data[:1] in (b"\r", b"\n"):
         data = data.lstrip(b"\r\n")
     lines: list[str] | None = None
@@ -502,16 +601,8 @@ def parse_message(data: bytes, max_size: int = 65535) -> Message:
             raise SipParseError(f"status code out of range: {start!r}")
         msg = Response(status, parts[2] if len(parts) > 2 else "", version=parts[0])
     else:
-        parts = start.split(" ")
-        if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2]:
-            raise SipParseError(f"bad request line: {start!r}")
-        method = parts[0]
-        if not _TOKEN_RE.match(method):
-            raise SipParseError(f"bad method: {method!r}")
-        version = parts[2]
-        if not version.upper().startswith("SIP/"):
-            raise SipParseError(f"bad SIP version: {start!r}")
-        msg = Request(method, parts[1], version=version)
+        method, uri, version = _request_line(start)
+        msg = Request(method, uri, version=version)
     if lines is None:
         msg.headers = _c_scan_headers(head, _KEY_CACHE, header_key)  # type: ignore[misc]
     else:
@@ -519,17 +610,114 @@ def parse_message(data: bytes, max_size: int = 65535) -> Message:
     cl = msg.get("content-length")
     if cl is not None:
         if len({h[2].strip() for h in msg.headers if h[0] == "content-length"}) > 1:
-            raise SipParseError("conflicting Content-Length headers")
+            raise SipParseError("conflicting Content-Length headers", message=msg)
         cl = cl.strip()
-        if not is_digits(cl):
-            raise SipParseError(f"bad Content-Length: {cl!r}")
+        if not is_digits(cl) or len(cl) > 10:
+            raise SipParseError(f"bad Content-Length: {cl[:40]!r}", message=msg)
         n = int(cl)
         if n > len(body):
-            raise SipParseError(f"Content-Length {n} larger than the {len(body)} body bytes received")
+            raise SipParseError(f"Content-Length {n} larger than the {len(body)} body bytes received",
+                                message=msg)
         if n < len(body):
             body = body[:n]
     msg.body = body
     return msg
+
+
+def _bad_utf8(value: str) -> bool:
+    """Whether a header value decoded with surrogateescape held bytes that are not UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def validate(msg: Message) -> None:
+    """Check what every transaction user relies on, before any of them (and before authentication) runs.
+
+    Raises SipParseError whose `status` is the answer for a request (400, 505 for another SIP version,
+    501 for an unknown method whose CSeq names another, 416 for a Request-URI scheme callpath cannot route)
+    and whose `reason` says what is wrong (it goes into the reason phrase). For a response the stack drops
+    the message instead. Checked, in this order:
+
+    * version SIP/2.0 (RFC 3261 §8.2.2 / RFC 4475 §3.1.2.16: before the Via, which says SIP/7.0 too);
+    * the header section is UTF-8 (RFC 3261 §7.3.1; what is stored, logged or shown must decode) and a
+      request's Request-URI is ASCII (§19.1.1: other octets are escaped);
+    * Via, Call-ID, From, To and CSeq present; Call-ID, From, To, CSeq and Max-Forwards at most once
+      (RFC 4475 §3.3.1 `insuf`, §3.3.8 `multi01`);
+    * no empty Via element, the top Via well-formed (for a request every Via, with no empty parameter:
+      §3.1.2.1 `badinv01`), the CSeq number below 2**32 (§3.1.2.4), the Call-ID a word;
+    * a request's CSeq method equal to its method (§3.1.2.17/18), From and To name-addr/addr-spec with
+      well-formed parameters (§3.1.2.6, .14, .15), Max-Forwards a number, the Request-URI parsed without
+      headers (§3.1.2.7, .8, .11; 416 for an unknown scheme: §3.3.2), a REGISTER's Contact values
+      (§3.1.2.13), and Route when present.
+
+    The parsed values are the message's cached accessors, which the transaction user reads anyway, so the
+    check costs little beyond them (benchmarks/sip/inprocess.py). A response's From/To are not parsed here:
+    a proxy forwards them as they are, and what parses them later answers its own SipParseError.
+    """
+    if msg.version != "SIP/2.0":
+        raise SipParseError(f"SIP version {msg.version[:20]} is not supported", status=505)
+    seen = 0          # bits of _BITS: which of the checked headers are present (no allocation per message)
+    via_list = False  # more than one Via value (a comma, or several Via lines)
+    bits = _BITS
+    for h in msg.headers:
+        value = h[2]
+        if not value.isascii() and _bad_utf8(value):
+            raise SipParseError(f"{h[1]} header is not valid UTF-8")
+        bit = bits.get(h[0])
+        if bit is None:
+            continue
+        if bit & seen:
+            if bit & _SINGLE_BITS:
+                raise SipParseError(f"more than one {h[1]} header")
+            via_list = via_list or bit == 32
+        seen |= bit
+        if bit & _LIST_BITS:
+            if "," in value:
+                via_list = via_list or bit == 32
+                if any(not p.strip() for p in split_quoted(value, ",")):
+                    raise SipParseError(f"empty {h[1]} value")
+            elif not value:
+                raise SipParseError(f"empty {h[1]} value")
+    if seen & _MANDATORY_BITS != _MANDATORY_BITS:
+        missing = [CANONICAL[k] for k in MANDATORY if not seen & bits[k]]
+        names = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+        raise SipParseError(f"missing {names} header{'s' if len(missing) > 1 else ''}")
+    if msg.__class__ is not Request:
+        if not msg.reason.isascii() and _bad_utf8(msg.reason):  # type: ignore[union-attr]
+            raise SipParseError("reason phrase is not valid UTF-8")
+        msg.top_via
+        msg.cseq
+        msg.call_id
+        return
+    req: Request = msg  # type: ignore[assignment]
+    if req._uri is None and not req.raw_uri.isascii():
+        raise SipParseError("Request-URI is not ASCII")
+    if via_list:
+        req.vias
+    else:
+        req.top_via  # one Via (a request from a UA): no list to build
+    method = req.method
+    cseq = req.cseq
+    if cseq.method != method:
+        if method not in KNOWN_METHODS:
+            raise SipParseError(f"{method[:40]} is not implemented", status=501)
+        raise SipParseError(f"CSeq method {cseq.method[:40]} does not match {method}")
+    req.call_id
+    req.from_
+    req.to
+    req.max_forwards
+    if req.uri.headers:
+        raise SipParseError("Request-URI with headers")  # RFC 3261 §19.1.1 table 1; RFC 4475 §3.1.2.11
+    if method == "REGISTER":
+        if req.to.uri.scheme not in ("sip", "sips"):  # RFC 3261 §10.2; RFC 4475 §3.3.4 `unksm2`
+            raise SipParseError("address-of-record must be a SIP URI")
+        if seen & 64:
+            req.contacts
+    if seen & 128:
+        req.routes
 
 
 def make_response(
@@ -569,15 +757,20 @@ _CL_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*\r?$", re.IG
 class StreamFramer:
     """Split a TCP/TLS/WS byte stream into messages using Content-Length (RFC 3261 §18.3).
 
-    `feed()` returns complete frames; a CRLFCRLF keep-alive is returned as PING. A missing
-    Content-Length or an oversized message raises SipParseError: the connection should be closed.
+    `feed()` returns complete frames; a CRLFCRLF keep-alive is returned as PING. A missing, bad or
+    conflicting Content-Length or an oversized message raises SipParseError: the connection should be
+    closed; the error's `message` is the request as far as its head could be read, to answer first.
+    When good frames precede the bad one in the same input, feed() returns them and leaves the error in
+    `error` for the caller to act on after handling them (RFC 4475 `dblreq` over TCP: the REGISTER is
+    answered, then the junk after the INVITE closes the connection).
     """
 
-    __slots__ = ("max_size", "_buf")
+    __slots__ = ("max_size", "_buf", "error")
 
     def __init__(self, max_size: int = 65535) -> None:
         self.max_size = max_size
         self._buf = bytearray()
+        self.error: SipParseError | None = None  # a framing error met after frames feed() returned
 
     @property
     def buffered(self) -> int:
@@ -586,6 +779,18 @@ class StreamFramer:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every complete frame now available."""
+        if self.error is not None:
+            raise self.error
+        try:
+            return self._feed(data)
+        except SipParseError as exc:
+            if not exc.frames:
+                raise
+            self.error = exc
+            frames, exc.frames = exc.frames, []
+            return frames
+
+    def _feed(self, data: bytes) -> list[bytes]:
         buf = self._buf
         buf += data
         out: list[bytes] = []
@@ -609,14 +814,20 @@ class StreamFramer:
                     raise SipParseError("headers exceed the maximum message size", status=513)
                 break
             found = _CL_RE.findall(buf, 0, end + 2)
+            error = None
             if not found:
-                raise SipParseError("missing Content-Length on a stream transport")
-            if len(set(found)) > 1:
-                raise SipParseError("conflicting Content-Length headers")
-            length = found[0]
-            total = end + 4 + int(length)
-            if total > self.max_size:
-                raise SipParseError(f"message of {total} bytes exceeds {self.max_size}", status=513)
+                error = SipParseError("missing or bad Content-Length on a stream transport")
+            elif len(set(found)) > 1:
+                error = SipParseError("conflicting Content-Length headers")
+            else:
+                length = found[0]
+                total = end + 4 + (int(length) if len(length) <= 10 else 1 << 40)
+                if total > self.max_size:
+                    error = SipParseError(f"message of {total} bytes exceeds {self.max_size}", status=513)
+            if error is not None:
+                error.message = _salvage(bytes(buf[:end]))
+                error.frames = out
+                raise error
             if len(buf) < total:
                 break
             out.append(bytes(buf[:total]))

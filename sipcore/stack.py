@@ -7,12 +7,16 @@ to the transports after each input; one loop timer tracks the layer's earliest t
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import itertools
 import logging
+import re
 import socket
 import ssl
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -20,7 +24,7 @@ from .errors import SipParseError
 from . import sockfilter
 from .limiter import SourceLimiter
 from .loadmonitor import LagStats
-from .message import PING, Request, Response, StreamFramer, make_response, parse_message
+from .message import PING, Request, Response, StreamFramer, make_response, parse_message, validate
 from .transaction import (
     AckReceived, Flow, RequestReceived, ResponseReceived, StrayResponse, TransactionLayer,
     TransactionTerminated, TransactionTimeout, TransportFailure,
@@ -261,32 +265,67 @@ class SipStack:
 
     # -- input -------------------------------------------------------------------------------------
     def receive(self, data: bytes, flow: Flow) -> None:
-        """A complete message arrived on `flow` (datagram or framed stream message)."""
+        """A complete message arrived on `flow` (datagram or framed stream message).
+
+        Every message is parsed and checked (`message.validate`) here, before the transaction layer and any
+        transaction user (proxy, registrar, UA, B2BUA, authentication) sees it: a malformed request is
+        answered statelessly with the status and a reason phrase naming the fault (`_reject`); a malformed
+        response or ACK, and bytes that are no SIP request at all, are dropped and counted (`counters`)."""
         try:
             msg = parse_message(data, self.max_message_size)
         except SipParseError as exc:
-            self.stats["parse_errors"] += 1
-            log.debug("dropped unparseable message from %s: %s", flow, exc.reason)
+            if self.trace or self.hep:
+                self._trace(data, flow, inbound=True)
+            if isinstance(exc.message, Request):
+                self._reject(exc.message, flow, exc)  # a framing error with a readable request: answer it
+            else:
+                self.stats["parse_errors"] += 1
+                log.debug("dropped unparseable message from %s: %s", flow, exc.reason)
             return
         self.stats["messages_in"] += 1
         if self.trace or self.hep:
             self._trace(data, flow, inbound=True)
         try:
-            if isinstance(msg, Request):
-                if msg.version != "SIP/2.0":
-                    raise SipParseError(f"SIP version {msg.version} is not supported", status=505)
-                self._fix_via(msg, flow)
+            validate(msg)
+            if msg.__class__ is Request:
+                self._fix_via(msg, flow)  # type: ignore[arg-type]
             self.layer.receive(msg, flow, self.clock())
         except SipParseError as exc:
             self._reject(msg, flow, exc)
         self._pump()
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """`stats` with every counter of the receive path present (zero until it first counts).
+
+        parse_errors: bytes that were no SIP message, or no request that could be answered (dropped);
+        bad_requests: malformed requests answered 4xx/5xx by `_reject`; dropped_invalid: malformed responses
+        and ACKs (never answered), dropped; send_errors: sends a transport refused (closed connection,
+        unreachable address)."""
+        out = dict.fromkeys(("parse_errors", "bad_requests", "dropped_invalid", "send_errors"), 0)
+        out.update(self.stats)
+        return out
+
+    def stream_error(self, conn: "ConnectionSender", exc: SipParseError) -> None:
+        """A stream transport could not frame its input (bad or conflicting Content-Length, oversized
+        message): answer the request if its head could be read (RFC 4475 §3.1.2.3, §3.3.9), then close the
+        connection, since nothing after it can be framed again."""
+        log.info("closing %s connection from %s:%s: %s", conn.transport_name, conn.remote[0], conn.remote[1],
+                 exc.reason, extra={"call_id": _log_call_id(exc.message)})
+        if isinstance(exc.message, Request):
+            self._reject(exc.message, Flow(conn.transport_name, conn.remote, conn.conn_id), exc)
+        else:
+            self.stats["parse_errors"] += 1
+        conn.close()
 
     def _fix_via(self, req: Request, flow: Flow) -> None:
         """RFC 3261 §18.2.1 received= and RFC 3581 rport on the top Via (the cached Via and its text)."""
         via = req.top_via
         ip, port = flow.remote
         params = via.params
-        add_received = via.host != ip and via.host.strip("[]") != ip
+        # A received= the sender wrote itself is replaced too: responses go to where the request came from.
+        add_received = (via.host != ip and via.host.strip("[]") != ip) or ("received" in params
+                                                                          and params["received"] != ip)
         fill_rport = "rport" in params
         if not (add_received or fill_rport):
             return
@@ -304,15 +343,25 @@ class SipStack:
                     first, comma, rest = value.partition(",")
                     h[2] = str(via) + comma + rest
                 break
-        req._cache.pop("via", None)  # the cached top Via object was updated in place
+        # The cached Via objects (the top one updated in place) still match the text: keep them, so nothing
+        # is parsed twice (validate() parsed every Via already).
 
     def _reject(self, msg: Request | Response, flow: Flow, exc: SipParseError) -> None:
-        """A parseable message with an invalid header: 4xx for requests (never for ACK), drop responses."""
-        self.stats["bad_requests"] += 1
+        """Answer a malformed request statelessly with `exc.status` and a reason phrase saying what is wrong;
+        a malformed response or ACK is never answered (RFC 3261 §17.1.1.3, §8.2.6): dropped and counted.
+
+        The response copies Via, From, To, Call-ID and CSeq as received (whatever is there), with a To tag
+        derived from the request (a retransmission gets the same one). It goes where the top Via says
+        (received/rport, §18.2.2), or to the source address when the Via cannot be used."""
+        call_id = _log_call_id(msg)
         if isinstance(msg, Response) or msg.method == "ACK":
-            log.debug("dropped invalid message from %s: %s", flow, exc.reason)
+            self.stats["dropped_invalid"] = self.stats.get("dropped_invalid", 0) + 1
+            log.debug("dropped invalid %s from %s: %s", "response" if isinstance(msg, Response) else "ACK", flow,
+                      exc.reason, extra={"call_id": call_id})
             return
-        resp = make_response(msg, exc.status, f"{_reason(exc.status)} ({exc.reason})"[:120])
+        self.stats["bad_requests"] += 1
+        log.debug("answered %s %d: %s", flow, exc.status, exc.reason, extra={"call_id": call_id})
+        resp = make_response(msg, exc.status, reason_for(exc), _stateless_tag(msg))
         try:
             dest = self._response_flow(msg, flow)
         except SipParseError:
@@ -323,12 +372,13 @@ class SipStack:
         """Where a response to `req` goes: the same connection, or received/rport for UDP (§18.2.2, RFC 3581)."""
         if flow.reliable:
             return flow
+        # received= is the source address whenever the Via names another host (§18.2.1, `_fix_via`), so the
+        # address is always the source's: a Via naming another host never sends an answer elsewhere.
         via = req.top_via
-        host = via.received or via.host
-        port = via.rport or via.port or 5060
-        if via.received is None and "rport" not in via.params:
-            return Flow(flow.transport, (host.strip("[]"), port))
-        return flow if (host, port) == flow.remote else Flow(flow.transport, (host.strip("[]"), port))
+        if "rport" in via.params:
+            return flow
+        port = via.port or 5060
+        return flow if port == flow.remote[1] else Flow(flow.transport, (flow.remote[0], port))
 
     # -- output ------------------------------------------------------------------------------------
     def send_request(self, request: Request, flow: Flow, owner: Any = None, branch: str | None = None) -> Any:
@@ -352,20 +402,26 @@ class SipStack:
             self._trace(data, flow, inbound=False)
         t = flow.transport
         if t == "udp":
-            if self._udp is None:
+            if self._udp is None or not _is_ip_literal(flow.remote[0]):
+                # never a name: sendto() would resolve it with a blocking DNS query inside the loop
                 self.stats["send_errors"] += 1
                 return
             try:
                 self._udp.sendto(data, flow.remote)
-            except OSError:
+            except Exception as exc:  # OSError; uvloop: RuntimeError/ValueError on a closing transport
                 self.stats["send_errors"] += 1
+                log.debug("UDP send to %s failed: %s", flow, exc)
             return
         conn = self._conns.get(flow.conn_id) if flow.conn_id is not None else None
         if conn is None:
             cid = self._conn_by_remote.get((t, flow.remote[0], flow.remote[1]))
             conn = self._conns.get(cid) if cid is not None else None
         if conn is not None and not conn.closed:
-            conn.send(data)
+            try:
+                conn.send(data)
+            except Exception as exc:  # a transport closing under us (uvloop raises where asyncio logs)
+                self.stats["send_errors"] += 1
+                log.debug("send on %s failed: %s", flow, exc)
             return
         if t in ("tcp", "tls"):
             self._connect_and_send(t, flow.remote, data)
@@ -412,13 +468,14 @@ class SipStack:
                 self._dispatch(ev, tu)
             except SipParseError as exc:
                 if isinstance(ev, RequestReceived):
-                    ev.tx.reply(exc.status, f"{_reason(exc.status)} ({exc.reason})"[:120])
+                    self._reply_safely(ev.tx, exc.status, reason_for(exc))
                 else:
                     log.debug("dropped invalid message: %s", exc.reason)
             except Exception:  # a TU bug must never take the server down
-                log.exception("error handling %s", type(ev).__name__)
+                request = getattr(ev, "request", None)
+                log.exception("error handling %s", type(ev).__name__, extra={"call_id": _log_call_id(request)})
                 if isinstance(ev, RequestReceived) and ev.tx.last_response is None and ev.request.method != "ACK":
-                    ev.tx.reply(500)
+                    self._reply_safely(ev.tx, 500)
         for data, flow in layer.datagrams_to_send():
             self.send_raw(data, flow)
         when = layer.get_timer()
@@ -429,6 +486,13 @@ class SipStack:
             delay = max(0.0, when - self.clock())
             self._timer_at = when
             self._timer = loop.call_later(delay, self._on_timer)
+
+    def _reply_safely(self, tx: Any, status: int, reason: str | None = None) -> None:
+        """Answer a server transaction from an error path; building the answer must not raise again."""
+        try:
+            tx.reply(status, reason)
+        except Exception as exc:  # noqa: BLE001 - the request was validated; this is the last resort
+            log.debug("could not answer %d: %s", status, exc, extra={"call_id": _log_call_id(tx.request)})
 
     def _dispatch(self, ev: Any, tu: TransactionUser | None) -> None:
         t = type(ev)
@@ -538,6 +602,41 @@ def _reason(status: int) -> str:
     return reason_phrase(status)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def reason_for(exc: SipParseError) -> str:
+    """`Bad Request (what was wrong)`: the standard phrase and the parser's reason, fit for a status line
+    (no control characters, at most 120 characters)."""
+    return _CONTROL.sub("?", f"{_reason(exc.status)} ({exc.reason})")[:120]
+
+
+def _stateless_tag(req: Request) -> str:
+    """A To tag for a stateless answer: derived from the request, so its retransmissions get the same one."""
+    key = "|".join(h[2] for h in req.headers if h[0] in ("call-id", "from", "cseq"))
+    return "sl" + format(zlib.crc32(key.encode("utf-8", "surrogateescape")), "08x")
+
+
+def _log_call_id(msg: Any) -> str | None:
+    """The Call-ID of a message for a log record, as received but printable (or None)."""
+    if msg is None:
+        return None
+    value = msg.get("call-id")
+    if value is None:
+        return None
+    return value.strip()[:100].encode("ascii", "backslashreplace").decode("ascii")
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip_literal(host: str) -> bool:
+    """Whether `host` is an IPv4/IPv6 address (cached: a server talks to few peers)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
 class _UdpProtocol(asyncio.DatagramProtocol):
     __slots__ = ("stack",)
 
@@ -602,9 +701,7 @@ class StreamConnection(asyncio.Protocol, ConnectionSender):
         try:
             frames = self.framer.feed(data)
         except SipParseError as exc:
-            log.info("closing %s connection from %s: %s", self.transport_name, self.remote, exc.reason)
-            self.stack.stats["parse_errors"] += 1
-            self.close()
+            self.stack.stream_error(self, exc)
             return
         flow = Flow(self.transport_name, self.remote, self.conn_id)
         stack = self.stack
@@ -616,6 +713,9 @@ class StreamConnection(asyncio.Protocol, ConnectionSender):
                 self.send(b"\r\n")  # RFC 5626 pong
                 continue
             self.stack.receive(frame, flow)
+        if self.framer.error is not None:  # junk after the frames above: answered if it can be, then closed
+            self.stack.stream_error(self, self.framer.error)
+            return
 
     def send(self, data: bytes) -> None:
         t = self.transport

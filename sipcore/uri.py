@@ -13,6 +13,11 @@ import re
 
 _SCHEMES = ("sip", "sips", "tel")
 _DISPLAY_TOKENS = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~ \t]+$")  # an unquoted display-name is tokens and LWS
+_PARAM_NAME = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")  # a parameter name is a token (RFC 3261 §25.1)
+# RFC 3261 hostname (alphanumerics, '-', '.'; '_' tolerated as many resolvers do) or IPv4; nothing a
+# resolver or a socket call could choke on (NUL, spaces, non-ASCII) gets through.
+_HOSTNAME = re.compile(r"[A-Za-z0-9_\-.]+\Z")
+_IPV6_REF = re.compile(r"\[[0-9A-Fa-f:.]+\]\Z")
 
 
 def split_quoted(text: str, sep: str) -> Iterator[str]:
@@ -47,23 +52,36 @@ def split_quoted(text: str, sep: str) -> Iterator[str]:
     yield text[start:]
 
 
-def parse_params(text: str) -> dict[str, str | None]:
-    """Parse `;a=b;c` into {'a': 'b', 'c': None}; names lower-cased, values kept as received."""
+def parse_params(text: str, strict: bool = False) -> dict[str, str | None]:
+    """Parse `;a=b;c` into {'a': 'b', 'c': None}; names lower-cased, values kept as received.
+
+    strict=True is for header parameters (Via, From/To/Contact/Route after the address): an empty
+    parameter (`;;`, a trailing `;`) or a name that is not a token is a syntax error (RFC 3261 §25.1
+    `*( SEMI generic-param )`, RFC 4475 §3.1.2.1). URI parameters stay lenient (liberal in what is accepted
+    where nothing is lost by it)."""
     params: dict[str, str | None] = {}
     if not text:
+        if strict:
+            raise SipParseError("empty parameter")
         return params
     for part in (split_quoted(text, ";") if '"' in text else text.split(";")):
         part = part.strip()
         if not part:
+            if strict:
+                raise SipParseError(f"empty parameter in {text[:80]!r}")
             continue
         eq = part.find("=")
         if eq < 0:
-            params[part.lower()] = None
+            name = part
+            value: str | None = None
         else:
-            name = part[:eq].strip().lower()
+            name = part[:eq].strip()
             if not name:
-                raise SipParseError(f"parameter without a name: {part!r}")
-            params[name] = part[eq + 1 :].strip()
+                raise SipParseError(f"parameter without a name: {part[:80]!r}")
+            value = part[eq + 1 :].strip()
+        if strict and _PARAM_NAME.match(name) is None:
+            raise SipParseError(f"bad parameter name: {name[:80]!r}")
+        params[name.lower()] = value
     return params
 
 
@@ -79,6 +97,8 @@ def split_hostport(text: str) -> tuple[str, int | None]:
         if end < 0:
             raise SipParseError(f"bad IPv6 reference: {text!r}")
         host = text[: end + 1]
+        if _IPV6_REF.match(host) is None:
+            raise SipParseError(f"bad IPv6 reference: {text[:80]!r}")
         rest = text[end + 1 :]
         if not rest:
             return host, None
@@ -92,8 +112,8 @@ def split_hostport(text: str) -> tuple[str, int | None]:
             port_s = ""
         else:
             host, port_s = text[:colon], text[colon + 1 :]
-        if not host or " " in host or "\t" in host:
-            raise SipParseError(f"bad host: {text!r}")
+        if _HOSTNAME.match(host) is None:
+            raise SipParseError(f"bad host: {text[:80]!r}")
         if not port_s:
             if colon >= 0:
                 raise SipParseError(f"empty port: {text!r}")
@@ -337,13 +357,13 @@ class NameAddr:
             tail = text_after[gt + 1 :].strip()
             if tail and not tail.startswith(";"):
                 raise SipParseError(f"junk after <uri>: {text!r}")
-            params = parse_params(tail[1:]) if tail else {}
+            params = parse_params(tail[1:], strict=True) if tail else {}
         else:
             # addr-spec: params after the URI belong to the header, the URI has none (§20.10)
             semi = text_after.find(";")
             if semi >= 0:
                 uri = SipUri.parse(text_after[:semi], strict=False)
-                params = parse_params(text_after[semi + 1 :])
+                params = parse_params(text_after[semi + 1 :], strict=True)
             else:
                 uri = SipUri.parse(text_after, strict=False)
                 params = {}

@@ -66,7 +66,7 @@ def build_app(application: "Application") -> Starlette:
     async def status(request: Request) -> JSONResponse:
         assert stack is not None and application.location is not None
         return JSONResponse({
-            "sip": stack.stats, "transactions": len(stack.layer),
+            "sip": stack.counters, "transactions": len(stack.layer),
             "bindings": await application.location.count(),
             "proxy": application.proxy.stats if application.proxy else {},
             "layer": stack.layer.stats, "limiter": stack.limiter_status(),
