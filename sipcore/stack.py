@@ -33,7 +33,8 @@ from .uri import SipUri, format_host, split_quoted
 
 log = logging.getLogger("callpath.sip")
 
-MAX_WRITE_BUFFER = 1 << 20  # bytes queued to a stream peer that does not read before it is dropped
+MAX_WRITE_BUFFER = 256 * 1024  # bytes queued to a stream peer that does not read before it is dropped
+PARTIAL_MESSAGE_TIMEOUT = 30.0  # seconds a stream connection may hold an incomplete message (slowloris)
 TIMER_SLACK = 0.01  # seconds: SIP timers (T1 = 500 ms) tolerate firing up to 10 ms early
 
 
@@ -134,8 +135,8 @@ class SipStack:
         """Count every message per source before parsing; drop blocked sources (see limiter.py)."""
         self.limiter = limiter if limiter is not None and limiter.enabled else None
         self.kernel_filter = kernel_filter and sockfilter.supported()
-        if self.limiter is not None and self._loop is not None and self._limiter_timer is None:
-            self._limiter_tick()
+        if self._loop is not None and self._limiter_timer is None:
+            self._housekeeping()
 
     def admit(self, ip: str) -> bool:
         """Whether a message (or connection) from `ip` may be processed; counts it in the limiter."""
@@ -148,18 +149,24 @@ class SipStack:
             (self._loop or asyncio.get_event_loop()).call_soon(self._refresh_filter)
         return ok
 
-    def _limiter_tick(self) -> None:
+    def _housekeeping(self) -> None:
         """Once a second: end blocks whose time is up (a source dropped in the kernel never reaches
-        `admit`), and rebuild the kernel filter if the blocked set changed."""
+        `admit`) and rebuild the kernel filter if the blocked set changed; close stream connections that
+        have held an incomplete message for PARTIAL_MESSAGE_TIMEOUT (a slowloris holds buffers)."""
         lim = self.limiter
-        if lim is None:
-            self._limiter_timer = None
-            return
-        lim.expire()
-        if lim._version != lim._seen_version:
-            self._refresh_filter()
+        if lim is not None:
+            lim.expire()
+            if lim._version != lim._seen_version:
+                self._refresh_filter()
+        now = self.clock()
+        for conn in [c for c in self._conns.values() if getattr(c, "partial_since", None) is not None]:
+            if now - conn.partial_since > PARTIAL_MESSAGE_TIMEOUT:  # type: ignore[attr-defined]
+                log.info("closing %s connection from %s: an incomplete message for %.0f s", conn.transport_name,
+                         conn.remote, now - conn.partial_since)  # type: ignore[attr-defined]
+                self.stats["stalled_connections_closed"] = self.stats.get("stalled_connections_closed", 0) + 1
+                conn.close()
         loop = self._loop or asyncio.get_event_loop()
-        self._limiter_timer = loop.call_later(1.0, self._limiter_tick)
+        self._limiter_timer = loop.call_later(1.0, self._housekeeping)
 
     def _refresh_filter(self) -> None:
         self._filter_pending = False
@@ -679,6 +686,7 @@ class StreamConnection(asyncio.Protocol, ConnectionSender):
         self.framer = StreamFramer(stack.max_message_size)
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.partial_since: float | None = None  # since when an incomplete message has been buffered
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -716,6 +724,11 @@ class StreamConnection(asyncio.Protocol, ConnectionSender):
         if self.framer.error is not None:  # junk after the frames above: answered if it can be, then closed
             self.stack.stream_error(self, self.framer.error)
             return
+        if self.framer.buffered:
+            if self.partial_since is None:
+                self.partial_since = stack.clock()
+        else:
+            self.partial_since = None
 
     def send(self, data: bytes) -> None:
         t = self.transport
