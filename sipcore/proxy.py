@@ -183,13 +183,23 @@ class Proxy:
             if uri.user is None and not req.has("route") and self.is_local_domain(uri):
                 return False
             header, status = "proxy-authorization", 407
-        realm = f'realm="{self.auth.realm}"'
-        for v in req.get_all(header):
-            if realm in v or "realm=" not in v:
-                return False  # credentials for us: checked by the usual (async) path
+        if self._our_credentials(req, header) is not None:
+            return False  # credentials for us: checked by the usual (async) path
         self.stats["challenged_stateless"] += 1
         self._challenge(tx, status, self.clock())
         return True
+
+    def _our_credentials(self, req: Request, header: str) -> str | None:
+        """The Digest credentials in `header` meant for our realm (or naming none), if any.
+
+        Another scheme (RFC 4475 regaut01) or another realm is no answer to our challenge: the request
+        is challenged, as RFC 3261 §22.4 asks."""
+        realm = f'realm="{self.auth.realm}"'
+        for v in req.get_all(header):
+            v2 = v.lstrip()
+            if v2[:6].lower() == "digest" and v2[6:7] in (" ", "\t") and (realm in v or "realm=" not in v):
+                return v
+        return None
 
     def _refuse(self, tx: ServerTransaction, why: str) -> None:
         """A stateless 503 with Retry-After: the server is at a cap or overloaded, not the request's fault."""
@@ -367,11 +377,7 @@ class Proxy:
         - anything else (foreign nonce, realm or algorithm not offered): a fresh challenge.
         """
         now = self.clock()
-        value = None
-        for v in req.get_all(header):
-            if f'realm="{self.auth.realm}"' in v or "realm=" not in v:
-                value = v
-                break
+        value = self._our_credentials(req, header)
         if value is None:
             self._challenge(tx, status, now)
             return None
