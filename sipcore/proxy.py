@@ -121,8 +121,16 @@ class Proxy:
         if req.has("proxy-require"):
             tx.reply(420, headers=[("Unsupported", ", ".join(req.get_all("proxy-require")))], stateless=True)
             return
+        routed_here = self._routed_here(req)
         flow_hint = self._pop_own_routes(req)
         to_tag = req.to.tag
+        if to_tag is not None and not routed_here and not self.is_local_domain(req.uri) and not (
+                self.ua is not None and self.ua.handles(req)):
+            # An in-dialog request that did not come along a route set we Record-Routed: not ours to relay
+            # (an unauthenticated way to send anything anywhere). Kamailio's default script answers the same.
+            self.stats["not_relayed"] = self.stats.get("not_relayed", 0) + 1
+            tx.reply(404, "Not Here (in-dialog request not routed through this proxy)", stateless=True)
+            return
         if to_tag is None:
             if self.stack.overloaded:
                 # Shed new work while the loop lags: calls in progress keep their timing, callers retry later.
@@ -228,8 +236,11 @@ class Proxy:
             self.ua.on_ack(req, flow)
             return
         try:
+            routed_here = self._routed_here(req)
             flow_hint = self._pop_own_routes(req)
             target = req.routes[0].uri if req.has("route") else req.uri
+            if not routed_here and not self.is_local_domain(target):
+                return  # not along a route set we Record-Routed: not ours to relay (see on_request)
             if self.is_local_domain(target) and flow_hint is None:
                 return  # an ACK for something we answered ourselves and no longer track
             mf = req.max_forwards
@@ -307,6 +318,13 @@ class Proxy:
         """OPTIONS to the server (phones' keep-alive pings): answered statelessly, it changes nothing."""
         tx.reply(200, headers=[("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "path, outbound, 100rel"),
                                ("Server", self.config.server_header)], stateless=True)
+
+    def _routed_here(self, req: Request) -> bool:
+        """Whether the request's top Route names us (it follows a route set we Record-Routed)."""
+        if not req.has("route"):
+            return False
+        routes = req.routes
+        return bool(routes) and self.stack.is_local(routes[0].uri, self.domains)
 
     def _pop_own_routes(self, req: Request) -> Flow | None:
         """Remove the Route entries that point at us (loose routing, §16.4).

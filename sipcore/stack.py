@@ -96,7 +96,6 @@ class SipStack:
         self.limiter: SourceLimiter | None = None   # per-source flood limiter (set_limiter)
         self.kernel_filter = True                   # drop blocked sources' datagrams in the kernel too
         self.filter_state = {"addresses": 0, "attaches": 0, "errors": 0}
-        self._filter_pending = False
         self._limiter_timer: asyncio.TimerHandle | None = None
         self.max_connections = 0                    # open TCP/TLS/WebSocket connections (0: no cap)
 
@@ -144,9 +143,10 @@ class SipStack:
         if lim is None:
             return True
         ok = lim.allow(ip)
-        if lim._version != lim._seen_version and not self._filter_pending:
-            self._filter_pending = True   # rebuild once per loop iteration, not per datagram
-            (self._loop or asyncio.get_event_loop()).call_soon(self._refresh_filter)
+        if lim._version != lim._seen_version:
+            # A source was just blocked: filter it in the kernel now (one setsockopt, ~10 us), not after
+            # this loop iteration, which may read thousands more of its queued datagrams first.
+            self._refresh_filter()
         return ok
 
     def _housekeeping(self) -> None:
@@ -169,7 +169,6 @@ class SipStack:
         self._limiter_timer = loop.call_later(1.0, self._housekeeping)
 
     def _refresh_filter(self) -> None:
-        self._filter_pending = False
         lim = self.limiter
         if lim is None or not lim.changed():
             return

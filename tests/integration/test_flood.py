@@ -63,22 +63,44 @@ def _status_of(data: bytes) -> int:
     return int(data.split(b" ", 2)[1])
 
 
-def register_once(sock: socket.socket, server, timeout: float = 2.0) -> float:
+def _transact(sock: socket.socket, data: bytes, dest: tuple[str, int], timeout: float) -> bytes:
+    """Send a request and return the first final response, retransmitting as a phone does over UDP
+    (RFC 3261 Timer E: 0.5 s, then doubling): a datagram lost in the first milliseconds of a flood,
+    before the flooder is blocked, costs one retransmission, as it would on a real network."""
+    deadline = time.monotonic() + timeout
+    interval = 0.5
+    while True:
+        sock.sendto(data, dest)
+        resend_at = min(deadline, time.monotonic() + interval)
+        while True:
+            left = resend_at - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
+            try:
+                reply = sock.recv(65535)
+            except socket.timeout:
+                break
+            if _status_of(reply) >= 200:
+                return reply
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no final response within {timeout} s")
+        interval = min(interval * 2, 4.0)
+
+
+def register_once(sock: socket.socket, server, timeout: float = 5.0) -> float:
     """One digest registration (REGISTER, 401, REGISTER with credentials, 200); returns seconds taken."""
     port = sock.getsockname()[1]
     dest = (server.sip_host, server.sip_port)
     call_id = uuid.uuid4().hex
     t0 = time.monotonic()
-    sock.settimeout(timeout)
-    sock.sendto(_request("REGISTER", "alice", port, PHONE, call_id=call_id), dest)
-    first = sock.recv(65535)
+    first = _transact(sock, _request("REGISTER", "alice", port, PHONE, call_id=call_id), dest, timeout)
     assert _status_of(first) == 401, first[:200]
     challenge = next(line for line in first.decode().split("\r\n") if line.lower().startswith("www-authenticate")
                      and "MD5" in line)
     auth = _digest(challenge.split(":", 1)[1].strip(), "REGISTER", "sip:127.0.0.1", "alice", "secret")
-    sock.sendto(_request("REGISTER", "alice", port, PHONE, extra=f"Authorization: {auth}\r\n", call_id=call_id,
-                         cseq=2), dest)
-    second = sock.recv(65535)
+    second = _transact(sock, _request("REGISTER", "alice", port, PHONE, extra=f"Authorization: {auth}\r\n",
+                                      call_id=call_id, cseq=2), dest, timeout)
     assert _status_of(second) == 200, second[:300]
     return time.monotonic() - t0
 
@@ -143,7 +165,8 @@ def test_a_flood_from_one_address_is_blocked_and_a_phone_keeps_registering(serve
     # The flood was answered only until the block: at most the limit (plus what was queued), never 60,000.
     assert len(answers) <= lim["limit"] * 2, len(answers)
     assert all(_status_of(a) in (401, 407, 100) for a in answers), {_status_of(a) for a in answers}
-    # Every registration of the phone succeeded, each within a second.
+    # Every registration of the phone succeeded, each within a second (allowing one retransmission for a
+    # datagram lost in the socket queue during the first milliseconds, before the block).
     assert max(served) < 1.0, served
     # Challenges are stateless: nothing of the flood is left in the transaction layer.
     assert during["layer"]["stateless_replies"] >= len([a for a in answers if _status_of(a) != 100])
@@ -198,7 +221,8 @@ def test_a_blocked_address_is_served_again_after_the_block_time(tmp_path):
         port = sock.getsockname()[1]
         dest = (srv.sip_host, srv.sip_port)
         _flood(sock, dest, [_request("OPTIONS", "x", port, FLOODER) for _ in range(50)], 2000)
-        assert any(b["source"] == FLOODER for b in status(srv)["limiter"]["blocked"])
+        lim = status(srv)["limiter"]
+        assert any(b["source"] == FLOODER for b in lim["blocked"]), lim
         time.sleep(3.5)  # block_time 2 s, released by the once-a-second tick
         _drain(sock)
         sock.setblocking(True)

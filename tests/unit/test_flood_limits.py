@@ -276,3 +276,26 @@ async def test_connections_beyond_the_cap_or_from_a_blocked_source_are_refused()
     for c in conns:
         c.connection_made(FakeTransport(("192.0.2.70", 5)))
     assert [c.transport.aborted for c in conns] == [False, False, True]
+
+
+async def test_in_dialog_requests_are_relayed_only_along_a_route_set_we_record_routed():
+    h = Harness(auth=True)
+    bye = ("BYE sip:victim@198.51.100.9:5060 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKrelay1\n"
+           "From: <sip:a@127.0.0.1>;tag=1\nTo: <sip:victim@198.51.100.9>;tag=2\nCall-ID: relay1\nCSeq: 2 BYE\n"
+           "Max-Forwards: 70\n{route}Content-Length: 0\n\n")
+    (r,) = await h.send(bye.format(route=""))
+    assert status(r) == 404 and b"Not Here" in r
+    (r,) = await h.send(bye.format(route="Route: <sip:198.51.100.7;lr>\n").replace("relay1", "relay2"))
+    assert status(r) == 404  # a pre-loaded foreign route is no route set of ours either
+    h.wire.sent.clear()
+    h.stack.receive(bye.format(route="Route: <sip:127.0.0.1:5060;lr>\n").replace("relay1", "relay3")
+                    .replace("\n", "\r\n").encode(), Flow("udp", ("127.0.0.1", 5070)))
+    await asyncio.sleep(0)
+    assert [a for d, a in h.wire.sent if d.startswith(b"BYE")] == [("198.51.100.9", 5060)]
+    assert h.proxy.stats["not_relayed"] == 2
+    # an ACK that was never routed through us is dropped, not relayed
+    h.wire.sent.clear()
+    ack = bye.format(route="").replace("BYE", "ACK").replace("2 ACK", "1 ACK")
+    h.stack.receive(ack.replace("\n", "\r\n").encode(), Flow("udp", ("127.0.0.1", 5070)))
+    await asyncio.sleep(0)
+    assert h.wire.sent == []
