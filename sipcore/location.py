@@ -10,7 +10,6 @@ Expiry is decided by the service's clock (`clock`, injectable for tests): a bind
 from __future__ import annotations
 
 import abc
-import dataclasses
 import heapq
 import itertools
 import json

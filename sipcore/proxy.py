@@ -7,9 +7,7 @@ responses, CANCEL and ACK are handled synchronously.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -17,11 +15,11 @@ from typing import Any, Callable, Protocol
 from .auth import HA1, AuthReason, DigestAuthenticator, ephemeral_password, parse_credentials, AuthError
 from .errors import SipParseError
 from .location import Binding, LocationService
-from .message import Request, Response, make_response, reason_phrase
+from .message import Request, Response, reason_phrase
 from .registrar import RegistrarPolicy, contact_headers, process_register
 from .stack import SipStack
 from .transaction import ClientTransaction, Flow, ServerTransaction
-from .uri import NameAddr, SipUri
+from .uri import NameAddr, SipUri, is_ip_literal
 
 log = logging.getLogger("callpath.sip.proxy")
 
@@ -56,14 +54,6 @@ class ProxyConfig:
     ephemeral_secret: str = ""
     policy: RegistrarPolicy = field(default_factory=RegistrarPolicy)
     server_header: str = "callpath"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
 
 
 class Proxy:
@@ -352,7 +342,7 @@ class Proxy:
     def _flow_for_uri(self, uri: SipUri) -> Flow | None:
         """Next hop for an IP-literal URI (sync); None when it needs DNS."""
         host = uri.params.get("maddr") or uri.host
-        if not _is_ip(host):
+        if not is_ip_literal(host):
             return None
         transport = uri.transport
         port = uri.port or (5061 if transport == "tls" else 5060)

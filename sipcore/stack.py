@@ -7,8 +7,6 @@ to the transports after each input; one loop timer tracks the layer's earliest t
 from __future__ import annotations
 
 import asyncio
-import functools
-import ipaddress
 import itertools
 import logging
 import re
@@ -29,7 +27,7 @@ from .transaction import (
     AckReceived, Flow, RequestReceived, ResponseReceived, StrayResponse, TransactionLayer,
     TransactionTerminated, TransactionTimeout, TransportFailure,
 )
-from .uri import SipUri, format_host, split_quoted
+from .uri import SipUri, format_host, is_ip_literal, split_quoted
 
 log = logging.getLogger("callpath.sip")
 
@@ -408,7 +406,7 @@ class SipStack:
             self._trace(data, flow, inbound=False)
         t = flow.transport
         if t == "udp":
-            if self._udp is None or not _is_ip_literal(flow.remote[0]):
+            if self._udp is None or not is_ip_literal(flow.remote[0]):
                 # never a name: sendto() would resolve it with a blocking DNS query inside the loop
                 self.stats["send_errors"] += 1
                 return
@@ -631,16 +629,6 @@ def _log_call_id(msg: Any) -> str | None:
     if value is None:
         return None
     return value.strip()[:100].encode("ascii", "backslashreplace").decode("ascii")
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_ip_literal(host: str) -> bool:
-    """Whether `host` is an IPv4/IPv6 address (cached: a server talks to few peers)."""
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

@@ -10,11 +10,11 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 from .errors import SipParseError
-from .headers import MAGIC_COOKIE, Via
+from .headers import MAGIC_COOKIE
 from .uri import is_digits
 from .message import Request, Response, make_response, new_branch
 

@@ -5,6 +5,9 @@ exactly what it got; comparison helpers apply the RFC's equivalence rules where 
 """
 from __future__ import annotations
 
+import functools
+import ipaddress
+
 from typing import Iterator
 
 from .errors import SipParseError
@@ -137,6 +140,17 @@ def format_host(host: str) -> str:
     if ":" in host and not host.startswith("["):
         return f"[{host}]"
     return host
+
+
+@functools.lru_cache(maxsize=4096)
+def is_ip_literal(host: str) -> bool:
+    """Whether `host` is an IPv4/IPv6 address, brackets allowed (cached: a server talks to few peers, and
+    ipaddress.ip_address costs ~2 us)."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
 
 
 def is_digits(text: str) -> bool:
