@@ -399,12 +399,15 @@ class PhoneProcess:
 class FloodCallpath(sb.CallpathServer):
     """callpath on its defaults (MD5 and SHA-256 challenges, log level info) with auth on and /api/v1/status."""
 
-    def __init__(self, workdir: Path, data_dir: Path, log_level: str, limiter: bool) -> None:
+    def __init__(self, workdir: Path, data_dir: Path, log_level: str, limiter: bool,
+                 kernel_filter: bool = True) -> None:
         # limiter=True writes no [limits] section: the flood limiter as the code has it by default (commits
         # before it existed do not know that section); False turns it off ([limits] source_limit = 0)
         super().__init__(workdir, data_dir, auth=True, log_level=log_level, web=True, limiter=limiter)
         text = "\n".join(line for line in self.config.read_text().splitlines()
                          if not line.startswith("auth_algorithms"))
+        if limiter and not kernel_filter:  # the limiter drops blocked sources in user space only
+            text += "\n[limits]\nkernel_filter = false"
         self.config.write_text(text + "\n")
 
 
@@ -681,7 +684,8 @@ def run_case(flood: str, kind: str, args: argparse.Namespace, root: Path, data_d
     case.workdir = str(work)
     server: sb.Server
     if kind == "callpath":
-        server = FloodCallpath(work, data_dir, args.callpath_log_level, not args.no_limiter)
+        server = FloodCallpath(work, data_dir, args.callpath_log_level, not args.no_limiter,
+                               kernel_filter=not args.no_kernel_filter)
     else:
         server = FloodKamailio(work, sb.users(1), args.kamailio_workers, args.kamailio_shm)
     handle = ServerHandle(server)
@@ -995,6 +999,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--callpath-log-level", default="info", help="callpath's [server] log_level (its default: info)")
     ap.add_argument("--no-limiter", action="store_true",
                     help="callpath with its per-source flood limiter off ([limits] source_limit = 0)")
+    ap.add_argument("--no-kernel-filter", action="store_true",
+                    help="callpath's limiter drops blocked sources in user space only ([limits] kernel_filter = false)")
     ap.add_argument("--kamailio-workers", type=int, default=2)
     ap.add_argument("--kamailio-shm", type=int, default=64, help="Kamailio shared memory, MB")
     ap.add_argument("--snapshot", metavar="REV", help="run callpath from a copy of this commit, not the work tree")
