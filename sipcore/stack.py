@@ -31,7 +31,9 @@ from .uri import SipUri, format_host, is_ip_literal, split_quoted
 
 log = logging.getLogger("callpath.sip")
 
-MAX_WRITE_BUFFER = 256 * 1024  # bytes queued to a stream peer that does not read before it is dropped
+# Bytes queued in user space to a stream peer that does not read before it is dropped (the kernel's socket
+# buffer holds more before this fills: a slow but live phone or browser never gets near it).
+MAX_WRITE_BUFFER = 64 * 1024
 PARTIAL_MESSAGE_TIMEOUT = 30.0  # seconds a stream connection may hold an incomplete message (slowloris)
 TIMER_SLACK = 0.01  # seconds: SIP timers (T1 = 500 ms) tolerate firing up to 10 ms early
 
