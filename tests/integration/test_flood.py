@@ -237,3 +237,23 @@ def test_a_blocked_address_is_served_again_after_the_block_time(tmp_path):
         assert status(srv)["limiter"]["blocked_now"] == 0
     finally:
         srv.stop()
+
+
+def test_an_office_nat_of_300_phones_rebooting_at_once_is_not_blocked(tmp_path):
+    """300 phones behind one address all register with digest auth within ~2 s (a power cut ends), on the
+    default limits: 600 requests, the limiter counts them and blocks no one, every registration succeeds."""
+    from sipp_harness import free_udp_port, run_sipp
+
+    users = [(f"phone{i}", "secret") for i in range(1, 301)]
+    srv = start_callpath(tmp_path, users=users)
+    try:
+        port = free_udp_port()
+        result = run_sipp("register_loop.xml", srv.target, local_port=port, users_csv=users, rate=150,
+                          calls=300, timeout=30, keys=srv.sipp_keys(contact_port=port), trace_messages=False)
+        result.check(calls=300)
+        st = status(srv)
+        lim = st["limiter"]
+        assert lim["blocks"] == 0 and lim["messages"] >= 600, lim
+        assert st["bindings"] == 300
+    finally:
+        srv.stop()
