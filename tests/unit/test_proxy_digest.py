@@ -7,21 +7,16 @@ import asyncio
 import hashlib
 import itertools
 
-from sipcore.auth import DigestAuthenticator, compute_ha1
+from sipcore.auth import DigestAuthenticator
 from sipcore.location import Binding, MemoryLocation
 from sipcore.proxy import Proxy, ProxyConfig
 from sipcore.stack import Listener, SipStack
 from sipcore.transaction import Flow
 
+from test_proxy_core import Account  # the same realm (127.0.0.1) and passwords
+
 REALM = "127.0.0.1"
 _branch = itertools.count()
-
-
-class Account:
-    def __init__(self, name: str, ext: str | None = None, password: str = "secret") -> None:
-        self.username, self.extension, self.enabled = name, ext, True
-        self.ha1_md5 = compute_ha1(name, REALM, password, "MD5")
-        self.ha1_sha256 = compute_ha1(name, REALM, password, "SHA-256")
 
 
 class Users:
