@@ -2,7 +2,7 @@
  * sipcore._scan -- C accelerator for the header-scanning step of sipcore.message.parse_message.
  *
  * The pure-Python reference is sipcore/message.py: `_split_head`, the line splitting in
- * `parse_message`, and `_scan_headers`.  This module must give exactly the same results (same start
+ * `parse_message`, `_scan_headers` and `_check_headers_py`.  This module must give exactly the same results (same start
  * line, same [key, name, value] lists, same body) and raise SipParseError with the same reason and
  * status for the same malformed input; tests/unit/test_scan_c.py checks it differentially.
  *
@@ -18,6 +18,10 @@
  *       Both steps in one call.  parse_message itself calls split() and scan_headers() separately
  *       because it validates the start line in between (a bad start line must win over a bad header,
  *       and must not populate the key cache).
+ *   check_headers(headers, bits, single, lists) -> int
+ *       `message._check_headers_py`: validate()'s walk over a message's [key, name, value] list
+ *       (UTF-8 values, headers present at most once, no empty list element), the same flags word or
+ *       the same SipParseError.
  *
  * Line rules (equivalent to parse_message's): every "\n" ends a line and one "\r" immediately before
  * it is dropped; a lone "\r" elsewhere stays in the line; the text after the last "\n" is the last
@@ -558,7 +562,178 @@ scan_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return tuple3(start, headers, body);
 }
 
+/* Whether a str holds a surrogate code point (what surrogateescape made of bytes that are not UTF-8:
+ * value.encode("utf-8") fails exactly then). */
+static int
+has_surrogate(PyObject *s)
+{
+    Py_ssize_t i, n = PyUnicode_GET_LENGTH(s);
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    if (PyUnicode_IS_ASCII(s) || kind == PyUnicode_1BYTE_KIND) {
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c >= 0xD800 && c <= 0xDFFF) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Raise SipParseError(fmt % name), fmt having one %S. */
+static void
+raise_named(scan_state *st, const char *fmt, PyObject *name)
+{
+    raise_parse_error(st, PyUnicode_FromFormat(fmt, name));
+}
+
+/* Whether s[a:b].strip() is empty. */
+static int
+blank(int kind, const void *data, Py_ssize_t a, Py_ssize_t b)
+{
+    for (; a < b; a++) {
+        if (!Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, a))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* `any(not p.strip() for p in split_quoted(value, ","))` for a value holding a comma: 1 when an element
+ * is empty, 0 when none is, -1 with SipParseError("unbalanced quotes") set (split_quoted raises before
+ * yielding its last element). */
+static int
+empty_element(scan_state *st, PyObject *value)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(value), i, start = 0;
+    int kind = PyUnicode_KIND(value);
+    const void *data = PyUnicode_DATA(value);
+    int in_q = 0, in_a = 0;
+    for (i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (in_q) {
+            if (c == '\\') {
+                i++;
+            }
+            else if (c == '"') {
+                in_q = 0;
+            }
+        }
+        else if (c == '"') {
+            in_q = 1;
+        }
+        else if (c == '<') {
+            in_a = 1;
+        }
+        else if (c == '>') {
+            in_a = 0;
+        }
+        else if (c == ',' && !in_a) {
+            if (blank(kind, data, start, i)) {
+                return 1;
+            }
+            start = i + 1;
+        }
+    }
+    if (in_q) {
+        raise_parse_error(st, PyUnicode_FromString("unbalanced quotes"));
+        return -1;
+    }
+    return blank(kind, data, start < n ? start : n, n);
+}
+
+PyDoc_STRVAR(check_headers_doc,
+"check_headers(headers: list[list[str]], bits: dict[str, int]) -> int\n\n"
+"message._check_headers(headers, bits): validate()'s walk over the header list.");
+
+static PyObject *
+scan_check_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    scan_state *st = get_state(module);
+    PyObject *headers, *bits;
+    Py_ssize_t i, n;
+    long seen = 0, single, list_bits;
+    int via_list = 0;
+
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "check_headers() takes exactly four arguments");
+        return NULL;
+    }
+    headers = args[0];
+    bits = args[1];
+    if (!PyList_Check(headers) || !PyDict_Check(bits)) {
+        PyErr_SetString(PyExc_TypeError, "check_headers() needs a list and a dict");
+        return NULL;
+    }
+    single = PyLong_AsLong(args[2]);
+    list_bits = PyLong_AsLong(args[3]);
+    if ((single == -1 || list_bits == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    n = PyList_GET_SIZE(headers);
+    for (i = 0; i < n; i++) {
+        PyObject *h = PyList_GET_ITEM(headers, i), *key, *name, *value, *bitobj;
+        long bit;
+        if (!PyList_Check(h) || PyList_GET_SIZE(h) < 3) {
+            PyErr_SetString(PyExc_TypeError, "check_headers(): a header must be a [key, name, value] list");
+            return NULL;
+        }
+        key = PyList_GET_ITEM(h, 0);
+        name = PyList_GET_ITEM(h, 1);
+        value = PyList_GET_ITEM(h, 2);
+        if (!PyUnicode_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "check_headers(): a header value must be a str");
+            return NULL;
+        }
+        if (has_surrogate(value)) {
+            raise_named(st, "%S header is not valid UTF-8", name);
+            return NULL;
+        }
+        bitobj = PyDict_GetItemWithError(bits, key); /* borrowed */
+        if (bitobj == NULL) {
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            continue;
+        }
+        bit = PyLong_AsLong(bitobj);
+        if (bit == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (bit & seen) {
+            if (bit & single) {
+                raise_named(st, "more than one %S header", name);
+                return NULL;
+            }
+            via_list = via_list || bit == 32;
+        }
+        seen |= bit;
+        if (bit & list_bits) {
+            if (PyUnicode_FindChar(value, ',', 0, PyUnicode_GET_LENGTH(value), 1) >= 0) {
+                int e;
+                via_list = via_list || bit == 32;
+                e = empty_element(st, value);
+                if (e < 0) {
+                    return NULL;
+                }
+                if (e) {
+                    raise_named(st, "empty %S value", name);
+                    return NULL;
+                }
+            }
+            else if (PyUnicode_GET_LENGTH(value) == 0) {
+                raise_named(st, "empty %S value", name);
+                return NULL;
+            }
+        }
+    }
+    return PyLong_FromLong(seen | (via_list ? 256 : 0));
+}
+
 static PyMethodDef scan_methods[] = {
+    {"check_headers", (PyCFunction)(void (*)(void))scan_check_headers, METH_FASTCALL, check_headers_doc},
     {"split", (PyCFunction)(void (*)(void))scan_split, METH_FASTCALL, split_doc},
     {"scan_headers", (PyCFunction)(void (*)(void))scan_scan_headers, METH_FASTCALL, scan_headers_doc},
     {"scan", (PyCFunction)(void (*)(void))scan_scan, METH_FASTCALL, scan_doc},

@@ -4,10 +4,15 @@ from __future__ import annotations
 import re
 
 from .errors import SipParseError
-from .uri import is_digits, format_host, format_params, parse_params, split_hostport
+from .uri import _CACHE_MAX, _CACHE_TEXT_MAX, is_digits, format_host, format_params, parse_params, split_hostport
 
 MAGIC_COOKIE = "z9hG4bK"
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_VIA_CACHE: dict[str, tuple] = {}
+# Common tokens, accepted without the regular expression (anything else goes through _TOKEN).
+_TRANSPORTS = frozenset({"UDP", "TCP", "TLS", "SCTP", "WS", "WSS", "udp", "tcp", "tls", "sctp", "ws", "wss"})
+_METHODS = frozenset({"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO", "MESSAGE",
+                      "REFER", "NOTIFY", "SUBSCRIBE", "PUBLISH"})
 
 
 class Via:
@@ -22,24 +27,47 @@ class Via:
         self.params = params if params is not None else {}
 
     @classmethod
+    def parse_cached(cls, text: str) -> "Via":
+        """Via.parse through a cache by text, for Vias that repeat: the responses of a transaction carry the
+        same top Via (ours); a request's top Via has a new branch each time and is not worth caching. Each
+        call returns a new Via with its own params dict (the stack may change received/rport)."""
+        hit = _VIA_CACHE.get(text)
+        if hit is None:
+            via = cls.parse(text)
+            if len(text) <= _CACHE_TEXT_MAX:
+                if len(_VIA_CACHE) >= _CACHE_MAX:
+                    _VIA_CACHE.clear()
+                _VIA_CACHE[text] = (via.transport, via.host, via.port, dict(via.params))
+            return via
+        via = cls.__new__(cls)
+        via.transport, via.host, via.port, params = hit
+        via.params = dict(params)
+        return via
+
+    @classmethod
     def parse(cls, text: str) -> "Via":
         """Parse one Via value (already split from a comma list)."""
         text = text.strip()
-        slash1 = text.find("/")
-        slash2 = text.find("/", slash1 + 1)
-        if slash1 < 0 or slash2 < 0:
-            raise SipParseError(f"bad Via: {text!r}")
-        proto = text[:slash1].strip()
-        version = text[slash1 + 1 : slash2].strip()
-        if proto.upper() != "SIP" or version != "2.0":
-            raise SipParseError(f"bad Via protocol: {text!r}")
+        if text.startswith("SIP/2.0/"):  # the usual spelling: what the general checks below would accept
+            slash2 = 7
+        else:
+            slash1 = text.find("/")
+            slash2 = text.find("/", slash1 + 1)
+            if slash1 < 0 or slash2 < 0:
+                raise SipParseError(f"bad Via: {text!r}")
+            proto = text[:slash1].strip()
+            version = text[slash1 + 1 : slash2].strip()
+            if proto.upper() != "SIP" or version != "2.0":
+                raise SipParseError(f"bad Via protocol: {text!r}")
         rest = text[slash2 + 1 :].lstrip()
-        i = 0
-        n = len(rest)
-        while i < n and rest[i] not in " \t":
-            i += 1
+        i = rest.find(" ")  # the transport ends at the first space or tab
+        if i < 0:
+            i = len(rest)
+        tab = rest.find("\t", 0, i)
+        if tab >= 0:
+            i = tab
         transport = rest[:i]
-        if not transport or _TOKEN.match(transport) is None:
+        if transport not in _TRANSPORTS and (not transport or _TOKEN.match(transport) is None):
             raise SipParseError(f"bad Via transport: {text[:80]!r}")
         sent_by = rest[i:].strip()
         semi = sent_by.find(";")
@@ -52,7 +80,8 @@ class Via:
             params = {}
         if not sent_by:
             raise SipParseError(f"Via without sent-by: {text[:80]!r}")
-        sent_by = sent_by.replace(" ", "").replace("\t", "")
+        if " " in sent_by or "\t" in sent_by:
+            sent_by = sent_by.replace(" ", "").replace("\t", "")
         host, port = split_hostport(sent_by)
         return cls(transport, host, port, params)
 
@@ -119,7 +148,8 @@ class CSeq:
     def parse(cls, text: str) -> "CSeq":
         """Parse `314159 INVITE`; the number must fit in 32 bits (RFC 3261 §8.1.1.5)."""
         parts = text.split()
-        if len(parts) != 2 or not is_digits(parts[0]) or _TOKEN.match(parts[1]) is None:
+        if len(parts) != 2 or not is_digits(parts[0]) or (parts[1] not in _METHODS
+                                                            and _TOKEN.match(parts[1]) is None):
             raise SipParseError(f"bad CSeq: {text[:80]!r}")
         number = parts[0]
         if len(number) > 10 or int(number) >= 2**32:  # the length first: int() of 5,000 digits raises ValueError

@@ -255,7 +255,7 @@ class SipMessage:
             v = self._required("via")
             if "," in v:
                 v = next(iter(split_quoted(v, ",")))
-            c = self._cache["topvia"] = Via.parse(v)
+            c = self._cache["topvia"] = Via.parse(v) if self.__class__ is Request else Via.parse_cached(v)
         return c  # type: ignore[return-value]
 
     @property
@@ -351,12 +351,9 @@ class SipMessage:
 
     def to_bytes(self) -> bytes:
         """Serialise with CRLF line ends and a Content-Length matching the body."""
-        parts = [self.start_line()]
-        for key, name, value in self.headers:
-            if key != "content-length":
-                parts.append(f"{name}: {value}")
+        parts = [f"{h[1]}: {h[2]}" for h in self.headers if h[0] != "content-length"]
         parts.append(f"Content-Length: {len(self.body)}\r\n\r\n")
-        return "\r\n".join(parts).encode("utf-8", "surrogateescape") + self.body
+        return (self.start_line() + "\r\n" + "\r\n".join(parts)).encode("utf-8", "surrogateescape") + self.body
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
@@ -461,6 +458,48 @@ def _scan_headers(lines: list[str]) -> list[list[str]]:
     return out
 
 
+def _bad_utf8(value: str) -> bool:
+    """Whether a header value decoded with surrogateescape held bytes that are not UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_VIA_LIST = 256  # in _check_headers' result: more than one Via value (a comma, or several Via lines)
+
+
+def _check_headers_py(headers: list[list[str]], bits: dict[str, int], single: int, lists: int) -> int:
+    """validate()'s walk over the header list (the reference for the C `_scan.check_headers`).
+
+    Per header, in order: the value is UTF-8; a header of `single` at most once; no empty element in a list
+    header of `lists`. Returns the bits of the `bits` headers present, | _VIA_LIST when there is more than one
+    Via value (no allocation per message)."""
+    seen = 0
+    via_list = False
+    for h in headers:
+        value = h[2]
+        if not value.isascii() and _bad_utf8(value):
+            raise SipParseError(f"{h[1]} header is not valid UTF-8")
+        bit = bits.get(h[0])
+        if bit is None:
+            continue
+        if bit & seen:
+            if bit & single:
+                raise SipParseError(f"more than one {h[1]} header")
+            via_list = via_list or bit == 32
+        seen |= bit
+        if bit & lists:
+            if "," in value:
+                via_list = via_list or bit == 32
+                if any(not p.strip() for p in split_quoted(value, ",")):
+                    raise SipParseError(f"empty {h[1]} value")
+            elif not value:
+                raise SipParseError(f"empty {h[1]} value")
+    return seen | _VIA_LIST if via_list else seen
+
+
 # -- header scanning: C fast path (sipcore/_scan.c) or the pure-Python reference above ------------
 # The C scanner is used when the extension was built and CALLPATH_PURE_PYTHON is unset (or "0");
 # _split_head/_scan_headers stay the reference the tests compare it with, and the fallback.
@@ -471,18 +510,21 @@ except ImportError:  # not built (no compiler at install time)
 
 _c_split = None
 _c_scan_headers = None
+_check_headers = None  # validate()'s header walk: _scan.check_headers or _check_headers_py
 SCANNER = "python"  # which scanner parse_message uses: "c" or "python"
 
 
 def use_scanner(kind: str) -> None:
-    """Select parse_message's header scanner: "c" (needs the built extension) or "python"."""
-    global _c_split, _c_scan_headers, SCANNER
+    """Select parse_message's header scanner (and validate()'s header walk): "c" (needs the built extension)
+    or "python"."""
+    global _c_split, _c_scan_headers, _check_headers, SCANNER
     if kind == "c":
         if _c_scan is None:
             raise ValueError("the C scanner sipcore._scan is not built")
-        _c_split, _c_scan_headers = _c_scan.split, _c_scan.scan_headers
+        _c_split, _c_scan_headers, _check_headers = _c_scan.split, _c_scan.scan_headers, _c_scan.check_headers
     elif kind == "python":
         _c_split = _c_scan_headers = None
+        _check_headers = _check_headers_py
     else:
         raise ValueError(f"unknown scanner {kind!r}")
     SCANNER = kind
@@ -511,7 +553,7 @@ def _request_line(start: str, salvage: bool = False) -> tuple[str, str, str]:
                 raise SipParseError(f"whitespace in the Request-URI: {start[:80]!r}")
             parts = [parts[0], " ".join(parts[1:-1]), parts[-1]]
     method, uri, version = parts
-    if not _TOKEN_RE.match(method):
+    if method not in KNOWN_METHODS and not _TOKEN_RE.match(method):
         raise SipParseError(f"bad method: {method[:40]!r}")
     if not version.upper().startswith("SIP/"):
         raise SipParseError(f"bad SIP version: {start[:80]!r}")
@@ -599,20 +641,29 @@ def _parse(data: bytes) -> Message:
         status = int(parts[1])
         if status < 100 or status > 699:
             raise SipParseError(f"status code out of range: {start!r}")
-        msg = Response(status, parts[2] if len(parts) > 2 else "", version=parts[0])
+        # Response(status, reason, version=...) without the constructor calls (per message)
+        msg = Response.__new__(Response)
+        msg.status = status
+        msg.reason = parts[2] if len(parts) > 2 else ""
+        msg.version = parts[0]
     else:
         method, uri, version = _request_line(start)
-        msg = Request(method, uri, version=version)
+        msg = Request.__new__(Request)  # Request(method, uri, version=version), likewise
+        msg.method = method
+        msg.raw_uri = uri
+        msg._uri = None
+        msg.version = version
+    msg._cache = {}
     if lines is None:
-        msg.headers = _c_scan_headers(head, _KEY_CACHE, header_key)  # type: ignore[misc]
+        headers = msg.headers = _c_scan_headers(head, _KEY_CACHE, header_key)  # type: ignore[misc]
     else:
-        msg.headers = _scan_headers(lines)
-    cl = msg.get("content-length")
-    if cl is not None:
-        if len({h[2].strip() for h in msg.headers if h[0] == "content-length"}) > 1:
+        headers = msg.headers = _scan_headers(lines)
+    cls = [h[2] for h in headers if h[0] == "content-length"]
+    if cls:
+        if len(cls) > 1 and len({v.strip() for v in cls}) > 1:
             raise SipParseError("conflicting Content-Length headers", message=msg)
-        cl = cl.strip()
-        if not is_digits(cl) or len(cl) > 10:
+        cl = cls[0].strip()
+        if not (cl.isascii() and cl.isdigit()) or len(cl) > 10:
             raise SipParseError(f"bad Content-Length: {cl[:40]!r}", message=msg)
         n = int(cl)
         if n > len(body):
@@ -622,15 +673,6 @@ def _parse(data: bytes) -> Message:
             body = body[:n]
     msg.body = body
     return msg
-
-
-def _bad_utf8(value: str) -> bool:
-    """Whether a header value decoded with surrogateescape held bytes that are not UTF-8."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def validate(msg: Message) -> None:
@@ -659,30 +701,9 @@ def validate(msg: Message) -> None:
     """
     if msg.version != "SIP/2.0":
         raise SipParseError(f"SIP version {msg.version[:20]} is not supported", status=505)
-    seen = 0          # bits of _BITS: which of the checked headers are present (no allocation per message)
-    via_list = False  # more than one Via value (a comma, or several Via lines)
-    bits = _BITS
-    for h in msg.headers:
-        value = h[2]
-        if not value.isascii() and _bad_utf8(value):
-            raise SipParseError(f"{h[1]} header is not valid UTF-8")
-        bit = bits.get(h[0])
-        if bit is None:
-            continue
-        if bit & seen:
-            if bit & _SINGLE_BITS:
-                raise SipParseError(f"more than one {h[1]} header")
-            via_list = via_list or bit == 32
-        seen |= bit
-        if bit & _LIST_BITS:
-            if "," in value:
-                via_list = via_list or bit == 32
-                if any(not p.strip() for p in split_quoted(value, ",")):
-                    raise SipParseError(f"empty {h[1]} value")
-            elif not value:
-                raise SipParseError(f"empty {h[1]} value")
+    seen = _check_headers(msg.headers, _BITS, _SINGLE_BITS, _LIST_BITS)  # type: ignore[misc]
     if seen & _MANDATORY_BITS != _MANDATORY_BITS:
-        missing = [CANONICAL[k] for k in MANDATORY if not seen & bits[k]]
+        missing = [CANONICAL[k] for k in MANDATORY if not seen & _BITS[k]]
         names = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
         raise SipParseError(f"missing {names} header{'s' if len(missing) > 1 else ''}")
     if msg.__class__ is not Request:
@@ -695,7 +716,7 @@ def validate(msg: Message) -> None:
     req: Request = msg  # type: ignore[assignment]
     if req._uri is None and not req.raw_uri.isascii():
         raise SipParseError("Request-URI is not ASCII")
-    if via_list:
+    if seen & _VIA_LIST:
         req.vias
     else:
         req.top_via  # one Via (a request from a UA): no list to build

@@ -19,8 +19,21 @@ _DISPLAY_TOKENS = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~ \t]+$")  # an unquoted dis
 _PARAM_NAME = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")  # a parameter name is a token (RFC 3261 §25.1)
 # RFC 3261 hostname (alphanumerics, '-', '.'; '_' tolerated as many resolvers do) or IPv4; nothing a
 # resolver or a socket call could choke on (NUL, spaces, non-ASCII) gets through.
+# Common parameter names, accepted without the regular expression.
+_PARAM_NAMES = frozenset({"branch", "rport", "received", "maddr", "ttl", "tag", "lr", "transport", "expires", "q",
+                          "user", "method", "ob", "reg-id", "+sip.instance", "alias", "keep", "cpflow"})
 _HOSTNAME = re.compile(r"[A-Za-z0-9_\-.]+\Z")
 _IPV6_REF = re.compile(r"\[[0-9A-Fa-f:.]+\]\Z")
+
+# Parse caches for values that repeat (a server talks to few peers: the same host:port, Route, To, Request-URI
+# and its own Via in every response of a transaction). Only successful parses of short texts are kept, each
+# cache is cleared when it reaches _CACHE_MAX entries (bounded under a flood of unique values), and what
+# a cache hands out is immutable (tuples, SipUri by contract) or a fresh copy (NameAddr, Via: see there).
+_CACHE_MAX = 512
+_CACHE_TEXT_MAX = 200
+_HOSTPORT_CACHE: dict[str, tuple[str, int | None]] = {}
+_URI_CACHE: dict[str, "SipUri"] = {}
+_NAME_ADDR_CACHE: dict[str, tuple] = {}
 
 
 def split_quoted(text: str, sep: str) -> Iterator[str]:
@@ -82,7 +95,7 @@ def parse_params(text: str, strict: bool = False) -> dict[str, str | None]:
             if not name:
                 raise SipParseError(f"parameter without a name: {part[:80]!r}")
             value = part[eq + 1 :].strip()
-        if strict and _PARAM_NAME.match(name) is None:
+        if strict and name not in _PARAM_NAMES and _PARAM_NAME.match(name) is None:
             raise SipParseError(f"bad parameter name: {name[:80]!r}")
         params[name.lower()] = value
     return params
@@ -94,7 +107,19 @@ def format_params(params: dict[str, str | None]) -> str:
 
 
 def split_hostport(text: str) -> tuple[str, int | None]:
-    """Split 'host', 'host:port', '[v6]' or '[v6]:port'; the IPv6 brackets are kept on the host."""
+    """Split 'host', 'host:port', '[v6]' or '[v6]:port'; the IPv6 brackets are kept on the host (cached)."""
+    hp = _HOSTPORT_CACHE.get(text)
+    if hp is None:
+        hp = _split_hostport(text)
+        if len(text) <= _CACHE_TEXT_MAX:
+            if len(_HOSTPORT_CACHE) >= _CACHE_MAX:
+                _HOSTPORT_CACHE.clear()
+            _HOSTPORT_CACHE[text] = hp
+    return hp
+
+
+def _split_hostport(text: str) -> tuple[str, int | None]:
+    """split_hostport without the cache (the reference)."""
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
@@ -189,7 +214,21 @@ class SipUri:
 
     @classmethod
     def parse(cls, text: str, strict: bool = True) -> "SipUri":
-        """Parse a URI; SipParseError (416) for schemes other than sip/sips/tel unless strict=False."""
+        """Parse a URI; SipParseError (416) for schemes other than sip/sips/tel unless strict=False.
+
+        sip/sips/tel URIs are cached by their text and shared: treat them as immutable (`copy()` first)."""
+        uri = _URI_CACHE.get(text)
+        if uri is None:
+            uri = cls._parse(text, strict)
+            if uri.opaque is None and len(text) <= _CACHE_TEXT_MAX:  # the result does not depend on strict
+                if len(_URI_CACHE) >= _CACHE_MAX:
+                    _URI_CACHE.clear()
+                _URI_CACHE[text] = uri
+        return uri
+
+    @classmethod
+    def _parse(cls, text: str, strict: bool = True) -> "SipUri":
+        """SipUri.parse without the cache (the reference)."""
         text = text.strip()
         colon = text.find(":")
         if colon <= 0:
@@ -340,7 +379,26 @@ class NameAddr:
 
     @classmethod
     def parse(cls, text: str) -> "NameAddr":
-        """Parse name-addr or addr-spec with header params; raises SipParseError."""
+        """Parse name-addr or addr-spec with header params; raises SipParseError.
+
+        Cached by text: each call returns a new NameAddr (its own params dict) sharing the immutable SipUri."""
+        hit = _NAME_ADDR_CACHE.get(text)
+        if hit is None:
+            na = cls._parse(text)
+            if len(text) <= _CACHE_TEXT_MAX:
+                if len(_NAME_ADDR_CACHE) >= _CACHE_MAX:
+                    _NAME_ADDR_CACHE.clear()
+                _NAME_ADDR_CACHE[text] = (na.uri, na.display, dict(na.params))
+            return na
+        na = cls.__new__(cls)
+        na.uri, na.display, params = hit
+        na.params = dict(params)
+        na._raw = None
+        return na
+
+    @classmethod
+    def _parse(cls, text: str) -> "NameAddr":
+        """NameAddr.parse without the cache (the reference)."""
         text = text.strip()
         if not text:
             raise SipParseError("empty address")

@@ -455,3 +455,125 @@ def test_scanner_selection_by_environment(env: dict[str, str], expected: str) ->
     out = subprocess.run([sys.executable, "-c", "from sipcore import message; print(message.SCANNER)"],
                          env=environ, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+# --------------------------------------------------------------------------------------------------
+# validate()'s header walk: _scan.check_headers against message._check_headers_py
+# --------------------------------------------------------------------------------------------------
+
+CHECK_ARGS = (M._BITS, M._SINGLE_BITS, M._LIST_BITS)
+LIST_VALUES = [  # values for Via/Contact/Route: commas inside and outside quotes and <>, escapes, blanks
+    "a", "", " ", "a,b", "a,", ",a", "a, ,b", "a,\t,b", '"x,y" <sip:a>', '"x,y', '"x\\",y" <sip:a>, b',
+    "<sip:a,b>", "<sip:a,b", "<sip:a>, <sip:b>", "a,\xa0", '"a\\', '"a\\"', "a,\udcff", "\u3000,a",
+    '<sip:a>;p="1,2", <sip:b>', "a,>,b", '"a" , "b"', "x\\,y", ",", " , ",
+]
+
+
+def check_outcome(fn: Callable[..., int], headers: list[list[str]]) -> tuple:
+    try:
+        return ("ok", fn(headers, *CHECK_ARGS))
+    except SipParseError as e:
+        return ("error", type(e), e.reason, e.status, e.args)
+
+
+def same_check(headers: list[list[str]]) -> None:
+    rc = check_outcome(_scan.check_headers, headers)
+    rp = check_outcome(M._check_headers_py, headers)
+    assert rc == rp, f"C and Python differ on {headers!r}:\n  C:  {rc!r}\n  Py: {rp!r}"
+
+
+def test_check_headers_matches_reference_on_messages() -> None:
+    """Every parsed message of the corpus, the fixtures and 6,000 mutations of them."""
+    M.use_scanner("python")
+    count = 0
+    for data in BASE + mutations(6000, 4242):
+        try:
+            msg = M.parse_message(data)
+        except SipParseError:
+            continue
+        same_check(msg.headers)
+        count += 1
+    assert count > 2000
+
+
+def test_check_headers_matches_reference_on_list_values() -> None:
+    rng = random.Random(11)
+    names = ["via", "contact", "route", "call-id", "from", "to", "cseq", "max-forwards", "subject", "record-route"]
+    for key in names:
+        for v in LIST_VALUES:
+            same_check([[key, key.title(), v]])
+            same_check([[key, key.upper(), v], [key, "x", "y"]])
+    for _ in range(5000):  # random header lists: duplicates, blanks, surrogates, every ordering
+        headers = []
+        for _ in range(rng.randint(0, 8)):
+            key = rng.choice(names)
+            value = rng.choice(LIST_VALUES) + rng.choice(["", ",", " ", '"', "<", ">", "\\", "\udc80", "é", "中"])
+            headers.append([key, rng.choice([key, key.upper(), "N\udcff"]), value])
+        same_check(headers)
+
+
+def test_check_headers_bits_and_errors() -> None:
+    hs = [["via", "Via", "a"], ["via", "v", "b"], ["call-id", "Call-ID", "x"], ["contact", "m", "<a>, <b>"]]
+    assert _scan.check_headers(hs, *CHECK_ARGS) == 32 | 1 | 64 | M._VIA_LIST
+    assert _scan.check_headers([["via", "Via", "a"]], *CHECK_ARGS) == 32
+    assert _scan.check_headers([["via", "Via", "a, b"]], *CHECK_ARGS) == 32 | M._VIA_LIST
+    assert _scan.check_headers([["contact", "m", "a"], ["contact", "m", "b"]], *CHECK_ARGS) == 64
+    for headers, reason in [
+        ([["to", "t", "a"], ["to", "To", "b"]], "more than one To header"),
+        ([["subject", "Subject", "\udcff"]], "Subject header is not valid UTF-8"),
+        ([["via", "Via", "a,,b"]], "empty Via value"),
+        ([["route", "Route", ""]], "empty Route value"),
+        ([["contact", "Contact", '"a,b']], "unbalanced quotes"),
+        ([["contact", "Contact", ',"a']], "empty Contact value"),  # the empty element comes first
+    ]:
+        for fn in (_scan.check_headers, M._check_headers_py):
+            with pytest.raises(SipParseError) as ei:
+                fn(headers, *CHECK_ARGS)
+            assert (ei.value.reason, ei.value.status) == (reason, 400)
+
+
+def test_check_headers_bad_arguments() -> None:
+    for args in [(), ([],), ("x", *CHECK_ARGS), ([], [], 1, 2), ([["via", "Via"]], *CHECK_ARGS),
+                 ([["via", "Via", b"x"]], *CHECK_ARGS), ([("via", "Via", "x")], *CHECK_ARGS), ([], {}, "1", 2)]:
+        with pytest.raises(TypeError):
+            _scan.check_headers(*args)  # type: ignore[arg-type]
+
+
+def validate_outcome(data: bytes, kind: str) -> tuple:
+    M.use_scanner(kind)
+    try:
+        msg = M.parse_message(data)
+        M.validate(msg)
+    except SipParseError as e:
+        return ("error", e.reason, e.status)
+    return ("ok", msg.headers)
+
+
+def test_validate_same_with_either_path() -> None:
+    for data in BASE + mutations(3000, 77):
+        assert validate_outcome(data, "c") == validate_outcome(data, "python"), data
+
+
+def test_check_headers_no_leaks() -> None:
+    headers = [[["via", "Via", v], ["contact", "Contact", v], ["to", "To", "a"], ["to", "To", "b"]]
+               for v in LIST_VALUES]
+
+    def run(times: int) -> None:
+        for _ in range(times):
+            for hs in headers:
+                for n in range(1, 5):
+                    try:
+                        _scan.check_headers(hs[:n], *CHECK_ARGS)
+                    except SipParseError:
+                        pass
+
+    run(3)
+    tracemalloc.start()
+    try:
+        run(2)
+        base, _ = tracemalloc.get_traced_memory()
+        run(100)
+        grown, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert grown - base < 64 * 1024
