@@ -2,7 +2,7 @@
  * sipcore._scan -- C accelerator for the header-scanning step of sipcore.message.parse_message.
  *
  * The pure-Python reference is sipcore/message.py: `_split_head`, the line splitting in
- * `parse_message`, `_scan_headers` and `_check_headers_py`.  This module must give exactly the same results (same start
+ * `parse_message`, `_scan_headers`, `_check_headers_py` and `SipMessage._to_bytes_py`.  This module must give exactly the same results (same start
  * line, same [key, name, value] lists, same body) and raise SipParseError with the same reason and
  * status for the same malformed input; tests/unit/test_scan_c.py checks it differentially.
  *
@@ -22,6 +22,9 @@
  *       `message._check_headers_py`: validate()'s walk over a message's [key, name, value] list
  *       (UTF-8 values, headers present at most once, no empty list element), the same flags word or
  *       the same SipParseError.
+ *   serialize(start_line, headers, body) -> bytes | None
+ *       `SipMessage._to_bytes_py` when every piece is an exact ASCII str (None otherwise: the caller
+ *       falls back to the Python path).
  *
  * Line rules (equivalent to parse_message's): every "\n" ends a line and one "\r" immediately before
  * it is dropped; a lone "\r" elsewhere stays in the line; the text after the last "\n" is the last
@@ -732,7 +735,98 @@ scan_check_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLong(seen | (via_list ? 256 : 0));
 }
 
+/* An exact str whose characters are all ASCII: its bytes are its UTF-8 (and surrogateescape) encoding. */
+static inline int
+ascii_str(PyObject *s)
+{
+    return PyUnicode_CheckExact(s) && PyUnicode_IS_ASCII(s);
+}
+
+PyDoc_STRVAR(serialize_doc,
+"serialize(start_line: str, headers: list[list[str]], body: bytes) -> bytes | None\n\n"
+"SipMessage._to_bytes_py for the common case: start line, every header but Content-Length as\n"
+"'name: value', 'Content-Length: len(body)', the body. None (the caller uses the Python path) when a\n"
+"piece is not an exact ASCII str, a header is not a list of at least three items or the body is not\n"
+"exactly bytes.");
+
+static PyObject *
+scan_serialize(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *start, *headers, *body, *out;
+    Py_ssize_t i, n, total, blen;
+    char clbuf[48], *w;
+    int cllen;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "serialize() takes exactly three arguments");
+        return NULL;
+    }
+    start = args[0];
+    headers = args[1];
+    body = args[2];
+    if (!ascii_str(start) || !PyList_CheckExact(headers) || !PyBytes_CheckExact(body)) {
+        Py_RETURN_NONE;
+    }
+    n = PyList_GET_SIZE(headers);
+    blen = PyBytes_GET_SIZE(body);
+    cllen = snprintf(clbuf, sizeof(clbuf), "Content-Length: %zd\r\n\r\n", blen);
+    if (cllen < 0 || (size_t)cllen >= sizeof(clbuf)) {
+        Py_RETURN_NONE;
+    }
+    total = PyUnicode_GET_LENGTH(start) + 2 + cllen + blen;
+    for (i = 0; i < n; i++) {
+        PyObject *h = PyList_GET_ITEM(headers, i), *key, *name, *value;
+        if (!PyList_CheckExact(h) || PyList_GET_SIZE(h) < 3) {
+            Py_RETURN_NONE;
+        }
+        key = PyList_GET_ITEM(h, 0);
+        name = PyList_GET_ITEM(h, 1);
+        value = PyList_GET_ITEM(h, 2);
+        if (!PyUnicode_CheckExact(key)) {
+            Py_RETURN_NONE;
+        }
+        if (PyUnicode_CompareWithASCIIString(key, "content-length") == 0) {
+            continue;
+        }
+        if (!ascii_str(name) || !ascii_str(value)) {
+            Py_RETURN_NONE;
+        }
+        total += PyUnicode_GET_LENGTH(name) + 2 + PyUnicode_GET_LENGTH(value) + 2;
+    }
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) {
+        return NULL;
+    }
+    w = PyBytes_AS_STRING(out);
+#define PUT(src, len) do { memcpy(w, (src), (size_t)(len)); w += (len); } while (0)
+    PUT(PyUnicode_DATA(start), PyUnicode_GET_LENGTH(start));
+    PUT("\r\n", 2);
+    for (i = 0; i < n; i++) {
+        PyObject *h = PyList_GET_ITEM(headers, i), *name, *value;
+        /* nothing ran since the first pass (no Python code, no release of the GIL): same list, same items */
+        if (PyUnicode_CompareWithASCIIString(PyList_GET_ITEM(h, 0), "content-length") == 0) {
+            continue;
+        }
+        name = PyList_GET_ITEM(h, 1);
+        value = PyList_GET_ITEM(h, 2);
+        PUT(PyUnicode_DATA(name), PyUnicode_GET_LENGTH(name));
+        PUT(": ", 2);
+        PUT(PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value));
+        PUT("\r\n", 2);
+    }
+    PUT(clbuf, cllen);
+    PUT(PyBytes_AS_STRING(body), blen);
+#undef PUT
+    if (w - PyBytes_AS_STRING(out) != total) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_SystemError, "_scan.serialize: length mismatch");
+        return NULL;
+    }
+    return out;
+}
+
 static PyMethodDef scan_methods[] = {
+    {"serialize", (PyCFunction)(void (*)(void))scan_serialize, METH_FASTCALL, serialize_doc},
     {"check_headers", (PyCFunction)(void (*)(void))scan_check_headers, METH_FASTCALL, check_headers_doc},
     {"split", (PyCFunction)(void (*)(void))scan_split, METH_FASTCALL, split_doc},
     {"scan_headers", (PyCFunction)(void (*)(void))scan_scan_headers, METH_FASTCALL, scan_headers_doc},

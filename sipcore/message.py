@@ -351,6 +351,14 @@ class SipMessage:
 
     def to_bytes(self) -> bytes:
         """Serialise with CRLF line ends and a Content-Length matching the body."""
+        if _c_serialize is not None:
+            data = _c_serialize(self.start_line(), self.headers, self.body)
+            if data is not None:  # None: a piece the C path does not take (non-ASCII text, ...)
+                return data
+        return self._to_bytes_py()
+
+    def _to_bytes_py(self) -> bytes:
+        """to_bytes in Python (the reference for the C `_scan.serialize`, and its fallback)."""
         parts = [f"{h[1]}: {h[2]}" for h in self.headers if h[0] != "content-length"]
         parts.append(f"Content-Length: {len(self.body)}\r\n\r\n")
         return (self.start_line() + "\r\n" + "\r\n".join(parts)).encode("utf-8", "surrogateescape") + self.body
@@ -511,19 +519,21 @@ except ImportError:  # not built (no compiler at install time)
 _c_split = None
 _c_scan_headers = None
 _check_headers = None  # validate()'s header walk: _scan.check_headers or _check_headers_py
+_c_serialize = None    # SipMessage.to_bytes' fast path: _scan.serialize (None: _to_bytes_py only)
 SCANNER = "python"  # which scanner parse_message uses: "c" or "python"
 
 
 def use_scanner(kind: str) -> None:
-    """Select parse_message's header scanner (and validate()'s header walk): "c" (needs the built extension)
-    or "python"."""
-    global _c_split, _c_scan_headers, _check_headers, SCANNER
+    """Select parse_message's header scanner (and validate()'s header walk, to_bytes' serialiser): "c" (needs
+    the built extension) or "python"."""
+    global _c_split, _c_scan_headers, _check_headers, _c_serialize, SCANNER
     if kind == "c":
         if _c_scan is None:
             raise ValueError("the C scanner sipcore._scan is not built")
         _c_split, _c_scan_headers, _check_headers = _c_scan.split, _c_scan.scan_headers, _c_scan.check_headers
+        _c_serialize = _c_scan.serialize
     elif kind == "python":
-        _c_split = _c_scan_headers = None
+        _c_split = _c_scan_headers = _c_serialize = None
         _check_headers = _check_headers_py
     else:
         raise ValueError(f"unknown scanner {kind!r}")

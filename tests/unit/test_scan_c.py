@@ -577,3 +577,86 @@ def test_check_headers_no_leaks() -> None:
     finally:
         tracemalloc.stop()
     assert grown - base < 64 * 1024
+
+
+# --------------------------------------------------------------------------------------------------
+# to_bytes: _scan.serialize against SipMessage._to_bytes_py
+# --------------------------------------------------------------------------------------------------
+
+class _Str(str):
+    def __format__(self, spec: str) -> str:
+        return "formatted"
+
+
+def test_serialize_matches_reference() -> None:
+    """Every parsed message of the corpus and 6,000 mutations (non-ASCII and surrogates take the Python path),
+    then the same messages changed the way a proxy changes them."""
+    M.use_scanner("c")
+    count = 0
+    for data in BASE + mutations(6000, 515):
+        try:
+            msg = M.parse_message(data)
+        except SipParseError:
+            continue
+        ref = msg._to_bytes_py()
+        c = _scan.serialize(msg.start_line(), msg.headers, msg.body)
+        assert c is None or c == ref, data
+        assert msg.to_bytes() == ref
+        msg.add("Via", "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx", first=True)
+        msg.remove("content-length")
+        msg.body = msg.body + b"\x00\xff"
+        assert msg.to_bytes() == msg._to_bytes_py()
+        count += 1
+    assert count > 2000
+
+
+def test_serialize_falls_back_for_what_it_does_not_take() -> None:
+    req = M.Request("OPTIONS", "sip:a@b", [("Via", "SIP/2.0/UDP h;branch=z9hG4bK1"), ("Content-Length", "99"),
+                                           ("l", "3"), ("To", "<sip:a@b>")], b"abc")
+    expected = (b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nTo: <sip:a@b>\r\n"
+                b"Content-Length: 3\r\n\r\nabc")
+    assert _scan.serialize(req.start_line(), req.headers, req.body) == expected == req._to_bytes_py()
+    assert _scan.serialize("X", [], b"") == b"X\r\nContent-Length: 0\r\n\r\n"
+    odd = [
+        ("é", [["a", "A", "b"]], b""), ("S", [["a", "A", "é"]], b""), ("S", [["a", "\udcff", "b"]], b""),
+        ("S", [("a", "A", "b")], b""), ("S", [["a", "A"]], b""), ("S", [["a", "A", 5]], b""),
+        ("S", [[1, "A", "b"]], b""), ("S", [["a", _Str("A"), "b"]], b""), ("S", [["a", "A", "b"]], bytearray(b"x")),
+        (_Str("S"), [], b""), ("S", (["a", "A", "b"],), b""),
+    ]
+    for start, headers, body in odd:
+        assert _scan.serialize(start, headers, body) is None
+    for headers, body in [([["a", "A", "é\udcff"], ["b", "B", 5]], b"x"), ([("a", "A", "b")], bytearray(b"xy")),
+                          ([["a", _Str("A"), "b"]], b"")]:
+        msg = M.Request("OPTIONS", "sip:é", body=b"")
+        msg.headers = headers  # type: ignore[assignment]
+        msg.body = body  # type: ignore[assignment]
+        M.use_scanner("c")
+        c = msg.to_bytes()
+        M.use_scanner("python")
+        assert c == msg.to_bytes() == msg._to_bytes_py()
+    with pytest.raises(TypeError):
+        _scan.serialize("S", [])  # type: ignore[call-arg]
+
+
+def test_serialize_no_leaks() -> None:
+    msgs = []
+    for data in [INVITE, OK_RR, REGISTER]:
+        m = M.parse_message(data)
+        msgs.append((m.start_line(), m.headers, m.body))
+    msgs.append(("S", [["a", "A", "é"]], b""))
+
+    def run(times: int) -> None:
+        for _ in range(times):
+            for args in msgs:
+                _scan.serialize(*args)
+
+    run(3)
+    tracemalloc.start()
+    try:
+        run(2)
+        base, _ = tracemalloc.get_traced_memory()
+        run(200)
+        grown, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert grown - base < 64 * 1024
