@@ -285,8 +285,12 @@ class SipMessage:
 
     @property
     def from_(self) -> NameAddr:
-        """From header."""
-        return self._name_addr("from")
+        """From header (parsed without the text cache: its tag is new with each dialog, and it is read for
+        initial requests only, so caching it would only push out the values that do repeat)."""
+        c = self._cache.get("from")
+        if c is None:
+            c = self._cache["from"] = NameAddr.parse_uncached(self._required("from"))
+        return c  # type: ignore[return-value]
 
     @property
     def to(self) -> NameAddr:

@@ -397,6 +397,11 @@ class NameAddr:
         return na
 
     @classmethod
+    def parse_uncached(cls, text: str) -> "NameAddr":
+        """NameAddr.parse without the cache (the reference), for values that will not repeat."""
+        return cls._parse(text)
+
+    @classmethod
     def _parse(cls, text: str) -> "NameAddr":
         """NameAddr.parse without the cache (the reference)."""
         text = text.strip()

@@ -125,3 +125,12 @@ def test_caches_are_bounded_and_keep_only_short_successful_texts() -> None:
         with pytest.raises(SipParseError):
             U.split_hostport("bad host")
     assert "bad host" not in U._HOSTPORT_CACHE
+
+
+def test_from_is_parsed_without_the_cache() -> None:
+    """A From carries a new tag with each dialog: reading it must not push repeating values out of the cache."""
+    msg = M.parse_message(b"INVITE sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\n"
+                          b"To: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+    M.validate(msg)
+    assert addr_state(msg.from_) == addr_state(U.NameAddr._parse("<sip:a@h>;tag=1"))
+    assert "<sip:a@h>;tag=1" not in U._NAME_ADDR_CACHE and "<sip:b@h>" in U._NAME_ADDR_CACHE
