@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from .errors import SipParseError
-from .uri import _CACHE_MAX, _CACHE_TEXT_MAX, is_digits, format_host, format_params, parse_params, split_hostport
+from .uri import is_digits, remember, format_host, format_params, parse_params, split_hostport
 
 MAGIC_COOKIE = "z9hG4bK"
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
@@ -34,10 +34,7 @@ class Via:
         hit = _VIA_CACHE.get(text)
         if hit is None:
             via = cls.parse(text)
-            if len(text) <= _CACHE_TEXT_MAX:
-                if len(_VIA_CACHE) >= _CACHE_MAX:
-                    _VIA_CACHE.clear()
-                _VIA_CACHE[text] = (via.transport, via.host, via.port, dict(via.params))
+            remember(_VIA_CACHE, text, (via.transport, via.host, via.port, dict(via.params)))
             return via
         via = cls.__new__(cls)
         via.transport, via.host, via.port, params = hit

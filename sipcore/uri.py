@@ -31,6 +31,14 @@ _IPV6_REF = re.compile(r"\[[0-9A-Fa-f:.]+\]\Z")
 # a cache hands out is immutable (tuples, SipUri by contract) or a fresh copy (NameAddr, Via: see there).
 _CACHE_MAX = 512
 _CACHE_TEXT_MAX = 200
+
+
+def remember(cache: dict, text: str, value: object) -> None:
+    """Keep `value` for `text` in one of the bounded parse caches (emptied when full; long texts not kept)."""
+    if len(text) <= _CACHE_TEXT_MAX:
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[text] = value
 _HOSTPORT_CACHE: dict[str, tuple[str, int | None]] = {}
 _URI_CACHE: dict[str, "SipUri"] = {}
 _NAME_ADDR_CACHE: dict[str, tuple] = {}
@@ -111,10 +119,7 @@ def split_hostport(text: str) -> tuple[str, int | None]:
     hp = _HOSTPORT_CACHE.get(text)
     if hp is None:
         hp = _split_hostport(text)
-        if len(text) <= _CACHE_TEXT_MAX:
-            if len(_HOSTPORT_CACHE) >= _CACHE_MAX:
-                _HOSTPORT_CACHE.clear()
-            _HOSTPORT_CACHE[text] = hp
+        remember(_HOSTPORT_CACHE, text, hp)
     return hp
 
 
@@ -220,10 +225,8 @@ class SipUri:
         uri = _URI_CACHE.get(text)
         if uri is None:
             uri = cls._parse(text, strict)
-            if uri.opaque is None and len(text) <= _CACHE_TEXT_MAX:  # the result does not depend on strict
-                if len(_URI_CACHE) >= _CACHE_MAX:
-                    _URI_CACHE.clear()
-                _URI_CACHE[text] = uri
+            if uri.opaque is None:  # the result does not depend on strict
+                remember(_URI_CACHE, text, uri)
         return uri
 
     @classmethod
@@ -385,10 +388,7 @@ class NameAddr:
         hit = _NAME_ADDR_CACHE.get(text)
         if hit is None:
             na = cls._parse(text)
-            if len(text) <= _CACHE_TEXT_MAX:
-                if len(_NAME_ADDR_CACHE) >= _CACHE_MAX:
-                    _NAME_ADDR_CACHE.clear()
-                _NAME_ADDR_CACHE[text] = (na.uri, na.display, dict(na.params))
+            remember(_NAME_ADDR_CACHE, text, (na.uri, na.display, dict(na.params)))
             return na
         na = cls.__new__(cls)
         na.uri, na.display, params = hit
