@@ -134,7 +134,12 @@ class SipStack:
         """Count every message per source before parsing; drop blocked sources (see limiter.py)."""
         self.limiter = limiter if limiter is not None and limiter.enabled else None
         self.kernel_filter = kernel_filter and sockfilter.supported()
-        if self._loop is not None and self._limiter_timer is None:
+        if self._loop is None:
+            try:  # a stack serving WebSocket only has bound no socket of its own
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+        if self._limiter_timer is None:
             self._housekeeping()
 
     def admit(self, ip: str) -> bool:
