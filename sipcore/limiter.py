@@ -189,6 +189,11 @@ class SourceLimiter:
                 if now >= b.until:
                     self._unblock(ip, b, now)
 
+    @property
+    def dirty(self) -> bool:
+        """Whether the blocked set changed since `changed()` last said so (without consuming it)."""
+        return self._version != self._seen_version
+
     def changed(self) -> bool:
         """Whether the blocked set changed since the last call (the kernel filter must be rebuilt)."""
         if self._version != self._seen_version:

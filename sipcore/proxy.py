@@ -75,7 +75,7 @@ class Proxy:
         self.max_calls = 0      # calls the UA/B2BUA takes part in (0: no cap)
         self.retry_after = 5    # seconds, in the 503s sent at a cap or under overload
         self.stats = {"registers": 0, "forwarded": 0, "auth_failures": 0, "rejected_overload": 0,
-                      "challenged_stateless": 0, "rejected_at_cap": 0}
+                      "challenged_stateless": 0, "rejected_at_cap": 0, "not_relayed": 0}
         stack.tu = self
         self.refresh_domains()
 
@@ -118,7 +118,7 @@ class Proxy:
                 self.ua is not None and self.ua.handles(req)):
             # An in-dialog request that did not come along a route set we Record-Routed: not ours to relay
             # (an unauthenticated way to send anything anywhere). Kamailio's default script answers the same.
-            self.stats["not_relayed"] = self.stats.get("not_relayed", 0) + 1
+            self.stats["not_relayed"] += 1
             tx.reply(404, "Not Here (in-dialog request not routed through this proxy)", stateless=True)
             return
         if to_tag is None:

@@ -87,7 +87,9 @@ class SipStack:
         self._pending_connects: dict[tuple[str, str, int], list[bytes]] = {}
         self.client_ssl: ssl.SSLContext | None = None
         self.stats = {"parse_errors": 0, "bad_requests": 0, "messages_in": 0, "messages_out": 0, "send_errors": 0,
-                      "timer_wakeups": 0}
+                      "timer_wakeups": 0,
+                      "dropped_invalid": 0, "connections_refused": 0, "slow_connections_closed": 0,
+                      "stalled_connections_closed": 0}
         self.overload_lag = 0.25      # seconds of event-loop lag that count as overload (0: never)
         self.loop_lag = 0.0           # last measured lag of the event loop, decaying (the overload guard's input)
         self.lag_stats = LagStats()   # every lag sample of the last minutes (p99/max for the operator)
@@ -148,7 +150,7 @@ class SipStack:
         if lim is None:
             return True
         ok = lim.allow(ip)
-        if lim._version != lim._seen_version:
+        if lim.dirty:
             # A source was just blocked: filter it in the kernel now (one setsockopt, ~10 us), not after
             # this loop iteration, which may read thousands more of its queued datagrams first.
             self._refresh_filter()
@@ -161,14 +163,14 @@ class SipStack:
         lim = self.limiter
         if lim is not None:
             lim.expire()
-            if lim._version != lim._seen_version:
+            if lim.dirty:
                 self._refresh_filter()
         now = self.clock()
         for conn in [c for c in self._conns.values() if getattr(c, "partial_since", None) is not None]:
             if now - conn.partial_since > PARTIAL_MESSAGE_TIMEOUT:  # type: ignore[attr-defined]
                 log.info("closing %s connection from %s: an incomplete message for %.0f s", conn.transport_name,
                          conn.remote, now - conn.partial_since)  # type: ignore[attr-defined]
-                self.stats["stalled_connections_closed"] = self.stats.get("stalled_connections_closed", 0) + 1
+                self.stats["stalled_connections_closed"] += 1
                 conn.close()
         loop = self._loop or asyncio.get_event_loop()
         self._limiter_timer = loop.call_later(1.0, self._housekeeping)
@@ -366,7 +368,7 @@ class SipStack:
         (received/rport, §18.2.2), or to the source address when the Via cannot be used."""
         call_id = _log_call_id(msg)
         if isinstance(msg, Response) or msg.method == "ACK":
-            self.stats["dropped_invalid"] = self.stats.get("dropped_invalid", 0) + 1
+            self.stats["dropped_invalid"] += 1
             log.debug("dropped invalid %s from %s: %s", "response" if isinstance(msg, Response) else "ACK", flow,
                       exc.reason, extra={"call_id": call_id})
             return
@@ -585,7 +587,7 @@ class SipStack:
         if self.limiter is not None and not self.admit(ip):
             return False
         if self.max_connections and len(self._conns) >= self.max_connections:
-            self.stats["connections_refused"] = self.stats.get("connections_refused", 0) + 1
+            self.stats["connections_refused"] += 1
             return False
         return True
 
@@ -731,7 +733,7 @@ class StreamConnection(asyncio.Protocol, ConnectionSender):
                 # A peer that stopped reading: drop it rather than queue without bound.
                 log.info("closing %s connection to %s: %d bytes unread", self.transport_name, self.remote,
                          t.get_write_buffer_size())
-                self.stack.stats["slow_connections_closed"] = self.stack.stats.get("slow_connections_closed", 0) + 1
+                self.stack.stats["slow_connections_closed"] += 1
                 t.abort()
                 return
             t.write(data)
