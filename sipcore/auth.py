@@ -775,7 +775,7 @@ class DigestAuthenticator:
         self,
         secret: bytes,
         realm: str,
-        algorithms: Sequence[str] = ("MD5", "SHA-256"),
+        algorithms: Sequence[str] = ("MD5",),
         nonce_ttl: int = 300,
         *,
         allow_no_qop: bool = False,

@@ -78,7 +78,8 @@ class SipSettings:
     domain: str = _setting("", help="SIP domain and digest realm; empty -> advertise address")
     auth: bool = _setting(True, help="challenge REGISTER (401) and INVITE etc. (407) from unknown sources")
     auth_algorithms: list[str] = _setting(
-        help="order of WWW-Authenticate challenges (MD5, SHA-256)", factory=lambda: ["MD5", "SHA-256"]
+        help="WWW-Authenticate challenges, in order (MD5, SHA-256); MD5 alone by default: baresip and many "
+             "phones fail on a SHA-256 challenge", factory=lambda: ["MD5"]
     )
     nonce_ttl: int = _setting(300, help="seconds a digest nonce stays valid")
     ephemeral_secret: str = _setting("", help="shared secret for <expiry>:<user> browser credentials; empty disables")

@@ -287,8 +287,8 @@ def test_jssip_calls_a_registered_sipp_uas(callpath, run_agent, tmp_path):
 
 
 def test_jssip_registers_with_default_auth_settings(callpath, run_agent):
-    """callpath's default challenges are MD5 and SHA-256; JsSIP keeps only the LAST challenge header and
-    speaks only MD5, so over WebSocket callpath puts MD5 last (phones on UDP/TCP get it first)."""
+    """JsSIP keeps only the LAST challenge header and speaks only MD5: the default (MD5 alone) suits it, and
+    with SHA-256 added callpath puts MD5 last over WebSocket (test_websocket covers that order)."""
     server = callpath()
     agent = run_agent(server)
     reg = agent.wait_for(("registered", "registrationFailed"), timeout=10)

@@ -233,7 +233,7 @@ def parse_challenge(value: str) -> dict[str, str]:
 
 
 def md5_challenge(resp: Sip, header: str) -> str:
-    """The MD5 challenge among a 401/407's (callpath offers MD5 and SHA-256)."""
+    """The MD5 challenge among a 401/407's (MD5 alone by default; SHA-256 too when configured)."""
     for value in resp.get_all(header):
         if parse_challenge(value).get("algorithm", "MD5").upper() == "MD5":
             return value

@@ -81,7 +81,15 @@ def params_of(header: str) -> dict[str, str]:
 
 
 def new_auth(**kw) -> DigestAuthenticator:
+    """An authenticator offering both algorithms (MD5 first), unless ``algorithms`` says otherwise."""
+    kw.setdefault("algorithms", ("MD5", "SHA-256"))
     return DigestAuthenticator(SECRET, REALM, **kw)
+
+
+def test_default_challenge_is_md5_alone() -> None:
+    """Debian's baresip 1.0 fails a registration on any SHA-256 challenge: MD5 only unless configured."""
+    values = DigestAuthenticator(SECRET, REALM).challenges(NOW)
+    assert [parse_challenge(v).algorithm for v in values] == ["MD5"]
 
 
 def password_lookup(password: str = "secret"):
