@@ -2,8 +2,11 @@
 
 Metadata lives in pyproject.toml. C accelerators (G.711, mixing, SIP scanning) are added to
 ``OPTIONAL_EXTENSIONS`` as they are written; each one is optional: when no compiler is present the
-build continues and the pure-Python/numpy paths are used instead.
+build continues and the pure-Python/numpy paths are used instead. Under CI (``CI=true``) a failed build
+is an error: the install fails, so a broken accelerator cannot hide behind its fallback.
 """
+import os
+
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -21,19 +24,26 @@ OPTIONAL_EXTENSIONS: list = [
 ]
 
 
+STRICT = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
 class OptionalBuildExt(build_ext):
-    """build_ext that skips an extension it cannot compile instead of failing the install."""
+    """build_ext that skips an extension it cannot compile instead of failing the install (except under CI)."""
 
     def run(self) -> None:
         try:
             super().run()
         except Exception as exc:  # no compiler at all
+            if STRICT:
+                raise
             print(f"callpath: C extensions skipped ({exc}); using pure-Python paths")
 
     def build_extension(self, ext) -> None:
         try:
             super().build_extension(ext)
         except Exception as exc:
+            if STRICT:
+                raise RuntimeError(f"callpath: C extension {ext.name} failed to build under CI: {exc}") from exc
             print(f"callpath: extension {ext.name} skipped ({exc}); using pure-Python path")
 
 
