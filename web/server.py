@@ -343,7 +343,7 @@ class Application:
         certificates = s.data_path / "dtls"
         certificates.mkdir(parents=True, exist_ok=True)
         template = WorkerSettings(
-            bind_host=m.listen, advertised_address=m.advertise or s.sip.advertise_host, ice_port=m.ice_port,
+            bind_host=m.listen or s.sip.listen, advertised_address=m.advertise or s.sip.advertise_host, ice_port=m.ice_port,
             rtp_port_min=m.rtp_port_min, rtp_port_max=m.rtp_port_max, certificate_dir=str(certificates),
             prefer_passthrough=m.prefer_passthrough, c_relay=m.c_relay, opus_complexity=m.opus_complexity,
             opus_bitrate=m.opus_bitrate, opus_fec=m.opus_fec, opus_dtx=m.opus_dtx,

@@ -121,13 +121,14 @@ class WebSettings:
 class MediaSettings:
     """[media]: the media workers that anchor RTP of back-to-back calls (docs/media.md).
 
-    Off by default: enabling spawns worker processes and binds a fixed UDP port (``ice_port``) and the RTP
-    range, so two callpath processes on one host (tests, a second instance) would collide unless configured.
+    On by default (a newcomer expects browsers and phones to hear each other): it spawns worker processes and
+    binds a fixed UDP port (``ice_port``) and the RTP range, so a second callpath process on one host needs its
+    own ports (or ``enabled = false``).
     """
 
-    enabled: bool = _setting(False, help="start media workers and anchor the RTP of [[sip.b2bua]] calls")
+    enabled: bool = _setting(True, help="start media workers and anchor the RTP of calls through callpath")
     workers: int = _setting(1, help="media worker processes (each takes its share of the RTP range)")
-    listen: str = _setting("0.0.0.0", help="address the media (ICE and RTP) sockets bind")
+    listen: str = _setting("", help="address the media (ICE and RTP) sockets bind; empty -> sip listen")
     advertise: str = _setting("", help="address put in SDP c= lines and ICE candidates; empty -> sip advertise")
     ice_port: int = _setting(40000, help="UDP port of browser (ICE) legs, +1 per further worker; 0 -> any")
     rtp_port_min: int = _setting(30000, help="lowest plain-RTP port (even RTP ports, RTCP on +1)")
@@ -470,8 +471,6 @@ def _validate_media(m: MediaSettings) -> None:
     """[media]: worker count, port ranges that every worker can share, a positive control timeout."""
     if m.workers < 1:
         raise SettingsError(f"media.workers must be at least 1, got {m.workers}")
-    if not m.listen:
-        raise SettingsError("media.listen must not be empty")
     for name, port in (("media.rtp_port_min", m.rtp_port_min), ("media.rtp_port_max", m.rtp_port_max)):
         if not 1024 <= port <= 65535:
             raise SettingsError(f"{name} must be between 1024 and 65535, got {port}")

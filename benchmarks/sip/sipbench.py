@@ -490,6 +490,8 @@ class CallpathServer(Server):
             # ice_port 0: any free port, so that a run beside another callpath (or a test) does not collide
             lines += ["[media]", "enabled = true", f"listen = {_toml_str(LOCAL)}", f"advertise = {_toml_str(LOCAL)}",
                       "ice_port = 0", ""]
+        else:   # media is on by default; a pure-SIP run measures the SIP process alone
+            lines += ["[media]", "enabled = false", ""]
         if b2bua_target:
             lines += ["[[sip.b2bua]]", f"number = {_toml_str(B2BUA_NUMBER)}",
                       f"target = {_toml_str(b2bua_target)}", ""]

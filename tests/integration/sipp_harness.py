@@ -51,6 +51,8 @@ from typing import Any
 
 import pytest
 
+from media_ports import free_udp_range
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIPP_DIR = REPO_ROOT / "tests" / "sipp"
 USERS_CSV = SIPP_DIR / "users.csv"
@@ -851,6 +853,9 @@ def write_callpath_config(tmp_path: Path, **settings: Any) -> tuple[Path, dict[s
         "server": {"data_dir": str(tmp_path / "data"), "log_level": "info"},
         "sip": {"listen": "127.0.0.1", "udp_port": sip_port, "tcp_port": sip_port, "tls_port": 0},
         "web": {"listen": "127.0.0.1", "port": free_tcp_port()},
+        # media is on by default: a free 100-port slice and any ICE port, so servers of one run never collide
+        "media": {"listen": "127.0.0.1", "ice_port": 0, "rtp_port_min": (low := free_udp_range(100)),
+                  "rtp_port_max": low + 99},
     }
     merged = _merge_settings(base, settings)
     path = tmp_path / "callpath.toml"

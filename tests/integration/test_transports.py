@@ -173,7 +173,8 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path):
     busy.bind(("127.0.0.1", 0))
     port = busy.getsockname()[1]
     config = tmp_path / "c.toml"
-    config.write_text(f'[server]\ndata_dir = "{tmp_path}/data"\n[sip]\nudp_port = {port}\ntcp_port = 0\n[web]\nport = 0\n')
+    config.write_text(f'[server]\ndata_dir = "{tmp_path}/data"\n[sip]\nudp_port = {port}\ntcp_port = 0\n[web]\nport = 0\n'
+                      '[media]\nenabled = false\n')
     try:
         done = subprocess.run([sys.executable, "-m", "web.cli", "run", "--config", str(config)],
                               capture_output=True, text=True, timeout=60)

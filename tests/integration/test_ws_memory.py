@@ -94,7 +94,7 @@ async def _scenario(tmp_path: Any) -> None:
     settings = load_settings(None, {
         "CALLPATH_SERVER_DATA_DIR": str(tmp_path / "data"), "CALLPATH_SIP_LISTEN": DOMAIN,
         "CALLPATH_SIP_UDP_PORT": "0", "CALLPATH_SIP_TCP_PORT": "0", "CALLPATH_SIP_AUTH": "false",
-        "CALLPATH_WEB_PORT": "0"})
+        "CALLPATH_WEB_PORT": "0", "CALLPATH_MEDIA_ENABLED": "false"})
     os.makedirs(settings.data_path, exist_ok=True)
     migrate(settings.database_url)
     listener = socket.socket()

@@ -260,7 +260,7 @@ def test_help_lists_every_setting_with_env_var_and_default() -> None:
 
 def test_media_defaults() -> None:
     m = load_settings(None, {}).media
-    assert (m.enabled, m.workers, m.listen, m.advertise) == (False, 1, "0.0.0.0", "")
+    assert (m.enabled, m.workers, m.listen, m.advertise) == (True, 1, "", "")   # on; binds where SIP does
     assert (m.ice_port, m.rtp_port_min, m.rtp_port_max) == (40000, 30000, 39999)
     assert m.prefer_passthrough is True and m.control_timeout == 2.0
     assert (m.c_relay, m.opus_complexity, m.opus_bitrate, m.opus_fec, m.opus_dtx) == (True, 5, 24000, True, False)
@@ -308,7 +308,6 @@ def test_media_file_errors(tmp_path: Path, toml: str, fragment: str) -> None:
         ({"CALLPATH_MEDIA_ICE_PORT": "70000"}, "media.ice_port must be between"),
         ({"CALLPATH_MEDIA_CONTROL_TIMEOUT": "0"}, "media.control_timeout must be positive"),
         ({"CALLPATH_MEDIA_CONTROL_TIMEOUT": "soon"}, "CALLPATH_MEDIA_CONTROL_TIMEOUT='soon': expected a number"),
-        ({"CALLPATH_MEDIA_LISTEN": ""}, "media.listen must not be empty"),
         ({"CALLPATH_MEDIA_OPUS_COMPLEXITY": "11"}, "media.opus_complexity must be between 0 and 10"),
         ({"CALLPATH_MEDIA_OPUS_BITRATE": "100"}, "media.opus_bitrate must be between 6000 and 510000"),
         ({"CALLPATH_MEDIA_C_RELAY": "maybe"}, "CALLPATH_MEDIA_C_RELAY"),
