@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from .callcontrol import AcceptCall, CallControl, Contact, RejectCall, RouteRequest, Router, media_transport_for
 from .auth import HA1, AuthReason, DigestAuthenticator, ephemeral_password, parse_credentials, AuthError
 from .errors import SipParseError
 from .location import Binding, LocationService
@@ -70,6 +71,8 @@ class Proxy:
         self.domains: frozenset[str] = frozenset()
         self.ua: Any = None     # sipcore.ua.UserAgent: owns dialogs callpath itself takes part in
         self.b2bua: Any = None  # sipcore.b2bua.BackToBack: numbers answered and re-originated
+        self.router: Router | None = None         # decides what a new INVITE becomes (docs/callcontrol.md)
+        self.callcontrol: CallControl | None = None   # runs the calls a router accepts
         self._tasks: set[asyncio.Task] = set()
         self.max_tasks = 0      # requests waiting on the directory/location store (0: no cap)
         self.max_calls = 0      # calls the UA/B2BUA takes part in (0: no cap)
@@ -492,11 +495,63 @@ class Proxy:
             self.b2bua.on_invite(tx, req)
             return
         account = await self.users.get(uri.user) or await self.users.by_extension(uri.user)
-        if account is None or not account.enabled:
+        if account is not None and not account.enabled:
+            account = None
+        if self.router is not None and req.method == "INVITE":
+            await self._route_invite(tx, req, account)
+            return
+        if account is None:
             tx.reply(404, stateless=True)
             return
         if self.config.auth and req.method not in ("ACK", "PRACK") and not await self._authorize_caller(tx, req):
             return
+        await self._proxy_to_user(tx, req, account)
+
+    async def _route_invite(self, tx: ServerTransaction, req: Request, callee: SipAccount | None) -> None:
+        """A new INVITE to our domain with a router: authenticate the caller, then do what the router says."""
+        assert self.router is not None
+        caller: SipAccount | None = None
+        if self.config.auth:
+            caller = await self._caller_account(tx, req)
+            if caller is None:
+                return
+        decision = await self.router.route(RouteRequest(req, tx.flow, caller, callee))
+        if tx.state not in ("Proceeding", "Trying"):
+            return  # cancelled or timed out meanwhile
+        if isinstance(decision, RejectCall):
+            tx.reply(decision.status, decision.reason)
+        elif isinstance(decision, AcceptCall):
+            if self.callcontrol is None or self.ua is None:
+                log.error("router accepted a call but no call control is wired", extra={"call_id": req.call_id})
+                tx.reply(500)
+            elif self.max_calls and len(self.ua.calls) >= self.max_calls:
+                self.stats["rejected_at_cap"] += 1
+                self._refuse(tx, "too many calls")
+            else:
+                self.callcontrol.accept(tx, req, decision.handler)
+        elif callee is None:
+            tx.reply(404, stateless=True)
+        else:
+            await self._proxy_to_user(tx, req, callee)
+
+    async def contacts_of(self, user: str) -> list[Contact]:
+        """The reachable contacts of a local username or extension (call control's ContactResolver)."""
+        account = await self.users.get(user) or await self.users.by_extension(user)
+        if account is None or not account.enabled:
+            return []
+        aor = f"sip:{account.username}@{self.config.domain}"
+        out = []
+        for b in _best_q(await self.location.lookup(aor)):
+            contact = SipUri.parse(b.contact)
+            flow = _contact_flow(self.stack, contact, b)
+            if flow is None and not b.path and contact.host.endswith(".invalid"):
+                continue  # a WebSocket client whose connection is gone
+            transport = flow.transport if flow is not None else (contact.transport or "udp")
+            out.append(Contact(contact, aor, flow, b.path, media_transport_for(transport)))
+        return out
+
+    async def _proxy_to_user(self, tx: ServerTransaction, req: Request, account: SipAccount) -> None:
+        """Fork the request to the registered contacts of a local account (480 when none)."""
         aor = f"sip:{account.username}@{self.config.domain}"
         bindings = await self.location.lookup(aor)
         if not bindings:
@@ -518,14 +573,18 @@ class Proxy:
 
     async def _authorize_caller(self, tx: ServerTransaction, req: Request) -> bool:
         """Callers must authenticate (407) and may only call as themselves (From user)."""
+        return await self._caller_account(tx, req) is not None
+
+    async def _caller_account(self, tx: ServerTransaction, req: Request) -> SipAccount | None:
+        """The authenticated caller's account (None: a 407/403/400 was sent), its credentials stripped."""
         account = await self._authenticate(tx, req, "proxy-authorization", 407)
         if account is None:
-            return False
+            return None
         if req.from_.uri.user not in (account.username, account.extension):
             tx.reply(403, "Forbidden (From user does not match the credentials)", stateless=True)
-            return False
+            return None
         self._strip_credentials(req)
-        return True
+        return account
 
     def _strip_credentials(self, req: Request) -> None:
         """Remove the Proxy-Authorization meant for our realm before forwarding (§22.3)."""

@@ -89,10 +89,15 @@ class Ringing:
 
 @dataclass(slots=True)
 class Answered:
-    """UAC: the INVITE was answered with a 2xx (the ACK is already on its way)."""
+    """UAC: the INVITE was answered with a 2xx (the ACK is already on its way).
+
+    ``offer`` is true for a late-offer INVITE (sent without SDP) whose 2xx carries the offer: the ACK then
+    waits for ``call.ack(answer_sdp)`` (RFC 3261 §13.2.2.4, RFC 3264), for ``UserAgent.offer_timeout`` at most.
+    """
 
     sdp: bytes | None
     remote_tag: str
+    offer: bool = False
 
 
 @dataclass(slots=True)
@@ -268,6 +273,7 @@ class Call:
         self._timers: set[asyncio.TimerHandle] = set()
         self._unacked: dict[int, _Unacked] = {}
         self._acks: dict[tuple[str, int], tuple[Request, Flow]] = {}  # (remote tag, cseq) -> ACK sent
+        self._ack_waiting: dict[tuple[str, int], Dialog] = {}          # late offer: 2xx waiting for our answer
         self._pending_offer: tuple[ServerTransaction, asyncio.TimerHandle | None] | None = None
         self._end_reported = False
 
@@ -416,10 +422,12 @@ class Call:
         self._acks[(dlg.remote_tag, cseq)] = (ack, flow)
 
     def _reack(self, response: Response) -> bool:
-        """Re-send the ACK for a retransmitted 2xx; True if this 2xx was already ACKed."""
-        sent = self._acks.get((response.to.tag or "", response.cseq.seq))
+        """Re-send the ACK for a retransmitted 2xx; True if this 2xx was already ACKed (or its ACK waits for
+        the application's answer: the retransmission is then absorbed)."""
+        key = (response.to.tag or "", response.cseq.seq)
+        sent = self._acks.get(key)
         if sent is None:
-            return False
+            return key in self._ack_waiting
         self.ua.stack.send_stateless(sent[0], sent[1])
         return True
 
@@ -754,6 +762,7 @@ class OutgoingCall(Call):
         self.invite_ctx: _Outbound | None = None
         self.local_sdp = invite.body or None
         self.provisional_seen = False
+        self.trying_seen = False
         self.cancel_requested = False
         self.cancel_sent = False
         self._ring_timeout = ring_timeout
@@ -786,7 +795,7 @@ class OutgoingCall(Call):
         if self.state not in (CallState.CALLING, CallState.EARLY) or self.cancel_requested:
             return
         self.cancel_requested = True
-        if self.provisional_seen:
+        if self.provisional_seen or self.trying_seen:
             self._send_cancel()
         self.ua._flush()
 
@@ -796,6 +805,9 @@ class OutgoingCall(Call):
             self.cancel()
             return
         if self.state is CallState.CONFIRMED:
+            for (_tag, cseq), dlg in list(self._ack_waiting.items()):   # a late-offer 2xx is ACKed first
+                self._send_ack(dlg, cseq, self._auth_headers(self.invite_request))
+            self._ack_waiting.clear()
             self._bye()
             self._finish(CallState.ENDED)
             self._emit(Ended("local", "BYE"))
@@ -835,6 +847,10 @@ class OutgoingCall(Call):
             return
         status = resp.status
         if status == 100:
+            # §9.1: any provisional, 100 Trying included, allows a pending CANCEL to go
+            self.trying_seen = True
+            if self.cancel_requested:
+                self._send_cancel()
             return
         if status < 200:
             self._on_provisional(resp)
@@ -903,12 +919,41 @@ class OutgoingCall(Call):
             return
         dlg.confirm(resp)
         self.dialog = dlg  # other forks' early dialogs live on until their own final response (§13.2.2.4)
-        self._send_ack(dlg, self.invite_cseq, self._auth_headers(self.invite_request))
+        late_offer = not self.local_sdp and bool(resp.body) and self.remote_sdp is None
+        if late_offer:
+            key = (dlg.remote_tag, self.invite_cseq)
+            self._ack_waiting[key] = dlg
+            self._later(self.ua.offer_timeout, lambda: self._late_answer_missing(key))
+        else:
+            self._send_ack(dlg, self.invite_cseq, self._auth_headers(self.invite_request))
         self.state = CallState.CONFIRMED
         if resp.body:
             self.remote_sdp = resp.body
-        self._log(logging.INFO, "answered (%d)", resp.status)
-        self._emit(Answered(resp.body or None, dlg.remote_tag))
+        self._log(logging.INFO, "answered (%d)%s", resp.status, " with an offer" if late_offer else "")
+        self._emit(Answered(resp.body or None, dlg.remote_tag, late_offer))
+
+    def ack(self, sdp: bytes, content_type: str = "application/sdp") -> None:
+        """Send the ACK carrying our answer to the offer of a late-offer 2xx (`Answered.offer`)."""
+        if not self._ack_waiting:
+            raise CallStateError("no 2xx waits for an answer in its ACK")
+        key, dlg = next(iter(self._ack_waiting.items()))
+        del self._ack_waiting[key]
+        self.local_sdp = sdp
+        self._send_ack(dlg, key[1], self._auth_headers(self.invite_request) + [("Content-Type", content_type)], sdp)
+        self.ua._flush()
+
+    def _late_answer_missing(self, key: tuple[str, int]) -> None:
+        """No answer for a late-offer 2xx in time: ACK it bare and hang up (the session cannot start)."""
+        dlg = self._ack_waiting.pop(key, None)
+        if dlg is None:
+            return
+        self._log(logging.WARNING, "no answer for the 2xx's offer within %.0f s: ending", self.ua.offer_timeout)
+        self._send_ack(dlg, key[1], self._auth_headers(self.invite_request))
+        if self.state is CallState.CONFIRMED:
+            self._bye(dlg)
+            self._finish(CallState.ENDED)
+            self._emit(Ended("local", "no answer to the offer"))
+        self.ua._flush()
 
     def _on_failure(self, resp: Response) -> None:
         if self.is_final or self.state is CallState.CONFIRMED:
@@ -1290,12 +1335,13 @@ class UserAgent:
     def invite(self, target_uri: str | SipUri, from_uri: str | SipUri | NameAddr, sdp_offer: bytes | None = None, *,
                headers: Iterable[tuple[str, str]] = (), flow: Flow | None = None, route: Iterable[str] = (),
                credentials: tuple[str, str] | None = None, content_type: str = "application/sdp",
-               require_100rel: bool = False, ring_timeout: float | None = None,
+               require_100rel: bool = False, ring_timeout: float | None = None, to: str | None = None,
                on_event: Callable[[CallEvent], None] | None = None) -> OutgoingCall:
         """Place a call: INVITE `target_uri` from `from_uri` with `sdp_offer` (None: a late-offer INVITE).
 
         `flow` forces where the INVITE goes (default: resolve the first `route`, else the target);
-        `route` is a preloaded route set (outbound proxy); `credentials` answer one 401/407.
+        `route` is a preloaded route set (outbound proxy); `credentials` answer one 401/407; `to` is the
+        To URI when it is not the Request-URI (a user's AOR while the Request-URI is one of its contacts).
         """
         target = SipUri.parse(target_uri) if isinstance(target_uri, str) else target_uri.copy()
         if isinstance(from_uri, str):
@@ -1315,7 +1361,7 @@ class UserAgent:
             req.add("Route", r)
         req.add("Max-Forwards", "70")
         req.add("From", str(from_na.with_tag(tag)))
-        req.add("To", f"<{target}>")
+        req.add("To", f"<{to or target}>")
         req.add("Call-ID", call_id)
         req.add("CSeq", "1 INVITE")
         req.add("Contact", self.contact_for(flow.transport, from_na.uri.user))

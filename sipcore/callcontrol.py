@@ -1,0 +1,856 @@
+"""Call control: the router interface and the per-call object the ACD drives (docs/callcontrol.md).
+
+sipcore offers mechanism, not policy. For each new INVITE the proxy asks a `Router` what the call becomes:
+`ProxyCall()` (stateful proxying to the callee's contacts, as without a router), `AcceptCall(handler)`
+(callpath answers as a B2BUA and ``handler(call)`` runs with a `Call`), or `RejectCall(status)`.
+
+A `Call` is one inbound party (its `Channel` ``call.inbound``) and the outbound channels rung for it. Each
+channel is one SIP dialog (`IncomingCall` / `OutgoingCall` of the `UserAgent`) plus one media leg, named
+``"<call id>/<n>"``, all legs of a call in one media group. Verbs::
+
+    await call.answer()                                   # 200 OK with our media answer: the caller is parked
+    await call.play(["moh.wav"], loop=True)               # music on hold to the caller
+    result = await call.ring([Target.user("1001"), Target.user("1002")], strategy="parallel", timeout=20)
+    if result.channel:                                     # the first to answer; the others were cancelled
+        await call.connect(result.channel)                 # caller <-> agent (passthrough or transcoded)
+    await call.ended()
+
+`ring` before `answer` is what a PBX does: the caller hears ringing (180 relayed), early media (183 with SDP)
+is connected, and the caller is answered with the codec of whoever answers (passthrough when possible).
+Targets that are local users are resolved to their registered contacts and called directly on the flow they
+registered from (so callpath's own proxy never challenges callpath), each offered media matching its
+transport: WebRTC to WebSocket contacts, plain RTP to the others.
+
+Handled here without the application: a party's re-INVITE is answered locally from its own media leg (not
+relayed); a hold (sendonly/inactive) plays music on hold to the partner and a resume stops it
+(`ChannelHeld` / `ChannelResumed` report it); a late-offer INVITE (no SDP) gets our offer in the 200 and the
+answer from the ACK; INFO digits and media DTMF become `DtmfReceived`; when a connected channel ends its
+partner is hung up (``call.hangup_with_partner``), and when the inbound channel ends every channel of the call
+ends. Media failures (a worker lost, a browser leg down, a media timeout) end the channel they hit.
+
+sipcore never imports media: the controller handed in is any object with the `LegMedia` coroutines (the
+server passes ``media.client.MediaPool``). Media events reach ``owner`` callbacks as objects with a ``leg``
+attribute; DTMF is recognised by a ``digit`` attribute, fatal ones by their class name (`FATAL_MEDIA_EVENTS`).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, Union
+
+from .message import Request
+from .transaction import Flow, ServerTransaction
+from .ua import (
+    Answered, CallState, Confirmed, Ended, Failed, IncomingCall, InfoReceived, OutgoingCall,
+    ReinviteReceived, Ringing, UserAgent,
+)
+from .uri import NameAddr, SipUri
+
+__all__ = [
+    "AcceptCall", "Call", "CallControl", "CallControlError", "Channel", "ChannelAnswered", "ChannelEnded",
+    "ChannelFailed", "ChannelHeld", "ChannelResumed", "ChannelRinging", "Contact", "ContactResolver",
+    "Decision", "DtmfReceived", "FATAL_MEDIA_EVENTS", "LegDescription", "LegMedia", "ProxyCall", "RejectCall",
+    "RingResult", "RouteRequest", "Router", "Target", "media_transport_for",
+]
+
+log = logging.getLogger("callpath.sip.callcontrol")
+
+RTP = "rtp"            # plain RTP/AVP (phones, trunks)
+SDES = "sdes"          # RTP/SAVP keyed by a=crypto
+WEBRTC = "webrtc"      # ICE-lite + DTLS-SRTP (browsers)
+FATAL_MEDIA_EVENTS = frozenset({"MediaTimeout", "LegDown", "WorkerLost"})
+
+
+class CallControlError(RuntimeError):
+    """A call-control verb could not be carried out (the call is over, the media plane failed...)."""
+
+
+# -- the media contract ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LegDescription:
+    """What a media verb says about a leg: our SDP (when it made one), the codec, the direction, hold."""
+
+    sdp: bytes | None = None
+    codec: str | None = None
+    direction: str = "sendrecv"
+    hold: bool = False
+
+
+class LegMedia(Protocol):
+    """The media verbs call control needs (docs/callcontrol.md; implemented by media.client.MediaPool).
+
+    ``group`` keeps the legs of one call on one worker; ``owner`` receives the leg's media events.
+    Any exception (or a reply slower than ``CallControl.media_timeout``) is a failure of that verb.
+    """
+
+    def leg_offer(self, leg: str, *, group: str, transport: str | None = None, direction: str = "sendrecv",
+                  owner: Callable[[Any], None] | None = None) -> Awaitable[LegDescription]: ...
+
+    def leg_answer(self, leg: str, sdp: bytes) -> Awaitable[LegDescription]: ...
+
+    def leg_remote_offer(self, leg: str, sdp: bytes, *, group: str,
+                         owner: Callable[[Any], None] | None = None) -> Awaitable[LegDescription]: ...
+
+    def leg_create_answer(self, leg: str, *, prefer: str | None = None) -> Awaitable[LegDescription]: ...
+
+    def leg_close(self, leg: str) -> Awaitable[Any]: ...
+
+    def connect(self, a: str, b: str) -> Awaitable[Any]: ...
+
+    def disconnect(self, leg: str) -> Awaitable[Any]: ...
+
+    def play(self, leg: str, files: list[str], *, loop: bool = False, mix: bool = False) -> Awaitable[Any]: ...
+
+    def stop_play(self, leg: str) -> Awaitable[Any]: ...
+
+
+def media_transport_for(sip_transport: str) -> str:
+    """The media a contact reached over ``sip_transport`` can take: WebRTC over WebSocket, else plain RTP."""
+    return WEBRTC if sip_transport.lower() in ("ws", "wss") else RTP
+
+
+# -- routing -------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """A new INVITE as the router sees it, after authentication and the callee lookup."""
+
+    request: Request
+    flow: Flow
+    caller: Any = None          # the authenticated account (username, extension), or None
+    callee: Any = None          # the local account the Request-URI names, or None
+    source_trunk: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyCall:
+    """Proxy the INVITE statefully to the callee's registered contacts (what happens without a router)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptCall:
+    """Answer as a B2BUA: ``handler(call)`` runs in its own task with the new `Call`."""
+
+    handler: Callable[["Call"], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectCall:
+    """Refuse the INVITE with a final status."""
+
+    status: int = 404
+    reason: str | None = None
+
+
+Decision = Union[ProxyCall, AcceptCall, RejectCall]
+
+
+class Router(Protocol):
+    """Decides what each new INVITE becomes (the ACD's router, or a PBX's default one)."""
+
+    def route(self, request: RouteRequest) -> Awaitable[Decision]: ...
+
+
+# -- targets -------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """One place to send an INVITE for a target: a registered contact (with its flow and Path) or a URI."""
+
+    uri: SipUri
+    aor: str                              # what goes in the To header
+    flow: Flow | None = None              # the registration's connection / NAT address; None: resolve the URI
+    path: tuple[str, ...] = ()            # Path (RFC 3327): the route to reach it
+    transport: str = RTP                  # the media to offer: RTP, SDES or WEBRTC
+    credentials: tuple[str, str] | None = None   # for a 401/407 (trunks)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Whom to ring: a local user (all its contacts), a SIP URI, or explicit contacts (a trunk's)."""
+
+    kind: str                             # "user" | "uri" | "contacts"
+    value: Any
+    timeout: float | None = None          # seconds this target rings (sequential: each its own)
+    label: str = ""
+
+    @classmethod
+    def user(cls, name: str, timeout: float | None = None) -> Target:
+        return cls("user", name, timeout, name)
+
+    @classmethod
+    def uri(cls, uri: str, timeout: float | None = None, transport: str = RTP) -> Target:
+        return cls("uri", (uri, transport), timeout, uri)
+
+    @classmethod
+    def contacts(cls, contacts: Sequence[Contact], timeout: float | None = None, label: str = "") -> Target:
+        return cls("contacts", tuple(contacts), timeout, label or ",".join(str(c.uri) for c in contacts))
+
+
+class ContactResolver(Protocol):
+    """Turns a local username or extension into its reachable contacts ([] when none: 480)."""
+
+    def contacts_of(self, user: str) -> Awaitable[list[Contact]]: ...
+
+
+# -- events to the application ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ChannelRinging:
+    channel: "Channel"
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAnswered:
+    channel: "Channel"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelFailed:
+    """An outbound channel was not answered: its final status (408 no answer, 486 busy, 487 cancelled...)."""
+
+    channel: "Channel"
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelEnded:
+    """A channel is over: ``by`` is "local", "remote", "timeout" or "media"."""
+
+    channel: "Channel"
+    by: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelHeld:
+    channel: "Channel"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelResumed:
+    channel: "Channel"
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfReceived:
+    """A digit from a channel: ``source`` is "info" (SIP INFO) or the media's (rfc4733, inband)."""
+
+    channel: "Channel"
+    digit: str
+    source: str
+
+
+CallControlEvent = Union[ChannelRinging, ChannelAnswered, ChannelFailed, ChannelEnded, ChannelHeld,
+                         ChannelResumed, DtmfReceived]
+
+
+@dataclass(frozen=True, slots=True)
+class RingResult:
+    """What `Call.ring` came to: the answering channel, or None with the most telling failure status."""
+
+    channel: "Channel | None"
+    status: int = 200
+    reason: str = ""
+
+
+def _better_failure(a: tuple[int, str] | None, b: tuple[int, str]) -> tuple[int, str]:
+    """RFC 3261 §16.7-like choice among failures: 6xx wins, then the lowest class, 408/487 last."""
+    if a is None:
+        return b
+    def rank(x: tuple[int, str]) -> tuple[int, int]:
+        status = x[0]
+        if 600 <= status < 700:
+            return (0, status)
+        if status in (408, 487):
+            return (3, status)
+        return (1 if status < 500 else 2, status)
+    return b if rank(b) < rank(a) else a
+
+
+# -- channels ----------------------------------------------------------------------------------------------
+class Channel:
+    """One party of a call: a SIP dialog and its media leg."""
+
+    def __init__(self, call: "Call", sip: IncomingCall | OutgoingCall | None, leg: str, *, inbound: bool,
+                 label: str = "", transport: str = RTP) -> None:
+        self.call = call
+        self.sip = sip
+        self.leg = leg
+        self.inbound = inbound
+        self.label = label
+        self.transport = transport
+        self.partner: Channel | None = None
+        self.codec: str | None = None
+        self.held = False
+        self.answered = False             # 2xx sent (inbound) / received (outbound)
+        self.ended = False                # its dialog is over (or never began)
+        self.reported = False             # ...and the call has dealt with it (leg closed, partner told)
+        self.failure: tuple[int, str] | None = None   # outbound: the final status it failed with
+        self.early_media = False          # outbound: its 183 SDP was taken
+        self.media_open = False
+        self.playing = False              # something was played to it that a connect must stop
+        self.early_sdp: bytes | None = None   # outbound: the 183's SDP; inbound: our answer sent in a 183
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.leg} {'in' if self.inbound else 'out'} {self.label}>"
+
+    @property
+    def sip_call_id(self) -> str:
+        return self.sip.call_id if self.sip is not None else ""
+
+
+class Call:
+    """The control object of one call: its inbound channel, the channels rung for it, and the verbs."""
+
+    def __init__(self, control: "CallControl", incoming: IncomingCall, request: Request) -> None:
+        self.control = control
+        self.id = incoming.call_id
+        self.request = request
+        self._legs = itertools.count()
+        self.inbound = Channel(self, incoming, self._next_leg(), inbound=True, label=str(request.from_.uri),
+                               transport=media_transport_for(incoming.peer_flow.transport))
+        self.channels: list[Channel] = [self.inbound]
+        self.events: asyncio.Queue[CallControlEvent] = asyncio.Queue()
+        self.on_event: Callable[[CallControlEvent], None] | None = None
+        self.hangup_with_partner = True
+        self.music_on_hold: list[str] = list(control.music_on_hold)
+        self._sip_events: asyncio.Queue[tuple[Channel, Any]] = asyncio.Queue()
+        self._done = asyncio.get_running_loop().create_future()
+        self._pump_task: asyncio.Task | None = None
+        self._ring_waiters: set[asyncio.Future] = set()
+        incoming.auto_answer_reinvite = False
+        incoming.on_event = lambda ev: self._sip_events.put_nowait((self.inbound, ev))
+
+    # -- the application's verbs --------------------------------------------------------------------
+    @property
+    def is_over(self) -> bool:
+        return self._done.done()
+
+    async def ended(self) -> None:
+        """Wait until every channel of the call is over."""
+        await asyncio.shield(self._done)
+
+    async def next_event(self, timeout: float | None = None) -> CallControlEvent:
+        """The next event (when ``on_event`` is not set)."""
+        return await asyncio.wait_for(self.events.get(), timeout)
+
+    async def answer(self) -> None:
+        """Answer the caller with media (park): our answer to its offer, or our offer if it sent none."""
+        ch = self.inbound
+        if ch.answered:
+            return
+        self._require_live(ch)
+        sdp = await self._inbound_sdp(prefer=None)
+        self._answer_inbound(sdp)
+
+    async def ring(self, targets: Sequence[Target], *, strategy: str = "parallel", timeout: float = 30.0,
+                   connect: bool = True) -> RingResult:
+        """Ring ``targets`` (all at once, or one after another each for its own timeout) until one answers.
+
+        The answering channel is returned (the others are cancelled); with ``connect`` (default) it is
+        connected to the caller, who is answered first if it was not yet. None with the best failure
+        status when nobody answered (or the caller gave up).
+        """
+        if strategy not in ("parallel", "sequential"):
+            raise ValueError(f"strategy must be 'parallel' or 'sequential', not {strategy!r}")
+        self._require_live(self.inbound)
+        failure: tuple[int, str] | None = None
+        groups: list[list[Target]] = [list(targets)] if strategy == "parallel" else [[t] for t in targets]
+        for group in groups:
+            result = await self._ring_group(group, timeout)
+            if result.channel is not None:
+                if connect:
+                    await self._join(result.channel)
+                return result
+            failure = _better_failure(failure, (result.status, result.reason))
+            if self.inbound.ended:
+                break
+        status, reason = failure or (480, "Temporarily Unavailable")
+        return RingResult(None, status, reason)
+
+    async def connect(self, channel: Channel, other: Channel | None = None) -> None:
+        """Connect ``channel`` to ``other`` (default: the inbound channel): each hears the other."""
+        a = other or self.inbound
+        if channel is a:
+            raise CallControlError("a channel cannot be connected to itself")
+        for ch in (a, channel):
+            self._require_live(ch)
+        if a.inbound and not a.answered:
+            sdp = await self._inbound_sdp(prefer=channel.codec)
+            self._answer_inbound(sdp)
+        await self._link(a, channel)
+
+    async def play(self, files: Sequence[str], *, channel: Channel | None = None, loop: bool = False,
+                   mix: bool = False) -> None:
+        """Play files to a channel (default: the caller): a prompt, or music on hold with ``loop``."""
+        ch = channel or self.inbound
+        self._require_live(ch)
+        await self._media("play", self.control.media.play(ch.leg, list(files), loop=loop, mix=mix))
+        ch.playing = True
+
+    async def stop_play(self, channel: Channel | None = None) -> None:
+        ch = channel or self.inbound
+        if ch.media_open:
+            ch.playing = False
+            await self._media("stop_play", self.control.media.stop_play(ch.leg))
+
+    async def disconnect(self, channel: Channel) -> None:
+        """Separate a channel from its partner (each then hears silence, or what is played to it)."""
+        partner = channel.partner
+        channel.partner = None
+        if partner is not None and partner.partner is channel:
+            partner.partner = None
+        if channel.media_open:
+            await self._media("disconnect", self.control.media.disconnect(channel.leg))
+
+    def hangup(self, channel: Channel | None = None, status: int = 480) -> None:
+        """End a channel (default: the whole call): BYE, CANCEL, or ``status`` to an unanswered caller."""
+        if channel is None:
+            for ch in list(self.channels):
+                self._end_channel(ch, status)
+            return
+        self._end_channel(channel, status)
+
+    def reject(self, status: int = 480, reason: str | None = None) -> None:
+        """Refuse the unanswered caller with a final status (the whole call ends)."""
+        sip = self.inbound.sip
+        if isinstance(sip, IncomingCall) and not self.inbound.answered and not sip.is_final:
+            sip.reject(status, reason)
+        self.hangup(status=status)
+
+    # -- internals: inbound media ---------------------------------------------------------------------
+    async def _inbound_sdp(self, prefer: str | None) -> bytes:
+        """Our SDP for the caller's 200 (answer to its offer, or an offer for a late-offer INVITE)."""
+        ch = self.inbound
+        media = self.control.media
+        if ch.early_sdp is not None:
+            return ch.early_sdp       # the answer a 183 carried: the 200 repeats it
+        offer = self.request.body if self.request.body and b"v=0" in self.request.body[:16] else None
+        if offer is not None:
+            if not ch.media_open:
+                await self._media("remote offer", media.leg_remote_offer(
+                    ch.leg, offer, group=self.id, owner=self._media_owner(ch)), ch)
+                ch.media_open = True
+            desc = await self._media("answer", media.leg_create_answer(ch.leg, prefer=prefer), ch)
+        else:
+            desc = await self._media("offer", media.leg_offer(
+                ch.leg, group=self.id, transport=ch.transport, owner=self._media_owner(ch)), ch)
+            ch.media_open = True
+        ch.codec = desc.codec or ch.codec
+        if desc.sdp is None:
+            raise CallControlError("the media plane gave no SDP")
+        return desc.sdp
+
+    def _answer_inbound(self, sdp: bytes) -> None:
+        ch = self.inbound
+        sip = ch.sip
+        assert isinstance(sip, IncomingCall)
+        if sip.is_final:
+            raise CallControlError("the caller is gone")
+        sip.answer(sdp, headers=[("Content-Type", "application/sdp")])
+        ch.answered = True
+        self._emit(ChannelAnswered(ch))
+
+    # -- internals: ringing ---------------------------------------------------------------------------
+    async def _ring_group(self, targets: list[Target], timeout: float) -> RingResult:
+        contacts: list[tuple[Target, Contact]] = []
+        failure: tuple[int, str] | None = None
+        for target in targets:
+            try:
+                found = await self.control.contacts_for(target)
+            except Exception as exc:  # noqa: BLE001 - one unresolvable target must not stop the others
+                log.warning("target %s: %s", target.label, exc, extra={"call_id": self.id})
+                found = []
+            if not found:
+                failure = _better_failure(failure, (480, f"{target.label}: not reachable"))
+            contacts += [(target, c) for c in found]
+        if not contacts:
+            status, reason = failure or (480, "Temporarily Unavailable")
+            return RingResult(None, status, reason)
+        channels: list[Channel] = []
+        for target, contact in contacts:
+            ch = await self._originate(target, contact, target.timeout or timeout)
+            channels.append(ch)
+            if self.inbound.ended:
+                break
+        while True:
+            winner = next((ch for ch in channels if ch.answered and not ch.ended), None)
+            if winner is not None:
+                for ch in channels:
+                    if ch is not winner:
+                        self._end_channel(ch, 487)
+                return RingResult(winner)
+            if self.inbound.ended or all(ch.ended for ch in channels):
+                break
+            waiter = asyncio.get_running_loop().create_future()
+            self._ring_waiters.add(waiter)
+            try:
+                await waiter
+            finally:
+                self._ring_waiters.discard(waiter)
+        for ch in channels:
+            self._end_channel(ch, 487)
+            failure = _better_failure(failure, ch.failure or (480, "no answer"))
+        status, reason = failure or (480, "no answer")
+        return RingResult(None, status, reason)
+
+    async def _originate(self, target: Target, contact: Contact, timeout: float) -> Channel:
+        """Open a media leg offering ``contact.transport`` and INVITE the contact with it (a channel that
+        could not be called comes back ended, with its failure)."""
+        ch = Channel(self, None, self._next_leg(), inbound=False, label=target.label, transport=contact.transport)
+        self.channels.append(ch)
+        try:
+            desc = await self._media("offer", self.control.media.leg_offer(
+                ch.leg, group=self.id, transport=contact.transport, owner=self._media_owner(ch)), ch)
+        except CallControlError as exc:
+            self._never_called(ch, (500, str(exc)))
+            return ch
+        ch.media_open = True
+        caller = self.request.from_
+        from_na = NameAddr(SipUri.parse(f"sip:{caller.uri.user or 'anonymous'}@{self.control.domain}"),
+                           caller.display)
+        try:
+            sip = self.control.ua.invite(
+                contact.uri, from_na, desc.sdp, flow=contact.flow, route=contact.path, ring_timeout=timeout,
+                credentials=contact.credentials, to=contact.aor or None)
+        except Exception as exc:  # noqa: BLE001 - an unroutable contact fails this channel only
+            log.warning("cannot call %s: %s", contact.uri, exc, extra={"call_id": self.id})
+            await self._close_leg(ch)
+            self._never_called(ch, (500, str(exc)))
+            return ch
+        ch.sip = sip
+        sip.auto_answer_reinvite = False
+        sip.on_event = lambda ev, ch=ch: self._sip_events.put_nowait((ch, ev))
+        log.info("ringing %s at %s (%s media)", target.label, contact.uri, contact.transport,
+                 extra={"call_id": self.id})
+        return ch
+
+    def _never_called(self, ch: Channel, failure: tuple[int, str]) -> None:
+        ch.ended = ch.reported = True
+        ch.failure = failure
+
+    async def _join(self, channel: Channel) -> None:
+        await self.connect(channel)
+
+    async def _link(self, a: Channel, b: Channel) -> None:
+        """Media-connect two channels and remember them as partners (moving them from earlier partners)."""
+        for ch in (a, b):
+            old = ch.partner
+            if old is not None and old not in (a, b):
+                old.partner = None
+            if ch.playing:     # music on hold or a prompt to a parked party stops when it is connected
+                ch.playing = False
+                await self._quiet("stop play", self.control.media.stop_play(ch.leg))
+        await self._media("connect", self.control.media.connect(a.leg, b.leg))
+        a.partner, b.partner = b, a
+
+    # -- internals: events ----------------------------------------------------------------------------
+    def start(self, handler: Callable[["Call"], Awaitable[None]]) -> None:
+        """Run the SIP event pump and the application's handler (called by CallControl)."""
+        loop = asyncio.get_running_loop()
+        self._pump_task = loop.create_task(self._pump())
+        task = loop.create_task(self._run_handler(handler))
+        self.control._tasks.add(task)
+        task.add_done_callback(self.control._tasks.discard)
+
+    async def _run_handler(self, handler: Callable[["Call"], Awaitable[None]]) -> None:
+        try:
+            await handler(self)
+        except asyncio.CancelledError:
+            raise
+        except CallControlError as exc:
+            log.warning("call handler stopped: %s", exc, extra={"call_id": self.id})
+            self._fail_unanswered(500)
+        except Exception:
+            log.exception("call handler failed", extra={"call_id": self.id})
+            self._fail_unanswered(500)
+        else:
+            if not self.inbound.answered and not self.inbound.ended:
+                self._fail_unanswered(480)   # the handler returned without answering or rejecting
+
+    def _fail_unanswered(self, status: int) -> None:
+        if not self.inbound.answered:
+            self.reject(status)
+
+    async def _pump(self) -> None:
+        while True:
+            ch, ev = await self._sip_events.get()
+            try:
+                await self._on_sip(ch, ev)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("call event %s failed", type(ev).__name__, extra={"call_id": self.id})
+            if self._all_over():
+                await self._finish()
+                return
+
+    async def _on_sip(self, ch: Channel, ev: Any) -> None:
+        if isinstance(ev, _MediaEvent):
+            await self._on_media_event(ch, ev.event)
+        elif isinstance(ev, Ringing):
+            await self._on_ringing(ch, ev)
+        elif isinstance(ev, Answered):
+            await self._on_answered(ch, ev)
+        elif isinstance(ev, Confirmed):
+            if ev.sdp and ch.inbound and not self.request.body and ch.media_open:
+                desc = await self._media("answer", self.control.media.leg_answer(ch.leg, ev.sdp), ch)
+                ch.codec = desc.codec or ch.codec
+        elif isinstance(ev, Failed):
+            ch.ended = True
+            ch.failure = (ev.status, ev.reason)
+            if not ch.inbound:
+                self._emit(ChannelFailed(ch, ev.status, ev.reason))
+            await self._channel_over(ch, "remote", f"{ev.status} {ev.reason}")
+        elif isinstance(ev, Ended):
+            ch.ended = True
+            await self._channel_over(ch, ev.by, ev.reason)
+        elif isinstance(ev, ReinviteReceived):
+            await self._on_reoffer(ch, ev)
+        elif isinstance(ev, InfoReceived):
+            digit = _info_digit(ev.body, ev.content_type)
+            if digit:
+                self._emit(DtmfReceived(ch, digit, "info"))
+        self._wake_ring()
+
+    async def _on_ringing(self, ch: Channel, ev: Ringing) -> None:
+        self._emit(ChannelRinging(ch, ev.status))
+        inbound = self.inbound
+        sip = inbound.sip
+        if inbound.answered or inbound.ended or not isinstance(sip, IncomingCall):
+            return
+        if ev.sdp and not ch.early_media and not any(c.early_media for c in self.channels):
+            # early media (183 + SDP): take the callee's answer and give the caller ours, connected
+            desc = await self._media("early answer", self.control.media.leg_answer(ch.leg, ev.sdp), ch)
+            ch.codec = desc.codec or ch.codec
+            ch.early_media = True
+            ch.early_sdp = ev.sdp
+            sdp = await self._inbound_sdp(prefer=ch.codec)
+            inbound.early_sdp = sdp
+            if not sip.is_final:
+                sip.ring(183, sdp)
+                await self._link(inbound, ch)
+            return
+        if sip.state is CallState.INCOMING:
+            sip.ring(180)
+
+    async def _on_answered(self, ch: Channel, ev: Answered) -> None:
+        if self.inbound.ended:
+            self._end_channel(ch, 487)
+            return
+        if ev.sdp and ev.sdp != ch.early_sdp:    # (a 2xx SDP different from the 183's is the new answer)
+            desc = await self._media("answer", self.control.media.leg_answer(ch.leg, ev.sdp), ch)
+            ch.codec = desc.codec or ch.codec
+        ch.answered = True
+        self._emit(ChannelAnswered(ch))
+
+    async def _on_reoffer(self, ch: Channel, ev: ReinviteReceived) -> None:
+        """A party's re-INVITE/UPDATE: answered from its own leg; hold and resume reach the partner."""
+        media = self.control.media
+        if ev.offer is None:
+            desc = await self._media("re-offer", media.leg_offer(ch.leg, group=self.id), ch)
+            ev.answer(desc.sdp, headers=[("Content-Type", "application/sdp")])
+            return
+        try:
+            remote = await self._media("re-offer", media.leg_remote_offer(ch.leg, ev.offer, group=self.id), ch)
+            desc = await self._media("re-answer", media.leg_create_answer(ch.leg, prefer=ch.codec), ch)
+        except CallControlError:
+            ev.reject(500, "Media Unavailable")
+            return
+        ev.answer(desc.sdp, headers=[("Content-Type", "application/sdp")])
+        ch.codec = desc.codec or ch.codec
+        hold = remote.hold or desc.hold
+        if hold and not ch.held:
+            ch.held = True
+            partner = ch.partner
+            if partner is not None and partner.media_open and self.music_on_hold:
+                await self._quiet("music on hold", media.play(partner.leg, self.music_on_hold, loop=True))
+            self._emit(ChannelHeld(ch))
+        elif not hold and ch.held:
+            ch.held = False
+            partner = ch.partner
+            if partner is not None and partner.media_open:
+                await self._quiet("stop music on hold", media.stop_play(partner.leg))
+            self._emit(ChannelResumed(ch))
+
+    async def _on_media_event(self, ch: Channel, event: Any) -> None:
+        name = type(event).__name__
+        digit = getattr(event, "digit", None)
+        if digit:
+            self._emit(DtmfReceived(ch, str(digit), str(getattr(event, "source", "rtp"))))
+        elif name in FATAL_MEDIA_EVENTS and not ch.ended:
+            log.warning("media %s on %s: ending it", name, ch.leg, extra={"call_id": self.id})
+            ch.media_open = False              # the leg is gone with the worker / the browser
+            self._end_channel(ch, 480)
+
+    async def _channel_over(self, ch: Channel, by: str, reason: str) -> None:
+        """A channel ended: its leg closes, its partner follows (policy), the inbound ends the call."""
+        if ch.reported:
+            return
+        ch.reported = True
+        await self._close_leg(ch)
+        if ch.answered or ch.inbound:
+            self._emit(ChannelEnded(ch, by, reason))
+        partner = ch.partner
+        ch.partner = None
+        if partner is not None:
+            partner.partner = None
+            if self.hangup_with_partner and not partner.ended:
+                self._end_channel(partner, 480)
+        if ch.inbound:
+            for other in self.channels:
+                if not other.ended:
+                    self._end_channel(other, 487)
+
+    def _end_channel(self, ch: Channel, status: int) -> None:
+        """Hang a channel's SIP dialog up; its Ended/Failed event then closes the leg (`_channel_over`).
+
+        BYE after an answer, CANCEL before one (the 487 comes back as Failed), ``status`` to an unanswered
+        inbound INVITE (no UA event follows a reject: one is queued here)."""
+        sip = ch.sip
+        if sip is None or sip.is_final:
+            return             # never called, or its final event is already on its way
+        if isinstance(sip, IncomingCall) and sip.state in (CallState.INCOMING, CallState.EARLY):
+            sip.reject(status)
+            ch.ended = True
+            self._sip_events.put_nowait((ch, Ended("local", f"rejected {status}")))
+            return
+        sip.hangup()
+
+    def _wake_ring(self) -> None:
+        for waiter in list(self._ring_waiters):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _all_over(self) -> bool:
+        return all(ch.reported for ch in self.channels)
+
+    async def _finish(self) -> None:
+        for ch in self.channels:
+            await self._close_leg(ch)
+        self._wake_ring()
+        if not self._done.done():
+            self._done.set_result(None)
+        self.control._forget(self)
+
+    async def _close_leg(self, ch: Channel) -> None:
+        if ch.media_open:
+            ch.media_open = False
+            await self._quiet("close", self.control.media.leg_close(ch.leg))
+
+    # -- small helpers ---------------------------------------------------------------------------------
+    def _next_leg(self) -> str:
+        return f"{self.id}/{next(self._legs)}"
+
+    def _media_owner(self, ch: Channel) -> Callable[[Any], None]:
+        return lambda event: self._sip_events.put_nowait((ch, _MediaEvent(event)))
+
+    def _require_live(self, ch: Channel) -> None:
+        if ch.ended or self.is_over:
+            raise CallControlError(f"{ch!r} is over")
+
+    def _emit(self, event: CallControlEvent) -> None:
+        cb = self.on_event
+        if cb is not None:
+            try:
+                cb(event)
+            except Exception:
+                log.exception("call control event handler failed", extra={"call_id": self.id})
+        else:
+            self.events.put_nowait(event)
+
+    async def _media(self, what: str, op: Awaitable[Any], ch: Channel | None = None) -> Any:
+        """One media verb within ``media_timeout``; a failure is a CallControlError naming it."""
+        try:
+            return await asyncio.wait_for(op, self.control.media_timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            why = (f"no reply within {self.control.media_timeout:g} s" if isinstance(exc, asyncio.TimeoutError)
+                   else f"{type(exc).__name__}: {exc}")
+            log.warning("media %s%s failed: %s", what, f" on {ch.leg}" if ch else "", why, extra={"call_id": self.id})
+            raise CallControlError(f"media {what} failed: {why}") from exc
+
+    async def _quiet(self, what: str, op: Awaitable[Any]) -> None:
+        try:
+            await self._media(what, op)
+        except CallControlError:
+            pass
+
+
+@dataclass(frozen=True, slots=True)
+class _MediaEvent:
+    """A media event queued with the SIP events of the channel whose leg it concerns."""
+
+    event: Any
+
+
+def _info_digit(body: bytes, content_type: str | None) -> str | None:
+    """The digit of an INFO: application/dtmf-relay (``Signal=5``) or application/dtmf (``5``)."""
+    ctype = (content_type or "").lower()
+    text = body.decode("utf-8", "replace").strip()
+    if "dtmf-relay" in ctype:
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip().lower() == "signal" and value.strip():
+                return value.strip()[:1].upper()
+        return None
+    if "dtmf" in ctype and text:
+        return text[:1].upper()
+    return None
+
+
+# -- the service ---------------------------------------------------------------------------------------
+class CallControl:
+    """Creates `Call` objects for INVITEs a router accepted, over one UserAgent and one media controller."""
+
+    def __init__(self, ua: UserAgent, media: LegMedia, contacts: ContactResolver, *, domain: str,
+                 media_timeout: float = 2.0, music_on_hold: Sequence[str] = ()) -> None:
+        self.ua = ua
+        self.media = media
+        self.resolver = contacts
+        self.domain = domain
+        self.media_timeout = media_timeout
+        self.music_on_hold = list(music_on_hold)
+        self.calls: dict[str, Call] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    def accept(self, tx: ServerTransaction, request: Request,
+               handler: Callable[[Call], Awaitable[None]]) -> Call | None:
+        """Take an INVITE as its UAS and run ``handler`` with the new Call (None: the UA refused it)."""
+        incoming = self.ua.accept_invite(tx, request)
+        if incoming.is_final:
+            return None
+        call = Call(self, incoming, request)
+        self.calls[call.id] = call
+        call.start(handler)
+        return call
+
+    async def contacts_for(self, target: Target) -> list[Contact]:
+        """The contacts to INVITE for a target."""
+        if target.kind == "user":
+            return await self.resolver.contacts_of(str(target.value))
+        if target.kind == "uri":
+            uri, transport = target.value
+            parsed = SipUri.parse(uri)
+            return [Contact(parsed, f"{parsed}", transport=transport)]
+        if target.kind == "contacts":
+            return list(target.value)
+        raise ValueError(f"unknown target kind {target.kind!r}")
+
+    def _forget(self, call: Call) -> None:
+        if self.calls.get(call.id) is call:
+            del self.calls[call.id]
+
+    async def close(self) -> None:
+        """Hang up every call and stop their tasks (shutdown)."""
+        for call in list(self.calls.values()):
+            call.hangup()
+        for task in list(self._tasks):
+            task.cancel()
+        for call in list(self.calls.values()):
+            if call._pump_task is not None:
+                call._pump_task.cancel()

@@ -1,0 +1,394 @@
+"""sipcore.callcontrol over real UDP stacks: a caller, callpath in the middle (CallControl), callees.
+
+The media plane is a recording fake (`FakeMedia`) that answers every verb with valid SDP, so these tests
+pin down the signalling and the sequence of media verbs; audio through real workers is proven by the
+integration tests.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from sipcore.b2bua import mirror_status
+from sipcore.callcontrol import (
+    CallControl, ChannelAnswered, ChannelEnded, ChannelHeld, ChannelResumed, Contact, DtmfReceived,
+    LegDescription, Target,
+)
+from sipcore.sdp import SessionDescription, create_offer
+from sipcore.ua import Answered, Confirmed, Ended, Failed, Ringing
+from sipcore.uri import SipUri
+
+from test_ua import ANSWER, CODECS, OFFER, T, Endpoint, expect, make_endpoint, until
+
+
+class FakeMedia:
+    """Records the media verbs; every leg gets its own port in the SDP it makes."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple] = []
+        self.owners: dict[str, Any] = {}
+        self.fail: set[str] = set()
+        self._ports = iter(range(30000, 40000, 2))
+        self.hold_next = False
+
+    def _sdp(self, leg: str, direction: str = "sendrecv") -> bytes:
+        sd = create_offer("127.0.0.1", next(self._ports), CODECS, username="callpath", session_id="7")
+        body = sd.to_bytes()
+        if direction != "sendrecv":
+            body = body.replace(b"a=sendrecv", b"a=" + direction.encode())
+        return body
+
+    def _check(self, verb: str) -> None:
+        if verb in self.fail:
+            raise RuntimeError(f"{verb} failed (test)")
+
+    async def leg_offer(self, leg, *, group, transport=None, direction="sendrecv", owner=None):
+        self._check("leg_offer")
+        self.log.append(("leg_offer", leg, transport))
+        if owner is not None:
+            self.owners[leg] = owner
+        return LegDescription(self._sdp(leg, direction), "PCMU", direction)
+
+    async def leg_answer(self, leg, sdp):
+        self._check("leg_answer")
+        self.log.append(("leg_answer", leg))
+        return LegDescription(None, "PCMU")
+
+    async def leg_remote_offer(self, leg, sdp, *, group, owner=None):
+        self._check("leg_remote_offer")
+        self.log.append(("leg_remote_offer", leg))
+        if owner is not None:
+            self.owners[leg] = owner
+        direction = SessionDescription.parse(sdp).media[0].direction
+        return LegDescription(None, "PCMU", direction, direction in ("sendonly", "inactive"))
+
+    async def leg_create_answer(self, leg, *, prefer=None):
+        self._check("leg_create_answer")
+        self.log.append(("leg_create_answer", leg, prefer))
+        return LegDescription(self._sdp(leg), "PCMU")
+
+    async def leg_close(self, leg):
+        self.log.append(("leg_close", leg))
+
+    async def connect(self, a, b):
+        self._check("connect")
+        self.log.append(("connect", a, b))
+
+    async def disconnect(self, leg):
+        self.log.append(("disconnect", leg))
+
+    async def play(self, leg, files, *, loop=False, mix=False):
+        self.log.append(("play", leg, tuple(files), loop))
+
+    async def stop_play(self, leg):
+        self.log.append(("stop_play", leg))
+
+    def verbs(self, name: str) -> list[tuple]:
+        return [e for e in self.log if e[0] == name]
+
+
+class Contacts:
+    def __init__(self) -> None:
+        self.users: dict[str, list[Contact]] = {}
+
+    async def contacts_of(self, user: str) -> list[Contact]:
+        return self.users.get(user, [])
+
+
+class Setup:
+    def __init__(self, caller: Endpoint, middle: Endpoint, callees: list[Endpoint], control: CallControl,
+                 media: FakeMedia, contacts: Contacts) -> None:
+        self.caller, self.middle, self.callees = caller, middle, callees
+        self.control, self.media, self.contacts = control, media, contacts
+        self.handler: Any = None
+        self.calls: list[Any] = []
+
+    def dial(self, sdp: bytes | None = OFFER):
+        return self.caller.ua.invite(f"sip:100@127.0.0.1:{self.middle.port}", '"Alice" <sip:alice@127.0.0.1>', sdp)
+
+    async def incoming(self, index: int):
+        return await asyncio.wait_for(self.callees[index].ua.incoming.get(), T)
+
+
+@pytest.fixture
+async def setup():
+    caller = await make_endpoint()
+    middle = await make_endpoint()
+    callees = [await make_endpoint() for _ in range(3)]
+    media, contacts = FakeMedia(), Contacts()
+    for i, ep in enumerate(callees):
+        contacts.users[f"agent{i}"] = [Contact(SipUri.parse(f"sip:agent{i}@127.0.0.1:{ep.port}"),
+                                               f"sip:agent{i}@example.test")]
+    control = CallControl(middle.ua, media, contacts, domain="example.test", music_on_hold=["moh.wav"])
+    s = Setup(caller, middle, callees, control, media, contacts)
+
+    def on_invite(tx, request):
+        call = control.accept(tx, request, lambda c: s.handler(c))
+        s.calls.append(call)
+
+    middle.ua.on_invite = on_invite
+    yield s
+    await control.close()
+    for ep in (caller, middle, *callees):
+        ep.ua.close()
+        await ep.stack.close()
+
+
+async def test_park_with_music_then_the_first_of_parallel_agents_is_connected(setup):
+    s = setup
+    rung: dict[str, Any] = {}
+
+    async def handler(call):
+        await call.answer()
+        await call.play(["moh.wav"], loop=True)
+        rung["result"] = await call.ring([Target.user("agent0"), Target.user("agent1")], timeout=10)
+        await call.ended()
+
+    s.handler = handler
+    out = s.dial()
+    ans = await expect(out, Answered)                 # parked: answered by callpath itself
+    assert ans.sdp and b"m=audio 3" in ans.sdp
+    a0, a1 = await s.incoming(0), await s.incoming(1)
+    assert a0.request.to.uri.user == "agent0" and str(a0.request.to.uri) == "sip:agent0@example.test"
+    assert a0.request.from_.uri.user == "alice" and a0.request.from_.display == "Alice"
+    a0.ring(180)
+    a1.ring(180)
+    a1.answer(ANSWER)
+    await expect(a1, Confirmed)
+    ended = await expect(a0, Ended)                   # the other agent's INVITE was cancelled
+    assert ended.reason == "CANCEL"
+    await until(lambda: "result" in rung)
+    result = rung["result"]
+    assert result.channel is not None and result.channel.label == "agent1"
+    call = s.calls[0]
+    leg_a, leg_1 = call.inbound.leg, result.channel.leg
+    await until(lambda: ("connect", leg_a, leg_1) in s.media.log)
+    assert ("play", leg_a, ("moh.wav",), True) in s.media.log
+    assert ("stop_play", leg_a) in s.media.log        # the music stops when the agent is connected
+    out.hangup()
+    await expect(a1, Ended)
+    await asyncio.wait_for(call.ended(), T)
+    closed = {e[1] for e in s.media.verbs("leg_close")}
+    assert {leg_a, leg_1} <= closed and not s.control.calls
+
+
+async def test_ring_before_answer_like_a_pbx(setup):
+    s = setup
+
+    async def handler(call):
+        result = await call.ring([Target.user("agent0")], timeout=10)
+        if result.channel is None:
+            call.reject(mirror_status(result.status))
+            return
+        await call.ended()
+
+    s.handler = handler
+    out = s.dial()
+    inc = await s.incoming(0)
+    inc.ring(180)
+    ring = await expect(out, Ringing)
+    assert ring.status == 180 and ring.sdp is None
+    inc.answer(ANSWER)
+    ans = await expect(out, Answered)                 # the caller is answered only once the agent has
+    assert ans.sdp
+    call = s.calls[0]
+    out_leg = call.channels[1].leg
+    assert ("leg_create_answer", call.inbound.leg, "PCMU") in s.media.log   # prefer the agent's codec
+    await until(lambda: ("connect", call.inbound.leg, out_leg) in s.media.log)
+    inc.hangup()                                      # the agent hangs up: the caller is hung up too
+    await expect(out, Ended)
+    await asyncio.wait_for(call.ended(), T)
+
+
+async def test_sequential_ringing_moves_on_after_busy_and_failure_is_mirrored(setup):
+    s = setup
+    results = []
+
+    async def handler(call):
+        result = await call.ring([Target.user("agent0", timeout=5), Target.user("agent1", timeout=5)],
+                                 strategy="sequential")
+        results.append(result)
+        if result.channel is None:
+            call.reject(mirror_status(result.status))
+
+    s.handler = handler
+    out = s.dial()
+    first = await s.incoming(0)
+    assert s.callees[1].ua.incoming.empty()          # one after another
+    first.reject(486)
+    second = await s.incoming(1)
+    second.reject(603)
+    failed = await expect(out, Failed)
+    assert failed.status == 603 and results[0].status == 603      # 6xx beats 486
+
+
+async def test_unreachable_target_gives_480_and_ring_timeout_cancels(setup):
+    s = setup
+    results = []
+
+    async def handler(call):
+        results.append(await call.ring([Target.user("nobody")]))
+        results.append(await call.ring([Target.user("agent2")], timeout=0.5))
+        call.reject(mirror_status(results[-1].status))
+
+    s.handler = handler
+    out = s.dial()
+    inc = await s.incoming(2)
+    inc.ring(180)
+    ended = await expect(inc, Ended)                  # cancelled after the ring timeout
+    assert ended.reason == "CANCEL"
+    await expect(out, Ringing)
+    failed = await expect(out, Failed)
+    assert results[0].channel is None and results[0].status == 480
+    assert results[1].status == 487 and failed.status == 487
+
+
+async def test_hold_is_answered_locally_and_the_partner_hears_music(setup):
+    s = setup
+    events: list[Any] = []
+
+    async def handler(call):
+        call.on_event = events.append
+        result = await call.ring([Target.user("agent0")])
+        assert result.channel is not None
+        await call.ended()
+
+    s.handler = handler
+    out = s.dial()
+    inc = await s.incoming(0)
+    inc.answer(ANSWER)
+    await expect(out, Answered)
+    await expect(inc, Confirmed)
+    call = s.calls[0]
+    agent_leg = call.channels[1].leg
+    held = ANSWER.replace(b"a=sendrecv", b"a=sendonly")
+    fut = inc.reinvite(held)
+    resp = await asyncio.wait_for(fut, T)
+    assert resp.status == 200 and resp.body
+    await until(lambda: any(isinstance(e, ChannelHeld) for e in events))
+    assert ("play", call.inbound.leg, ("moh.wav",), True) in s.media.log
+    assert s.caller.count("INVITE ") == 1              # the caller saw no re-INVITE: nothing was relayed
+    resp = await asyncio.wait_for(inc.reinvite(ANSWER), T)
+    assert resp.status == 200
+    await until(lambda: any(isinstance(e, ChannelResumed) for e in events))
+    assert ("stop_play", call.inbound.leg) in s.media.log
+    assert [e[1] for e in s.media.verbs("leg_remote_offer")].count(agent_leg) == 2
+    out.hangup()
+    await expect(inc, Ended)
+    await asyncio.wait_for(call.ended(), T)
+    assert [type(e) for e in events if isinstance(e, ChannelEnded)] == [ChannelEnded, ChannelEnded]
+
+
+async def test_late_offer_invite_gets_our_offer_and_the_ack_answer(setup):
+    s = setup
+
+    async def handler(call):
+        await call.answer()
+        await call.ended()
+
+    s.handler = handler
+    out = s.dial(sdp=None)
+    ans = await expect(out, Answered)
+    assert ans.offer and ans.sdp and b"m=audio" in ans.sdp          # our offer in the 200
+    out.ack(ANSWER)
+    call = s.calls[0]
+    assert s.media.verbs("leg_offer")[0][1] == call.inbound.leg
+    await until(lambda: ("leg_answer", call.inbound.leg) in s.media.log)   # the ACK carried the answer
+    out.hangup()
+    await asyncio.wait_for(call.ended(), T)
+
+
+async def test_caller_cancel_cancels_the_agents_and_closes_legs(setup):
+    s = setup
+
+    async def handler(call):
+        await call.ring([Target.user("agent0"), Target.user("agent1")])
+
+    s.handler = handler
+    out = s.dial()
+    a0, a1 = await s.incoming(0), await s.incoming(1)
+    a0.ring(180)
+    await expect(out, Ringing)
+    out.cancel()
+    assert (await expect(out, Failed)).status == 487
+    assert (await expect(a0, Ended)).reason == "CANCEL"
+    assert (await expect(a1, Ended)).reason == "CANCEL"
+    call = s.calls[0]
+    await asyncio.wait_for(call.ended(), T)
+    assert len(s.media.verbs("leg_close")) == 2    # the caller's leg was never opened (not answered)
+
+
+async def test_early_media_is_connected_and_the_200_repeats_the_answer(setup):
+    s = setup
+
+    async def handler(call):
+        await call.ring([Target.user("agent0")])
+        await call.ended()
+
+    s.handler = handler
+    out = s.dial()
+    inc = await s.incoming(0)
+    inc.ring(183, ANSWER)
+    ring = await expect(out, Ringing)
+    assert ring.status == 183 and ring.sdp
+    call = s.calls[0]
+    await until(lambda: ("connect", call.inbound.leg, call.channels[1].leg) in s.media.log)
+    inc.answer(ANSWER)
+    ans = await expect(out, Answered)
+    assert ans.sdp == ring.sdp                        # the same answer as the 183's
+    assert len(s.media.verbs("leg_create_answer")) == 1
+    out.hangup()
+    await asyncio.wait_for(call.ended(), T)
+
+
+async def test_info_digits_are_events(setup):
+    s = setup
+    events: list[Any] = []
+
+    async def handler(call):
+        call.on_event = events.append
+        await call.answer()
+        await call.ended()
+
+    s.handler = handler
+    out = s.dial()
+    await expect(out, Answered)
+    await asyncio.wait_for(out.info(b"Signal=5\r\nDuration=160\r\n"), T)
+    await until(lambda: any(isinstance(e, DtmfReceived) for e in events))
+    dtmf = next(e for e in events if isinstance(e, DtmfReceived))
+    assert (dtmf.digit, dtmf.source) == ("5", "info")
+    assert isinstance(events[0], ChannelAnswered)
+    out.hangup()
+
+
+async def test_media_failure_at_answer_gives_500_and_a_lost_worker_ends_the_channel(setup):
+    s = setup
+    s.media.fail.add("leg_create_answer")
+
+    async def handler(call):
+        await call.answer()
+
+    s.handler = handler
+    out = s.dial()
+    assert (await expect(out, Failed)).status == 500
+    s.media.fail.clear()
+
+    async def parked(call):
+        await call.answer()
+        await call.ended()
+
+    s.handler = parked
+    out = s.dial()
+    await expect(out, Answered)
+    call = s.calls[-1]
+
+    class WorkerLost:
+        def __init__(self, leg: str) -> None:
+            self.leg = leg
+
+    s.media.owners[call.inbound.leg](WorkerLost(call.inbound.leg))
+    ended = await expect(out, Ended)                  # callpath hung the caller up
+    assert ended.by == "remote"
+    await asyncio.wait_for(call.ended(), T)
