@@ -53,7 +53,7 @@ __all__ = [
     "AcceptCall", "Call", "CallControl", "CallControlError", "Channel", "ChannelAnswered", "ChannelEnded",
     "ChannelFailed", "ChannelHeld", "ChannelResumed", "ChannelRinging", "Contact", "ContactResolver",
     "Decision", "DtmfReceived", "FATAL_MEDIA_EVENTS", "LegDescription", "LegMedia", "ProxyCall", "RejectCall",
-    "RingResult", "RouteRequest", "Router", "Target", "media_transport_for",
+    "RTP", "RingResult", "RouteRequest", "Router", "SDES", "Target", "WEBRTC", "media_transport_for",
 ]
 
 log = logging.getLogger("callpath.sip.callcontrol")

@@ -70,6 +70,9 @@ def build_app(application: "Application") -> Starlette:
             "bindings": await application.location.count(),
             "proxy": application.proxy.stats if application.proxy else {},
             "layer": stack.layer.stats, "limiter": stack.limiter_status(),
+            "calls": {"routed": application.router.stats if application.router else {},
+                      "active": len(application.callcontrol.calls) if application.callcontrol else 0,
+                      "anchoring": application.callcontrol is not None},
             "process": {"rss_bytes": rss_bytes(), "loop_lag_30s": stack.lag_summary(30.0),
                         "gc_30s": application.gc_watch.summary(30.0)},
         })

@@ -254,6 +254,8 @@ class Application:
         self.hep: Any = None
         self.ua: Any = None
         self.b2bua: Any = None
+        self.router: Any = None                 # acd.router.PbxRouter: what each new INVITE becomes
+        self.callcontrol: Any = None            # sipcore.callcontrol.CallControl: the calls a router accepts
         self._purge_task: asyncio.Task | None = None
         self._media_watch: asyncio.Task | None = None
         self.media_watch_interval = 1.0         # how often the worker processes are checked for life
@@ -318,15 +320,27 @@ class Application:
         self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop())
 
     def _wire_b2bua(self) -> None:
-        """The user agent (calls callpath takes part in) and the back-to-back numbers."""
-        try:
-            from sipcore.b2bua import BackToBack
-            from sipcore.ua import UserAgent
-        except ImportError:
-            return
+        """The user agent (calls callpath takes part in), the router with call control, and the
+        back-to-back numbers."""
+        from acd.moh import music_on_hold
+        from acd.router import PbxRouter
+        from sipcore.b2bua import BackToBack
+        from sipcore.callcontrol import CallControl
+        from sipcore.ua import UserAgent
+
         assert self.stack is not None and self.proxy is not None
+        s = self.settings
         self.ua = UserAgent(self.stack)
         self.proxy.ua = self.ua
+        legs = self.media_pool if hasattr(self.media_pool, "leg_offer") else None   # a media plane with legs
+        if legs is not None:
+            self.callcontrol = CallControl(
+                self.ua, legs, self.proxy, domain=s.sip.realm, media_timeout=s.media.control_timeout,
+                music_on_hold=music_on_hold(s.calls.music_on_hold, s.data_path))
+            self.proxy.callcontrol = self.callcontrol
+        self.router = PbxRouter(self.proxy, anchor=s.calls.anchor, ring_timeout=s.calls.ring_timeout,
+                                media=legs is not None)
+        self.proxy.router = self.router
         numbers = {e.number: e.target for e in self.settings.sip.b2bua}
         if numbers:
             self.b2bua = BackToBack(self.ua, numbers, media=self.media_pool,
@@ -453,6 +467,9 @@ class Application:
         if self.b2bua is not None and hasattr(self.b2bua, "close"):
             with contextlib.suppress(Exception):
                 await self.b2bua.close()
+        if self.callcontrol is not None:
+            with contextlib.suppress(Exception):
+                await self.callcontrol.close()
         if self.stack:
             await self.stack.close()
         await self._stop_media()

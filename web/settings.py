@@ -170,6 +170,22 @@ class LimitsSettings:
 
 
 @dataclass
+class CallsSettings:
+    """[calls]: how calls to local users are connected (docs/callcontrol.md, acd/router.py).
+
+    ``anchor = "auto"`` sends a call through the media plane when the two sides could not hear each other
+    directly (a browser on either side, or a caller without G.711) and proxies the rest, as a Kamailio +
+    rtpengine deployment does; ``always`` anchors every call, ``never`` none.
+    """
+
+    anchor: str = _setting("auto", help="media anchoring of calls to local users: auto | always | never")
+    ring_timeout: float = _setting(60.0, help="seconds a call to a local user rings before the caller gets 480")
+    music_on_hold: list[str] = _setting(
+        help="audio files (WAV, MP3...) played in a loop to a party on hold; empty -> a built-in melody",
+        factory=list)
+
+
+@dataclass
 class Settings:
     """The whole configuration of one callpath process, one attribute per TOML section."""
 
@@ -179,6 +195,7 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    calls: CallsSettings = field(default_factory=CallsSettings)
 
     @property
     def data_path(self) -> Path:
@@ -204,6 +221,7 @@ SECTIONS: dict[str, type] = {
     "web": WebSettings,
     "media": MediaSettings,
     "limits": LimitsSettings,
+    "calls": CallsSettings,
 }
 
 
@@ -465,6 +483,18 @@ def _validate(s: Settings) -> None:
         if not entry.target.lower().startswith(("sip:", "sips:")):
             raise SettingsError(f"sip.b2bua[{i}].target must be a sip: or sips: URI, got {entry.target!r}")
     _validate_media(s.media)
+    _validate_calls(s.calls)
+
+
+def _validate_calls(c: CallsSettings) -> None:
+    """[calls]: a known anchoring mode, a positive ring timeout, music files that exist."""
+    if c.anchor not in ("auto", "always", "never"):
+        raise SettingsError(f"calls.anchor must be auto, always or never, got {c.anchor!r}")
+    if not c.ring_timeout > 0:
+        raise SettingsError(f"calls.ring_timeout must be positive, got {c.ring_timeout}")
+    for path in c.music_on_hold:
+        if not Path(path).expanduser().is_file():
+            raise SettingsError(f"calls.music_on_hold: {path} is not a file")
 
 
 def _validate_media(m: MediaSettings) -> None:
