@@ -44,8 +44,8 @@ from typing import Any, Protocol, Union
 from .message import Request
 from .transaction import Flow, ServerTransaction
 from .ua import (
-    Answered, CallState, Confirmed, Ended, Failed, IncomingCall, InfoReceived, OutgoingCall,
-    ReinviteReceived, Ringing, UserAgent,
+    Answered, CallState, Confirmed, Ended, Failed, IncomingCall, InfoReceived, OutgoingCall, ReferReceived,
+    ReinviteReceived, Ringing, UserAgent, parse_replaces,
 )
 from .uri import NameAddr, SipUri
 
@@ -174,14 +174,16 @@ class Target:
     value: Any
     timeout: float | None = None          # seconds this target rings (sequential: each its own)
     label: str = ""
+    headers: tuple[tuple[str, str], ...] = ()   # extra INVITE headers (Replaces for an attended transfer)
 
     @classmethod
-    def user(cls, name: str, timeout: float | None = None) -> Target:
-        return cls("user", name, timeout, name)
+    def user(cls, name: str, timeout: float | None = None, headers: Sequence[tuple[str, str]] = ()) -> Target:
+        return cls("user", name, timeout, name, tuple(headers))
 
     @classmethod
-    def uri(cls, uri: str, timeout: float | None = None, transport: str = RTP) -> Target:
-        return cls("uri", (uri, transport), timeout, uri)
+    def uri(cls, uri: str, timeout: float | None = None, transport: str = RTP,
+            headers: Sequence[tuple[str, str]] = ()) -> Target:
+        return cls("uri", (uri, transport), timeout, uri, tuple(headers))
 
     @classmethod
     def contacts(cls, contacts: Sequence[Contact], timeout: float | None = None, label: str = "") -> Target:
@@ -293,6 +295,9 @@ class Channel:
         self.media_open = False
         self.playing = False              # something was played to it that a connect must stop
         self.early_sdp: bytes | None = None   # outbound: the 183's SDP; inbound: our answer sent in a 183
+        self.rung_for: Channel | None = None  # outbound: the party it was rung for
+        self.transferring = False         # a transfer moves its partner: its end must not hang the partner up
+        self.request: Request | None = None   # inbound: its INVITE
 
     def __repr__(self) -> str:
         return f"<Channel {self.leg} {'in' if self.inbound else 'out'} {self.label}>"
@@ -312,6 +317,7 @@ class Call:
         self._legs = itertools.count()
         self.inbound = Channel(self, incoming, self._next_leg(), inbound=True, label=str(request.from_.uri),
                                transport=media_transport_for(incoming.peer_flow.transport))
+        self.inbound.request = request
         self.channels: list[Channel] = [self.inbound]
         self.events: asyncio.Queue[CallControlEvent] = asyncio.Queue()
         self.on_event: Callable[[CallControlEvent], None] | None = None
@@ -343,30 +349,31 @@ class Call:
         if ch.answered:
             return
         self._require_live(ch)
-        sdp = await self._inbound_sdp(prefer=None)
-        self._answer_inbound(sdp)
+        sdp = await self._inbound_sdp(ch, prefer=None)
+        self._answer_inbound(ch, sdp)
 
     async def ring(self, targets: Sequence[Target], *, strategy: str = "parallel", timeout: float = 30.0,
-                   connect: bool = True) -> RingResult:
+                   connect: bool = True, party: Channel | None = None) -> RingResult:
         """Ring ``targets`` (all at once, or one after another each for its own timeout) until one answers.
 
-        The answering channel is returned (the others are cancelled); with ``connect`` (default) it is
-        connected to the caller, who is answered first if it was not yet. None with the best failure
-        status when nobody answered (or the caller gave up).
+        The targets are rung for ``party`` (default: the caller): the answering channel is returned (the
+        others are cancelled) and, with ``connect`` (default), connected to the party, which is answered
+        first if it was not yet. None with the best failure status when nobody answered (or the party gave up).
         """
         if strategy not in ("parallel", "sequential"):
             raise ValueError(f"strategy must be 'parallel' or 'sequential', not {strategy!r}")
-        self._require_live(self.inbound)
+        party = party or self.inbound
+        self._require_live(party)
         failure: tuple[int, str] | None = None
         groups: list[list[Target]] = [list(targets)] if strategy == "parallel" else [[t] for t in targets]
         for group in groups:
-            result = await self._ring_group(group, timeout)
+            result = await self._ring_group(group, timeout, party)
             if result.channel is not None:
                 if connect:
-                    await self._join(result.channel)
+                    await self.connect(result.channel, party)
                 return result
             failure = _better_failure(failure, (result.status, result.reason))
-            if self.inbound.ended:
+            if party.ended:
                 break
         status, reason = failure or (480, "Temporarily Unavailable")
         return RingResult(None, status, reason)
@@ -379,8 +386,8 @@ class Call:
         for ch in (a, channel):
             self._require_live(ch)
         if a.inbound and not a.answered:
-            sdp = await self._inbound_sdp(prefer=channel.codec)
-            self._answer_inbound(sdp)
+            sdp = await self._inbound_sdp(a, prefer=channel.codec)
+            self._answer_inbound(a, sdp)
         await self._link(a, channel)
 
     async def play(self, files: Sequence[str], *, channel: Channel | None = None, loop: bool = False,
@@ -422,13 +429,13 @@ class Call:
         self.hangup(status=status)
 
     # -- internals: inbound media ---------------------------------------------------------------------
-    async def _inbound_sdp(self, prefer: str | None) -> bytes:
-        """Our SDP for the caller's 200 (answer to its offer, or an offer for a late-offer INVITE)."""
-        ch = self.inbound
+    async def _inbound_sdp(self, ch: Channel, prefer: str | None) -> bytes:
+        """Our SDP for an inbound channel's 200 (answer to its offer, or an offer for a late-offer INVITE)."""
         media = self.control.media
         if ch.early_sdp is not None:
             return ch.early_sdp       # the answer a 183 carried: the 200 repeats it
-        offer = self.request.body if self.request.body and b"v=0" in self.request.body[:16] else None
+        body = ch.request.body if ch.request is not None else b""
+        offer = body if body and b"v=0" in body[:16] else None
         if offer is not None:
             if not ch.media_open:
                 await self._media("remote offer", media.leg_remote_offer(
@@ -444,8 +451,7 @@ class Call:
             raise CallControlError("the media plane gave no SDP")
         return desc.sdp
 
-    def _answer_inbound(self, sdp: bytes) -> None:
-        ch = self.inbound
+    def _answer_inbound(self, ch: Channel, sdp: bytes) -> None:
         sip = ch.sip
         assert isinstance(sip, IncomingCall)
         if sip.is_final:
@@ -455,7 +461,7 @@ class Call:
         self._emit(ChannelAnswered(ch))
 
     # -- internals: ringing ---------------------------------------------------------------------------
-    async def _ring_group(self, targets: list[Target], timeout: float) -> RingResult:
+    async def _ring_group(self, targets: list[Target], timeout: float, party: Channel) -> RingResult:
         contacts: list[tuple[Target, Contact]] = []
         failure: tuple[int, str] | None = None
         for target in targets:
@@ -472,9 +478,9 @@ class Call:
             return RingResult(None, status, reason)
         channels: list[Channel] = []
         for target, contact in contacts:
-            ch = await self._originate(target, contact, target.timeout or timeout)
+            ch = await self._originate(target, contact, target.timeout or timeout, party)
             channels.append(ch)
-            if self.inbound.ended:
+            if party.ended:
                 break
         while True:
             winner = next((ch for ch in channels if ch.answered and not ch.ended), None)
@@ -483,7 +489,7 @@ class Call:
                     if ch is not winner:
                         self._end_channel(ch, 487)
                 return RingResult(winner)
-            if self.inbound.ended or all(ch.ended for ch in channels):
+            if party.ended or all(ch.ended for ch in channels):
                 break
             waiter = asyncio.get_running_loop().create_future()
             self._ring_waiters.add(waiter)
@@ -497,10 +503,11 @@ class Call:
         status, reason = failure or (480, "no answer")
         return RingResult(None, status, reason)
 
-    async def _originate(self, target: Target, contact: Contact, timeout: float) -> Channel:
+    async def _originate(self, target: Target, contact: Contact, timeout: float, party: Channel) -> Channel:
         """Open a media leg offering ``contact.transport`` and INVITE the contact with it (a channel that
         could not be called comes back ended, with its failure)."""
         ch = Channel(self, None, self._next_leg(), inbound=False, label=target.label, transport=contact.transport)
+        ch.rung_for = party
         self.channels.append(ch)
         try:
             desc = await self._media("offer", self.control.media.leg_offer(
@@ -515,7 +522,7 @@ class Call:
         try:
             sip = self.control.ua.invite(
                 contact.uri, from_na, desc.sdp, flow=contact.flow, route=contact.path, ring_timeout=timeout,
-                credentials=contact.credentials, to=contact.aor or None)
+                credentials=contact.credentials, to=contact.aor or None, headers=target.headers)
         except Exception as exc:  # noqa: BLE001 - an unroutable contact fails this channel only
             log.warning("cannot call %s: %s", contact.uri, exc, extra={"call_id": self.id})
             await self._close_leg(ch)
@@ -531,9 +538,6 @@ class Call:
     def _never_called(self, ch: Channel, failure: tuple[int, str]) -> None:
         ch.ended = ch.reported = True
         ch.failure = failure
-
-    async def _join(self, channel: Channel) -> None:
-        await self.connect(channel)
 
     async def _link(self, a: Channel, b: Channel) -> None:
         """Media-connect two channels and remember them as partners (moving them from earlier partners)."""
@@ -596,7 +600,7 @@ class Call:
         elif isinstance(ev, Answered):
             await self._on_answered(ch, ev)
         elif isinstance(ev, Confirmed):
-            if ev.sdp and ch.inbound and not self.request.body and ch.media_open:
+            if ev.sdp and ch.inbound and ch.request is not None and not ch.request.body and ch.media_open:
                 desc = await self._media("answer", self.control.media.leg_answer(ch.leg, ev.sdp), ch)
                 ch.codec = desc.codec or ch.codec
         elif isinstance(ev, Failed):
@@ -610,6 +614,8 @@ class Call:
             await self._channel_over(ch, ev.by, ev.reason)
         elif isinstance(ev, ReinviteReceived):
             await self._on_reoffer(ch, ev)
+        elif isinstance(ev, ReferReceived):
+            self._on_refer(ch, ev)
         elif isinstance(ev, InfoReceived):
             digit = _info_digit(ev.body, ev.content_type)
             if digit:
@@ -628,7 +634,7 @@ class Call:
             ch.codec = desc.codec or ch.codec
             ch.early_media = True
             ch.early_sdp = ev.sdp
-            sdp = await self._inbound_sdp(prefer=ch.codec)
+            sdp = await self._inbound_sdp(inbound, prefer=ch.codec)
             inbound.early_sdp = sdp
             if not sip.is_final:
                 sip.ring(183, sdp)
@@ -638,8 +644,8 @@ class Call:
             sip.ring(180)
 
     async def _on_answered(self, ch: Channel, ev: Answered) -> None:
-        if self.inbound.ended:
-            self._end_channel(ch, 487)
+        if ch.rung_for is not None and ch.rung_for.ended:
+            self._end_channel(ch, 487)        # rung for a party that is gone: its 2xx crossed our CANCEL
             return
         if ev.sdp and ev.sdp != ch.early_sdp:    # (a 2xx SDP different from the 183's is the new answer)
             desc = await self._media("answer", self.control.media.leg_answer(ch.leg, ev.sdp), ch)
@@ -676,6 +682,108 @@ class Call:
                 await self._quiet("stop music on hold", media.stop_play(partner.leg))
             self._emit(ChannelResumed(ch))
 
+    # -- transfers -----------------------------------------------------------------------------------------
+    def _on_refer(self, ch: Channel, ev: ReferReceived) -> None:
+        """A party's REFER: attended when its Replaces names one of our dialogs, blind otherwise (RFC 5589)."""
+        transferee = ch.partner
+        if transferee is None or transferee.ended:
+            ev.reject(603, "Decline (no party to transfer)")
+            return
+        replaces: tuple[str, str, str, bool] | None = None
+        if ev.replaces:
+            try:
+                replaces = parse_replaces(ev.replaces)
+            except ValueError:
+                ev.reject(400, "Bad Request (malformed Replaces in Refer-To)")
+                return
+            replaced = self.control.find_channel(*replaces[:3])
+            if replaced is not None and replaced.partner is not None and not replaced.partner.ended:
+                self._spawn(self._attended_transfer(ch, ev, transferee, replaced))
+                return
+        headers = [("Replaces", ev.replaces)] if ev.replaces else []
+        target = self.control.transfer_target(ev.refer_to.uri, headers)
+        self._spawn(self._blind_transfer(ch, ev, transferee, target))
+
+    async def _attended_transfer(self, transferor: Channel, ev: ReferReceived, transferee: Channel,
+                                 replaced: Channel) -> None:
+        """Connect the transferee to the party the transferor consulted; both of its dialogs end."""
+        ev.accept()
+        target = replaced.partner
+        assert target is not None
+        transferor.transferring = replaced.transferring = True
+        try:
+            await self._link(transferee, target)
+        except CallControlError as exc:
+            self._notify(transferor, 500, str(exc))
+            return
+        log.info("attended transfer: %s now with %s", transferee.leg, target.leg, extra={"call_id": self.id})
+        self._notify(transferor, 200)
+        self._end_channel(transferor, 480)
+        replaced.call._end_channel(replaced, 480)
+
+    async def _blind_transfer(self, transferor: Channel, ev: ReferReceived, transferee: Channel,
+                              target: Target) -> None:
+        """Ring ``target`` for the transferee (who hears music meanwhile); connect them when it answers."""
+        ev.accept()
+        transferor.transferring = True
+        await self._quiet("disconnect", self.disconnect(transferor))
+        if self.music_on_hold and transferee.media_open:
+            await self._quiet("music", self.play(self.music_on_hold, channel=transferee, loop=True))
+        try:
+            result = await self.ring([target], timeout=self.control.transfer_timeout, connect=False,
+                                     party=transferee)
+            if result.channel is not None:
+                await self.connect(result.channel, transferee)
+        except CallControlError as exc:
+            result = RingResult(None, 500, str(exc))
+        if result.channel is not None:
+            log.info("blind transfer of %s to %s done", transferee.leg, target.label, extra={"call_id": self.id})
+            self._notify(transferor, 200)
+            self._end_channel(transferor, 480)
+            return
+        log.info("blind transfer of %s to %s failed: %d %s", transferee.leg, target.label, result.status,
+                 result.reason, extra={"call_id": self.id})
+        self._notify(transferor, result.status, result.reason)
+        transferor.transferring = False
+        if not transferor.ended and not transferee.ended:
+            await self._quiet("reconnect", self.connect(transferor, transferee))   # back to the transferor
+        elif not transferee.ended:
+            self._end_channel(transferee, 480)
+
+    def _notify(self, ch: Channel, status: int, reason: str | None = None) -> None:
+        sip = ch.sip
+        if sip is not None and not sip.is_final:
+            sip.notify_refer(status, reason)
+            self.control.ua.stack.flush()
+
+    async def replace(self, new: Channel, old: Channel) -> None:
+        """An INVITE with Replaces took ``old``'s place: answer it and connect it to ``old``'s partner."""
+        partner = old.partner
+        try:
+            sdp = await self._inbound_sdp(new, prefer=partner.codec if partner else None)
+            self._answer_inbound(new, sdp)
+            old.transferring = True
+            if partner is not None and not partner.ended:
+                await self._link(new, partner)
+        except CallControlError as exc:
+            log.warning("INVITE with Replaces failed: %s", exc, extra={"call_id": self.id})
+            self._end_channel(new, 500)
+            return
+        old.call._end_channel(old, 480)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.get_running_loop().create_task(self._guard(coro))
+        self.control._tasks.add(task)
+        task.add_done_callback(self.control._tasks.discard)
+
+    async def _guard(self, coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call control task failed", extra={"call_id": self.id})
+
     async def _on_media_event(self, ch: Channel, event: Any) -> None:
         name = type(event).__name__
         digit = getattr(event, "digit", None)
@@ -698,12 +806,11 @@ class Call:
         ch.partner = None
         if partner is not None:
             partner.partner = None
-            if self.hangup_with_partner and not partner.ended:
-                self._end_channel(partner, 480)
-        if ch.inbound:
-            for other in self.channels:
-                if not other.ended:
-                    self._end_channel(other, 487)
+            if self.hangup_with_partner and not partner.ended and not ch.transferring:
+                partner.call._end_channel(partner, 480)
+        for other in self.channels:           # whatever was still ringing for it is cancelled
+            if other.rung_for is ch and not other.answered and not other.ended:
+                self._end_channel(other, 487)
 
     def _end_channel(self, ch: Channel, status: int) -> None:
         """Hang a channel's SIP dialog up; its Ended/Failed event then closes the leg (`_channel_over`).
@@ -716,7 +823,7 @@ class Call:
         if isinstance(sip, IncomingCall) and sip.state in (CallState.INCOMING, CallState.EARLY):
             sip.reject(status)
             ch.ended = True
-            self._sip_events.put_nowait((ch, Ended("local", f"rejected {status}")))
+            ch.call._sip_events.put_nowait((ch, Ended("local", f"rejected {status}")))
             return
         sip.hangup()
 
@@ -808,13 +915,16 @@ class CallControl:
     """Creates `Call` objects for INVITEs a router accepted, over one UserAgent and one media controller."""
 
     def __init__(self, ua: UserAgent, media: LegMedia, contacts: ContactResolver, *, domain: str,
-                 media_timeout: float = 2.0, music_on_hold: Sequence[str] = ()) -> None:
+                 media_timeout: float = 2.0, music_on_hold: Sequence[str] = (), transfer_timeout: float = 60.0,
+                 is_local: Callable[[SipUri], bool] | None = None) -> None:
         self.ua = ua
         self.media = media
         self.resolver = contacts
         self.domain = domain
         self.media_timeout = media_timeout
         self.music_on_hold = list(music_on_hold)
+        self.transfer_timeout = transfer_timeout
+        self.is_local = is_local or (lambda uri: uri.host.lower() == domain.lower())
         self.calls: dict[str, Call] = {}
         self._tasks: set[asyncio.Task] = set()
 
@@ -828,6 +938,39 @@ class CallControl:
         self.calls[call.id] = call
         call.start(handler)
         return call
+
+    def accept_replacing(self, tx: ServerTransaction, request: Request, old: Channel) -> Channel | None:
+        """Take an INVITE whose Replaces names ``old`` (RFC 3891): it joins old's call in its place."""
+        incoming = self.ua.accept_invite(tx, request)
+        if incoming.is_final:
+            return None
+        call = old.call
+        ch = Channel(call, incoming, call._next_leg(), inbound=True, label=str(request.from_.uri),
+                     transport=media_transport_for(incoming.peer_flow.transport))
+        ch.request = request
+        call.channels.append(ch)
+        incoming.auto_answer_reinvite = False
+        incoming.on_event = lambda ev: call._sip_events.put_nowait((ch, ev))
+        call._spawn(call.replace(ch, old))
+        return ch
+
+    def find_channel(self, call_id: str, to_tag: str, from_tag: str) -> Channel | None:
+        """The live channel whose dialog a Replaces names (its to-tag is our tag; either order is taken)."""
+        for call in self.calls.values():
+            for ch in call.channels:
+                sip = ch.sip
+                if sip is None or ch.ended or sip.call_id != call_id:
+                    continue
+                remote = sip.dialog.remote_tag if sip.dialog is not None else None
+                if {sip.local_tag, remote} == {to_tag, from_tag}:
+                    return ch
+        return None
+
+    def transfer_target(self, uri: SipUri, headers: Sequence[tuple[str, str]] = ()) -> Target:
+        """Where a REFER's Refer-To points: a local user (rung on its contacts) or a foreign URI."""
+        if self.is_local(uri) and uri.user:
+            return Target.user(uri.user, headers=headers)
+        return Target.uri(str(uri), headers=headers)
 
     async def contacts_for(self, target: Target) -> list[Contact]:
         """The contacts to INVITE for a target."""

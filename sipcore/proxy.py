@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from .ua import parse_replaces
 from .callcontrol import AcceptCall, CallControl, Contact, RejectCall, RouteRequest, Router, media_transport_for
 from .auth import HA1, AuthReason, DigestAuthenticator, ephemeral_password, parse_credentials, AuthError
 from .errors import SipParseError
@@ -515,6 +516,17 @@ class Proxy:
             caller = await self._caller_account(tx, req)
             if caller is None:
                 return
+        if self.callcontrol is not None and req.has("replaces"):
+            try:
+                call_id, to_tag, from_tag, _early = parse_replaces(req.get("replaces") or "")
+            except ValueError:
+                tx.reply(400, "Bad Request (malformed Replaces)")
+                return
+            replaced = self.callcontrol.find_channel(call_id, to_tag, from_tag)
+            if replaced is not None:
+                self.callcontrol.accept_replacing(tx, req, replaced)
+                return
+            # not a dialog of ours: routed like any INVITE (the callee matches its own dialogs)
         decision = await self.router.route(RouteRequest(req, tx.flow, caller, callee))
         if tx.state not in ("Proceeding", "Trying"):
             return  # cancelled or timed out meanwhile

@@ -46,12 +46,12 @@ from .uri import NameAddr, SipUri
 __all__ = [
     "UserAgent", "Call", "OutgoingCall", "IncomingCall", "CallState", "CallStateError",
     "Ringing", "Answered", "Confirmed", "Failed", "Ended", "InfoReceived", "ReinviteReceived", "CallEvent",
-    "resolve_uri", "ALLOW",
+    "ReferReceived", "parse_replaces", "resolve_uri", "split_refer_to", "ALLOW",
 ]
 
 log = logging.getLogger("callpath.sip.ua")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, INFO"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, INFO, REFER, NOTIFY"
 ACCEPT = "application/sdp, application/dtmf-relay, application/dtmf"
 _ALLOWED = frozenset(m.strip() for m in ALLOW.split(","))
 
@@ -165,7 +165,74 @@ class ReinviteReceived:
         self._call._reject_offer(self._tx, status, reason, list(headers))
 
 
-CallEvent = Union[Ringing, Answered, Confirmed, Failed, Ended, InfoReceived, ReinviteReceived]
+@dataclass(slots=True)
+class ReferReceived:
+    """An in-dialog REFER (RFC 3515) waiting for `accept()` (202) or `reject()`.
+
+    ``refer_to`` is the Refer-To target (its URI headers removed); ``replaces`` the Replaces value it carried
+    (attended transfer, RFC 3891), if any. After accepting, report the transfer's progress with
+    ``call.notify_refer(status, reason)``: 100 first (sent by `accept`), then the final status.
+    """
+
+    refer_to: NameAddr
+    replaces: str | None
+    referred_by: str | None
+    request: Request
+    decided: bool = False
+    _call: "Call | None" = field(default=None, repr=False)
+    _tx: ServerTransaction | None = field(default=None, repr=False)
+
+    def accept(self) -> None:
+        """202 Accepted, then the implicit subscription's first NOTIFY (100 Trying)."""
+        if self.decided or self._call is None or self._tx is None:
+            return
+        self.decided = True
+        self._tx.reply(202, headers=self._call._contact_headers())
+        self._call._refer_pending = True
+        self._call.notify_refer(100, "Trying")
+
+    def reject(self, status: int = 603, reason: str | None = None) -> None:
+        if self.decided or self._call is None or self._tx is None:
+            return
+        self.decided = True
+        self._tx.reply(status, reason)
+        self._call.ua._flush()
+
+
+CallEvent = Union[Ringing, Answered, Confirmed, Failed, Ended, InfoReceived, ReinviteReceived, ReferReceived]
+
+
+def split_refer_to(value: str) -> tuple[NameAddr, str | None]:
+    """A Refer-To value as (the target without URI headers, the unescaped Replaces header if present)."""
+    from urllib.parse import unquote
+
+    na = NameAddr.parse(value)
+    uri_text = str(na.uri)
+    if "?" not in uri_text:
+        return na, None
+    base, _, query = uri_text.partition("?")
+    replaces = None
+    for part in query.split("&"):
+        name, _, val = part.partition("=")
+        if name.lower() == "replaces":
+            replaces = unquote(val)
+    return NameAddr(SipUri.parse(base), na.display, dict(na.params)), replaces
+
+
+def parse_replaces(value: str) -> tuple[str, str, str, bool]:
+    """A Replaces header (RFC 3891): (call-id, to-tag, from-tag, early-only); ValueError when malformed."""
+    call_id, *params = [p.strip() for p in value.split(";")]
+    tags: dict[str, str] = {}
+    early_only = False
+    for p in params:
+        name, _, val = p.partition("=")
+        if name.lower() == "early-only":
+            early_only = True
+        elif val:
+            tags[name.lower()] = val
+    if not call_id or "to-tag" not in tags or "from-tag" not in tags:
+        raise ValueError(f"malformed Replaces: {value!r}")
+    return call_id, tags["to-tag"], tags["from-tag"], early_only
 
 
 # -- resolution ------------------------------------------------------------------------------------
@@ -275,6 +342,8 @@ class Call:
         self._acks: dict[tuple[str, int], tuple[Request, Flow]] = {}  # (remote tag, cseq) -> ACK sent
         self._ack_waiting: dict[tuple[str, int], Dialog] = {}          # late offer: 2xx waiting for our answer
         self._pending_offer: tuple[ServerTransaction, asyncio.TimerHandle | None] | None = None
+        self._refer_pending = False          # a REFER was accepted: NOTIFYs report its progress
+        self.accept_refer = False            # queue mode: hand REFERs to the application (else 603)
         self._end_reported = False
 
     # -- application API -------------------------------------------------------------------------
@@ -616,17 +685,53 @@ class Call:
         elif method == "INFO":
             tx.reply(200)
             self._emit(InfoReceived(req.body, req.get("content-type"), req))
+        elif method == "REFER":
+            self._on_refer(tx, req)
+        elif method == "NOTIFY":
+            tx.reply(200)   # progress of a REFER we sent (nothing of ours subscribes otherwise)
         elif method == "OPTIONS":
             tx.reply(200, headers=self._capabilities())
         elif method == "PRACK":
             self._on_prack(tx, req, dlg)
-        elif method in ("MESSAGE", "NOTIFY", "REFER", "SUBSCRIBE", "REGISTER", "PUBLISH"):
+        elif method in ("MESSAGE", "SUBSCRIBE", "REGISTER", "PUBLISH"):
             tx.reply(405, headers=[("Allow", ALLOW)])
         else:
             tx.reply(501, headers=[("Allow", ALLOW)])
 
     def _on_prack(self, tx: ServerTransaction, req: Request, dlg: Dialog) -> None:
         tx.reply(481)  # nothing of ours awaits a PRACK (IncomingCall overrides)
+
+    def _on_refer(self, tx: ServerTransaction, req: Request) -> None:
+        values = req.get_all("refer-to")
+        if len(values) != 1:
+            tx.reply(400, "Bad Request (exactly one Refer-To)")
+            return
+        try:
+            target, replaces = split_refer_to(values[0])
+        except (SipParseError, ValueError) as exc:
+            tx.reply(400, f"Bad Request (Refer-To: {exc})")
+            return
+        if self.on_event is None and self.events is not None and not self.accept_refer:
+            tx.reply(603)
+            return
+        ev = ReferReceived(target, replaces, req.get("referred-by"), req, _call=self, _tx=tx)
+        self._later(self.ua.offer_timeout, lambda: ev.reject(500, "Server Internal Error (REFER not handled)"))
+        self._emit(ev)
+
+    def notify_refer(self, status: int, reason: str | None = None) -> None:
+        """A NOTIFY of the REFER's progress (message/sipfrag); a final status ends the subscription."""
+        if not self._refer_pending or self.is_final:
+            return
+        final = status >= 200
+        if final:
+            self._refer_pending = False
+        state = "terminated;reason=noresource" if final else "active;expires=60"
+        body = f"SIP/2.0 {status} {reason or reason_phrase(status)}\r\n".encode()
+        try:
+            self.send_request("NOTIFY", body, "message/sipfrag;version=2.0",
+                              headers=[("Event", "refer"), ("Subscription-State", state)])
+        except CallStateError:
+            pass
 
     def _on_bye(self, tx: ServerTransaction, req: Request, dlg: Dialog) -> None:
         tx.reply(200)

@@ -17,7 +17,7 @@ from sipcore.callcontrol import (
     LegDescription, Target,
 )
 from sipcore.sdp import SessionDescription, create_offer
-from sipcore.ua import Answered, Confirmed, Ended, Failed, Ringing
+from sipcore.ua import Answered, Confirmed, Ended, Failed, Ringing, parse_replaces
 from sipcore.uri import SipUri
 
 from test_ua import ANSWER, CODECS, OFFER, T, Endpoint, expect, make_endpoint, until
@@ -88,6 +88,10 @@ class FakeMedia:
     def verbs(self, name: str) -> list[tuple]:
         return [e for e in self.log if e[0] == name]
 
+    def connected(self, a: str, b: str) -> bool:
+        """Whether ``connect`` joined the two legs (in either order)."""
+        return ("connect", a, b) in self.log or ("connect", b, a) in self.log
+
 
 class Contacts:
     def __init__(self) -> None:
@@ -125,6 +129,11 @@ async def setup():
     s = Setup(caller, middle, callees, control, media, contacts)
 
     def on_invite(tx, request):
+        if request.has("replaces"):                     # what the proxy does (Proxy._route_invite)
+            old = control.find_channel(*parse_replaces(request.get("replaces"))[:3])
+            if old is not None:
+                control.accept_replacing(tx, request, old)
+                return
         call = control.accept(tx, request, lambda c: s.handler(c))
         s.calls.append(call)
 
@@ -164,7 +173,7 @@ async def test_park_with_music_then_the_first_of_parallel_agents_is_connected(se
     assert result.channel is not None and result.channel.label == "agent1"
     call = s.calls[0]
     leg_a, leg_1 = call.inbound.leg, result.channel.leg
-    await until(lambda: ("connect", leg_a, leg_1) in s.media.log)
+    await until(lambda: s.media.connected(leg_a, leg_1))
     assert ("play", leg_a, ("moh.wav",), True) in s.media.log
     assert ("stop_play", leg_a) in s.media.log        # the music stops when the agent is connected
     out.hangup()
@@ -196,7 +205,7 @@ async def test_ring_before_answer_like_a_pbx(setup):
     call = s.calls[0]
     out_leg = call.channels[1].leg
     assert ("leg_create_answer", call.inbound.leg, "PCMU") in s.media.log   # prefer the agent's codec
-    await until(lambda: ("connect", call.inbound.leg, out_leg) in s.media.log)
+    await until(lambda: s.media.connected(call.inbound.leg, out_leg))
     inc.hangup()                                      # the agent hangs up: the caller is hung up too
     await expect(out, Ended)
     await asyncio.wait_for(call.ended(), T)
@@ -334,7 +343,7 @@ async def test_early_media_is_connected_and_the_200_repeats_the_answer(setup):
     ring = await expect(out, Ringing)
     assert ring.status == 183 and ring.sdp
     call = s.calls[0]
-    await until(lambda: ("connect", call.inbound.leg, call.channels[1].leg) in s.media.log)
+    await until(lambda: s.media.connected(call.inbound.leg, call.channels[1].leg))
     inc.answer(ANSWER)
     ans = await expect(out, Answered)
     assert ans.sdp == ring.sdp                        # the same answer as the 183's
@@ -392,3 +401,106 @@ async def test_media_failure_at_answer_gives_500_and_a_lost_worker_ends_the_chan
     ended = await expect(out, Ended)                  # callpath hung the caller up
     assert ended.by == "remote"
     await asyncio.wait_for(call.ended(), T)
+
+
+def notifies(ep: Endpoint) -> list[bytes]:
+    """The sipfrag bodies of the NOTIFYs an endpoint sent."""
+    return [d.split(b"\r\n\r\n", 1)[1] for d in ep.sent if d.startswith(b"NOTIFY ")]
+
+
+async def connected_to_agent0(s: Setup):
+    """A caller connected through callpath to agent0 (the handler rings agent0 and waits)."""
+
+    async def handler(call):
+        if call.request.uri.user == "200":               # a consultation call from agent0: to agent1
+            result = await call.ring([Target.user("agent1")])
+        else:
+            result = await call.ring([Target.user("agent0")])
+        if result.channel is None:
+            call.reject(mirror_status(result.status))
+            return
+        await call.ended()
+
+    s.handler = handler
+    out = s.dial()
+    inc = await s.incoming(0)
+    inc.answer(ANSWER)
+    await expect(out, Answered)
+    await expect(inc, Confirmed)
+    return out, inc, s.calls[-1]
+
+
+async def test_blind_transfer_by_refer_rings_the_target_and_connects_the_caller(setup):
+    s = setup
+    out, agent0, call = await connected_to_agent0(s)
+    resp = await asyncio.wait_for(agent0.send_request("REFER", headers=[("Refer-To", "<sip:agent1@example.test>")]), T)
+    assert resp.status == 202
+    agent1 = await s.incoming(1)
+    assert agent1.request.from_.uri.user == "alice"     # the transferee's identity
+    agent1.answer(ANSWER)
+    await expect(agent1, Confirmed)
+    await expect(agent0, Ended)                          # callpath hangs the transferor up
+    await until(lambda: len(notifies(s.middle)) == 2)
+    assert [n.split(b"\r\n")[0] for n in notifies(s.middle)] == [b"SIP/2.0 100 Trying", b"SIP/2.0 200 OK"]
+    new_leg = call.channels[-1].leg
+    await until(lambda: s.media.connected(new_leg, call.inbound.leg))
+    assert ("play", call.inbound.leg, ("moh.wav",), True) in s.media.log      # music while the target rang
+    assert not out.is_final
+    out.hangup()
+    await expect(agent1, Ended)
+    await asyncio.wait_for(call.ended(), T)
+
+
+async def test_blind_transfer_to_a_busy_target_reports_it_and_reconnects(setup):
+    s = setup
+    out, agent0, call = await connected_to_agent0(s)
+    resp = await asyncio.wait_for(agent0.send_request("REFER", headers=[("Refer-To", "<sip:agent1@example.test>")]), T)
+    assert resp.status == 202
+    agent1 = await s.incoming(1)
+    agent1.reject(486)
+    await until(lambda: len(notifies(s.middle)) == 2)
+    assert notifies(s.middle)[1].startswith(b"SIP/2.0 486 ")
+    pair = {call.channels[1].leg, call.inbound.leg}
+    await until(lambda: sum(1 for e in s.media.verbs("connect") if set(e[1:]) == pair) == 2)   # back together
+    assert not agent0.is_final and not out.is_final
+    out.hangup()
+    await expect(agent0, Ended)
+
+
+async def test_attended_transfer_with_replaces_joins_the_caller_and_the_consulted_agent(setup):
+    s = setup
+    out, agent0, call1 = await connected_to_agent0(s)
+    consult = s.callees[0].ua.invite(f"sip:200@127.0.0.1:{s.middle.port}", "<sip:agent0@127.0.0.1>", OFFER)
+    agent1 = await s.incoming(1)
+    agent1.answer(ANSWER)
+    await expect(consult, Answered)
+    call2 = s.calls[-1]
+    await until(lambda: call2.channels[-1].partner is not None)
+    replaces = f"{consult.call_id};to-tag={consult.dialog.remote_tag};from-tag={consult.local_tag}"
+    from urllib.parse import quote
+    refer_to = f"<sip:agent1@example.test?Replaces={quote(replaces, safe='')}>"
+    resp = await asyncio.wait_for(agent0.send_request("REFER", headers=[("Refer-To", refer_to)]), T)
+    assert resp.status == 202
+    await expect(agent0, Ended)                          # both of the transferor's dialogs end
+    await expect(consult, Ended)
+    await until(lambda: s.media.connected(call1.inbound.leg, call2.channels[-1].leg))
+    assert notifies(s.middle)[-1].startswith(b"SIP/2.0 200 OK")
+    assert not out.is_final and not agent1.is_final
+    agent1.hangup()                                      # the consulted agent hangs up: the caller follows
+    await expect(out, Ended)
+    await asyncio.wait_for(call1.ended(), T)
+    await asyncio.wait_for(call2.ended(), T)
+
+
+async def test_invite_with_replaces_takes_over_a_dialog(setup):
+    s = setup
+    out, agent0, call = await connected_to_agent0(s)
+    replaced = call.channels[1].sip                      # callpath's dialog with agent0
+    replaces = f"{replaced.call_id};to-tag={replaced.local_tag};from-tag={replaced.dialog.remote_tag}"
+    pickup = s.callees[2].ua.invite(f"sip:alice@127.0.0.1:{s.middle.port}", "<sip:agent2@127.0.0.1>", OFFER,
+                                    headers=[("Replaces", replaces)])
+    await expect(pickup, Answered)
+    await expect(agent0, Ended)                          # the replaced dialog got a BYE
+    await until(lambda: s.media.connected(call.channels[-1].leg, call.inbound.leg))
+    out.hangup()
+    await expect(pickup, Ended)
