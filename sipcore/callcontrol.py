@@ -456,7 +456,7 @@ class Call:
         assert isinstance(sip, IncomingCall)
         if sip.is_final:
             raise CallControlError("the caller is gone")
-        sip.answer(sdp, headers=[("Content-Type", "application/sdp")])
+        sip.answer(sdp)
         ch.answered = True
         self._emit(ChannelAnswered(ch))
 
@@ -658,7 +658,7 @@ class Call:
         media = self.control.media
         if ev.offer is None:
             desc = await self._media("re-offer", media.leg_offer(ch.leg, group=self.id), ch)
-            ev.answer(desc.sdp, headers=[("Content-Type", "application/sdp")])
+            ev.answer(desc.sdp)
             return
         try:
             remote = await self._media("re-offer", media.leg_remote_offer(ch.leg, ev.offer, group=self.id), ch)
@@ -666,7 +666,7 @@ class Call:
         except CallControlError:
             ev.reject(500, "Media Unavailable")
             return
-        ev.answer(desc.sdp, headers=[("Content-Type", "application/sdp")])
+        ev.answer(desc.sdp)
         ch.codec = desc.codec or ch.codec
         hold = remote.hold or desc.hold
         if hold and not ch.held:

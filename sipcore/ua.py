@@ -39,6 +39,7 @@ from .dialog import (
 )
 from .errors import SipParseError
 from .message import Request, Response, new_call_id, new_tag, reason_phrase
+from .session_timer import MIN_SE, SessionTimer, TimerTerms, negotiate_uac, negotiate_uas, parse_session_expires
 from .stack import SipStack
 from .transaction import T1, T2, ClientTransaction, Flow, ServerTransaction
 from .uri import NameAddr, SipUri
@@ -343,6 +344,9 @@ class Call:
         self._ack_waiting: dict[tuple[str, int], Dialog] = {}          # late offer: 2xx waiting for our answer
         self._pending_offer: tuple[ServerTransaction, asyncio.TimerHandle | None] | None = None
         self._refer_pending = False          # a REFER was accepted: NOTIFYs report its progress
+        self.session_timer: SessionTimer | None = None   # RFC 4028, when the call asked for one
+        self._st_handle: asyncio.TimerHandle | None = None
+        self.peer_allows_update = False
         self.accept_refer = False            # queue mode: hand REFERs to the application (else 603)
         self._end_reported = False
 
@@ -681,7 +685,9 @@ class Call:
             if req.body:
                 self._on_offer(tx, req, dlg)
             else:
-                tx.reply(200, headers=self._contact_headers() + [("Supported", ", ".join(self.ua.supported))])
+                self._refresh_received(req)
+                tx.reply(200, headers=self._contact_headers() + [("Supported", ", ".join(self.ua.supported))]
+                         + self._timer_headers(response=True))
         elif method == "INFO":
             tx.reply(200)
             self._emit(InfoReceived(req.body, req.get("content-type"), req))
@@ -700,6 +706,68 @@ class Call:
 
     def _on_prack(self, tx: ServerTransaction, req: Request, dlg: Dialog) -> None:
         tx.reply(481)  # nothing of ours awaits a PRACK (IncomingCall overrides)
+
+    # -- session timers (RFC 4028) -----------------------------------------------------------------
+    def _start_session_timer(self, terms: TimerTerms) -> None:
+        self.session_timer = SessionTimer(terms, self.ua.stack.clock())
+        self._log(logging.DEBUG, "session timer %d s, refresher %s", terms.expires, terms.refresher)
+        self._arm_session_timer()
+
+    def _arm_session_timer(self) -> None:
+        st = self.session_timer
+        if st is None or self.is_final:
+            return
+        self._cancel_timer(self._st_handle)
+        _action, at = st.due()
+        self._st_handle = self._later(max(0.0, at - self.ua.stack.clock()), self._on_session_timer)
+
+    def _timer_headers(self, response: bool) -> list[tuple[str, str]]:
+        """Session-Expires for a request we send (``response`` False) or a response to the peer's request:
+        the refresher parameter names the UAC or UAS of that very transaction."""
+        st = self.session_timer
+        if st is None:
+            return []
+        we = st.terms.we_refresh
+        role = ("uas" if we else "uac") if response else ("uac" if we else "uas")
+        return [("Session-Expires", f"{st.terms.expires};refresher={role}")]
+
+    def _on_session_timer(self) -> None:
+        st = self.session_timer
+        if st is None or self.is_final or self.state is not CallState.CONFIRMED:
+            return
+        action, _at = st.due()
+        if action == "expire":
+            self._log(logging.INFO, "session timer expired: no refresh within %d s", st.terms.expires)
+            self._bye()
+            self._finish(CallState.ENDED)
+            self._emit(Ended("timeout", "session timer expired"))
+            self.ua._flush()
+            return
+        headers = self._timer_headers(response=False) + [("Supported", "timer")]
+        try:
+            if self.peer_allows_update:
+                fut = self.update(None, headers)
+            else:
+                fut = self.reinvite(self.local_sdp, headers)
+        except CallStateError:
+            return
+        st.refreshed(self.ua.stack.clock())      # the next refresh is due half an interval from now
+        self._arm_session_timer()
+        fut.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+
+    def _refresh_received(self, req: Request) -> None:
+        """A re-INVITE or UPDATE from the peer refreshes the session (and may renegotiate it)."""
+        st = self.session_timer
+        if st is None:
+            return
+        asked = parse_session_expires(req.get("session-expires"))
+        if asked is not None and asked[0] >= self.ua.min_se:
+            expires, refresher = asked     # "uac" is the peer here: it sent this request
+            we_refresh = st.terms.we_refresh if refresher is None else refresher == "uas"
+            st.refreshed(self.ua.stack.clock(), TimerTerms(expires, we_refresh, refresher or st.terms.refresher))
+        else:
+            st.refreshed(self.ua.stack.clock())
+        self._arm_session_timer()
 
     def _on_refer(self, tx: ServerTransaction, req: Request) -> None:
         values = req.get_all("refer-to")
@@ -753,6 +821,7 @@ class Call:
             return
         if req.body or req.method == "INVITE":
             dlg.offer_in = True
+        self._refresh_received(req)
         ev = ReinviteReceived(req.method, req.body or None, req.get("content-type"), req, _call=self, _tx=tx)
         guard = self._later(self.ua.offer_timeout, lambda: ev.reject(500))
         self._pending_offer = (tx, guard)
@@ -766,7 +835,8 @@ class Call:
         if self.is_final:
             return
         body = sdp if sdp is not None else (self.local_sdp or b"")
-        hs = self._contact_headers() + [("Allow", ALLOW), ("Supported", ", ".join(self.ua.supported))] + headers
+        hs = (self._contact_headers() + [("Allow", ALLOW), ("Supported", ", ".join(self.ua.supported))]
+              + self._timer_headers(response=True) + headers)
         if body:
             hs.append(("Content-Type", "application/sdp"))
         resp = tx.reply(200, headers=hs, body=body)
@@ -1034,6 +1104,11 @@ class OutgoingCall(Call):
         self.state = CallState.CONFIRMED
         if resp.body:
             self.remote_sdp = resp.body
+        self.peer_allows_update = any("UPDATE" in v.upper() for v in resp.get_all("allow"))
+        if "timer" in self.ua.supported:
+            terms = negotiate_uac(resp)
+            if terms is not None:
+                self._start_session_timer(terms)
         self._log(logging.INFO, "answered (%d)%s", resp.status, " with an offer" if late_offer else "")
         self._emit(Answered(resp.body or None, dlg.remote_tag, late_offer))
 
@@ -1104,6 +1179,9 @@ class IncomingCall(Call):
         self._queued: list[tuple[int, str | None, bytes | None, list[tuple[str, str]], asyncio.Future]] = []
         self._deferred_answer: tuple[bytes, list[tuple[str, str]]] | None = None
         self._bye_after_ack = False
+        self._st_terms: TimerTerms | None = None          # session timer agreed in our 2xx (RFC 4028)
+        self._st_offer_headers: list[tuple[str, str]] = []
+        self.peer_allows_update = any("UPDATE" in v.upper() for v in request.get_all("allow"))
         tx.owner = self
 
     # -- application API -------------------------------------------------------------------------
@@ -1138,10 +1216,11 @@ class IncomingCall(Call):
         if self.state not in (CallState.INCOMING, CallState.EARLY) or self._deferred_answer is not None:
             raise CallStateError(f"cannot answer a call in state {self.state}")
         body = sdp or b""
+        headers = list(headers) + self._st_offer_headers
         if self._reliable is not None:
-            self._deferred_answer = (body, list(headers))
+            self._deferred_answer = (body, headers)
             return
-        self._send_answer(body, list(headers))
+        self._send_answer(body, headers)
         self.ua._flush()
 
     def reject(self, status: int = 486, reason: str | None = None, headers: Iterable[tuple[str, str]] = ()) -> None:
@@ -1266,6 +1345,8 @@ class IncomingCall(Call):
             return
         if self.state is CallState.ANSWERED:
             self.state = CallState.CONFIRMED
+            if self._st_terms is not None:
+                self._start_session_timer(self._st_terms)
             self._emit(Confirmed(req.body or None))
 
     def _on_bye(self, tx: ServerTransaction, req: Request, dlg: Dialog) -> None:
@@ -1311,7 +1392,7 @@ class UserAgent:
     def __init__(self, stack: SipStack, *, credentials: tuple[str, str] | None = None,
                  on_invite: Callable[[ServerTransaction, Request], None] | None = None,
                  resolver: Callable[[SipUri], Flow] | None = None, user_agent: str = "callpath",
-                 supported: Iterable[str] = ("100rel",), t1: float = T1, t2: float = T2,
+                 supported: Iterable[str] = ("100rel", "timer"), t1: float = T1, t2: float = T2,
                  offer_timeout: float = 32.0, linger: float | None = None) -> None:
         self.stack = stack
         self.credentials = credentials
@@ -1322,6 +1403,7 @@ class UserAgent:
         self.t1 = t1
         self.t2 = t2
         self.offer_timeout = offer_timeout
+        self.min_se = MIN_SE          # shortest session interval accepted (RFC 4028: 90 s; tests go lower)
         self.linger = 64 * t1 if linger is None else linger
         self.incoming: asyncio.Queue[IncomingCall] = asyncio.Queue()
         self.calls: dict[tuple[str, str], Call] = {}            # (Call-ID, local tag) -> call
@@ -1425,7 +1507,13 @@ class UserAgent:
             unsupported = unsupported_requirements(request, self.supported)
             if unsupported:
                 problem = (420, None, [("Unsupported", ", ".join(unsupported))])
+        terms, timer_headers, timer_status = (None, [], 0)
+        if problem is None and "timer" in self.supported:
+            terms, timer_headers, timer_status = negotiate_uas(request, self.min_se)
+            if timer_status:
+                problem = (timer_status, None, timer_headers)   # 422 Session Interval Too Small + Min-SE
         call = IncomingCall(self, tx, request, dialog, on_event)
+        call._st_terms, call._st_offer_headers = terms, (timer_headers if not timer_status else [])
         self.calls[(call.call_id, tag)] = call
         try:
             self._invites[self._cancel_key(request)] = call
