@@ -74,6 +74,7 @@ class Proxy:
         self.b2bua: Any = None  # sipcore.b2bua.BackToBack: numbers answered and re-originated
         self.router: Router | None = None         # decides what a new INVITE becomes (docs/callcontrol.md)
         self.callcontrol: CallControl | None = None   # runs the calls a router accepts
+        self.trunks: Any = None  # sipcore.trunk.TrunkGroup: requests from its inbound hosts are not challenged
         self._tasks: set[asyncio.Task] = set()
         self.max_tasks = 0      # requests waiting on the directory/location store (0: no cap)
         self.max_calls = 0      # calls the UA/B2BUA takes part in (0: no cap)
@@ -131,7 +132,8 @@ class Proxy:
                 self.stats["rejected_overload"] += 1
                 self._refuse(tx, "overloaded")
                 return
-            if self.config.auth and self._challenge_first(tx, req):
+            if self.config.auth and not (method != "REGISTER" and self.from_trunk(tx, req)) \
+                    and self._challenge_first(tx, req):
                 return
         if req.has("route"):
             if to_tag is None:  # a pre-loaded route: relayed for authenticated users only, like a foreign domain
@@ -158,13 +160,19 @@ class Proxy:
             return
         if not self.is_local_domain(uri):
             self._spawn(self._relay_foreign(tx, req, uri), tx)
-        elif uri.user is None:  # addressed to the server itself
+        elif uri.user is None or (method == "OPTIONS" and self.from_trunk(tx, req)):  # the server itself, a carrier's ping
             if method == "OPTIONS":
                 self._answer_options(tx)
             else:
                 tx.reply(405, headers=[("Allow", "OPTIONS, REGISTER")], stateless=True)
         else:
             self._spawn(self._route_local(tx, req), tx)
+
+    def from_trunk(self, tx: ServerTransaction, req: Request) -> bool:
+        """Whether the request came through a trunk (its inbound hosts, or its Request-URI carries the ``line``
+        token of a trunk's registration Contact): carriers do not answer a 407, so calls to local numbers from
+        them are not challenged (relaying elsewhere still is; REGISTER always is)."""
+        return self.trunks is not None and self.trunks.match_inbound(req, tx.flow) is not None
 
     def _challenge_first(self, tx: ServerTransaction, req: Request) -> bool:
         """Challenge at once, statelessly, an initial request that needs credentials and has none.
@@ -487,7 +495,7 @@ class Proxy:
         """An initial request to a user (or number) of our domain."""
         uri = req.uri
         if self.b2bua is not None and self.b2bua.handles_number(uri.user):
-            if self.config.auth and not await self._authorize_caller(tx, req):
+            if self.config.auth and not self.from_trunk(tx, req) and not await self._authorize_caller(tx, req):
                 return
             if self.max_calls and self.ua is not None and len(self.ua.calls) >= self.max_calls:
                 self.stats["rejected_at_cap"] += 1
@@ -504,7 +512,8 @@ class Proxy:
         if account is None:
             tx.reply(404, stateless=True)
             return
-        if self.config.auth and req.method not in ("ACK", "PRACK") and not await self._authorize_caller(tx, req):
+        if self.config.auth and req.method not in ("ACK", "PRACK") and not self.from_trunk(tx, req) \
+                and not await self._authorize_caller(tx, req):
             return
         await self._proxy_to_user(tx, req, account)
 
@@ -512,7 +521,8 @@ class Proxy:
         """A new INVITE to our domain with a router: authenticate the caller, then do what the router says."""
         assert self.router is not None
         caller: SipAccount | None = None
-        if self.config.auth:
+        inbound = self.trunks.match_inbound(req, tx.flow) if self.trunks is not None else None
+        if self.config.auth and inbound is None:
             caller = await self._caller_account(tx, req)
             if caller is None:
                 return
@@ -527,7 +537,8 @@ class Proxy:
                 self.callcontrol.accept_replacing(tx, req, replaced)
                 return
             # not a dialog of ours: routed like any INVITE (the callee matches its own dialogs)
-        decision = await self.router.route(RouteRequest(req, tx.flow, caller, callee))
+        decision = await self.router.route(RouteRequest(req, tx.flow, caller, callee,
+                                                        source_trunk=inbound.trunk.name if inbound else None))
         if tx.state not in ("Proceeding", "Trying"):
             return  # cancelled or timed out meanwhile
         if isinstance(decision, RejectCall):

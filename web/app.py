@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -73,6 +74,7 @@ def build_app(application: "Application") -> Starlette:
             "calls": {"routed": application.router.stats if application.router else {},
                       "active": len(application.callcontrol.calls) if application.callcontrol else 0,
                       "anchoring": application.callcontrol is not None},
+            "trunks": application.trunks.status(time.monotonic()) if application.trunks is not None else [],
             "process": {"rss_bytes": rss_bytes(), "loop_lag_30s": stack.lag_summary(30.0),
                         "gc_30s": application.gc_watch.summary(30.0)},
         })

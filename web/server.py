@@ -266,6 +266,8 @@ class Application:
         self.media_pool: MediaPool | None = None
         self.media_lines: list[str] = []        # "media worker N on ICE port X, RTP ports A-B"
         self.gc_watch = GcWatch()               # pauses of the cyclic GC (installed by the server's main)
+        self.trunks: Any = None                 # sipcore.trunk.TrunkGroup ([[trunks]], docs/trunks.md)
+        self.trunk_links: list[Any] = []        # sipcore.trunk_link.TrunkLink per trunk (REGISTER, OPTIONS)
 
     async def start(self) -> None:
         """Open storage and the location service, bind the SIP transports, wire the TU."""
@@ -314,8 +316,10 @@ class Application:
         if s.media.enabled:
             await self._start_media()
         self._wire_b2bua()
+        await self._start_trunks()
         stack.start_load_monitor()
-        stack.set_limiter(SourceLimiter(lim.source_limit, lim.source_window, lim.block_time, lim.trusted),
+        stack.set_limiter(SourceLimiter(lim.source_limit, lim.source_window, lim.block_time,
+                                        [*lim.trusted, *self._trunk_networks()]),
                           kernel_filter=lim.kernel_filter)
         self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop())
 
@@ -448,6 +452,38 @@ class Application:
             await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers), return_exceptions=True)
         self.media_pool = None
 
+    # -- trunks (docs/trunks.md) -------------------------------------------------------------------
+    async def _start_trunks(self) -> None:
+        """Build the trunk group from [[trunks]], hand it to the proxy (its inbound hosts are not challenged)
+        and start each trunk's registration and qualify over the stack (after the transports are bound: the
+        registration Contact names our listener)."""
+        from sipcore.trunk import TrunkGroup
+        from sipcore.trunk_link import start_trunks
+
+        assert self.stack is not None and self.proxy is not None
+        self.trunks = TrunkGroup.from_configs(t.to_config() for t in self.settings.trunks)
+        self.proxy.trunks = self.trunks
+        if len(self.trunks):
+            self.trunk_links = await start_trunks(self.stack, self.trunks)
+            for trunk in self.trunks:
+                log.info("trunk %s: %s via %s (register %s, qualify %s)", trunk.name, trunk.config.host,
+                         trunk.config.transport, "on" if trunk.config.register else "off",
+                         f"every {trunk.config.qualify_interval}s" if trunk.config.qualify_interval else "off")
+
+    def _trunk_networks(self) -> list[str]:
+        """The trunks' inbound hosts, exempt from the per-source flood limiter like limits.trusted."""
+        if self.trunks is None:
+            return []
+        return [str(net) for trunk in self.trunks for net in trunk.networks]
+
+    async def _stop_trunks(self) -> None:
+        """unREGISTER every trunk (Expires: 0), waiting at most 2 s for the carriers' answers."""
+        from sipcore.trunk_link import stop_trunks
+
+        links, self.trunk_links = self.trunk_links, []
+        if links:
+            await stop_trunks(links, timeout=2.0)
+
     async def _purge_loop(self) -> None:
         """Expired bindings are dropped even when nobody looks them up."""
         while True:
@@ -470,6 +506,8 @@ class Application:
         if self.callcontrol is not None:
             with contextlib.suppress(Exception):
                 await self.callcontrol.close()
+        with contextlib.suppress(Exception):
+            await self._stop_trunks()
         if self.stack:
             await self.stack.close()
         await self._stop_media()

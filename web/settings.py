@@ -196,6 +196,7 @@ class Settings:
     media: MediaSettings = field(default_factory=MediaSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     calls: CallsSettings = field(default_factory=CallsSettings)
+    trunks: list["TrunkSettings"] = field(default_factory=list)   # [[trunks]] tables (see the trunks block)
 
     @property
     def data_path(self) -> Path:
@@ -263,6 +264,9 @@ def _suggest(name: str, known: list[str]) -> str:
 def _apply_file(settings: Settings, raw: dict[str, Any], source: str) -> None:
     """Copy a parsed TOML document onto ``settings``, rejecting unknown sections/keys and wrong types."""
     for section_name, table in raw.items():
+        if section_name == TRUNKS_KEY:
+            settings.trunks = _trunks_from_toml(table, source)
+            continue
         if section_name not in SECTIONS:
             raise SettingsError(f"{source}: unknown section [{section_name}]{_suggest(section_name, list(SECTIONS))}")
         if not isinstance(table, dict):
@@ -484,6 +488,7 @@ def _validate(s: Settings) -> None:
             raise SettingsError(f"sip.b2bua[{i}].target must be a sip: or sips: URI, got {entry.target!r}")
     _validate_media(s.media)
     _validate_calls(s.calls)
+    _validate_trunks(s.trunks)
 
 
 def _validate_calls(c: CallsSettings) -> None:
@@ -531,6 +536,103 @@ def _validate_media(m: MediaSettings) -> None:
         raise SettingsError(f"media.opus_bitrate must be between 6000 and 510000, got {m.opus_bitrate}")
 
 
+# ------------------------------------------------------------------------------------------- [[trunks]]
+# SIP trunks (docs/trunks.md): a top-level array of tables, one per carrier. Parsed and validated here;
+# web/server.py turns each into a sipcore.trunk.TrunkConfig. No environment override (tables do not fit).
+
+TRUNKS_KEY = "trunks"
+
+
+@dataclass
+class TrunkSettings:
+    """One [[trunks]] table (docs/interfaces.md and docs/trunks.md describe every key)."""
+
+    name: str = _setting("", help="unique name of the trunk (logs, status, preferred trunk)")
+    host: str = _setting("", help="carrier SIP server: host or host:port (IPv6 in brackets)")
+    transport: str = _setting("udp", help="udp | tcp | tls")
+    username: str = _setting("", help="account at the carrier (REGISTER AoR user, default From user)")
+    password: str = field(default="", repr=False,
+                          metadata={"help": "digest password for 401/407 challenges; empty: none"})
+    auth_username: str = _setting("", help="digest username when it differs from username")
+    realm: str = _setting("", help="answer only challenges of this realm; empty: any")
+    register: bool = _setting(False, help="keep a registration at the carrier (inbound calls to our Contact)")
+    register_expires: int = _setting(3600, help="registration time asked (seconds, 10-86400)")
+    from_user: str = _setting("", help="From user of outbound calls; empty: caller_id's number, else username")
+    caller_id: str = _setting("", help="'Name <number>', 'number' or 'Name': From display name/user")
+    from_domain: str = _setting("", help="From/To domain towards the carrier; empty: the host")
+    inbound_hosts: list[str] = _setting(help="IPs/CIDRs calls come from; empty: the host's addresses",
+                                        factory=list)
+    did_source: str = _setting("ruri", help="where the dialled number is: ruri (Request-URI user) | to (To user)")
+    max_channels: int = _setting(0, help="concurrent calls through the trunk; 0: unlimited")
+    codecs: list[str] = _setting(help="codecs offered, in order: PCMA, PCMU, opus",
+                                 factory=lambda: ["PCMA", "PCMU"])
+    dtmf: str = _setting("rfc4733", help="rfc4733 | inband | info")
+    qualify_interval: int = _setting(0, help="seconds between OPTIONS pings; 0: off")
+    priority: int = _setting(0, help="failover order: lower first (ties: file order)")
+
+    def to_config(self) -> Any:
+        """The sipcore.trunk.TrunkConfig of this table."""
+        from sipcore.trunk import TrunkConfig
+
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["inbound_hosts"] = tuple(self.inbound_hosts)
+        values["codecs"] = tuple(self.codecs)
+        return TrunkConfig(**values)
+
+
+_CODEC_SPELLING = {"pcma": "PCMA", "pcmu": "PCMU", "opus": "opus"}
+
+
+def _trunks_from_toml(value: Any, source: str) -> list[TrunkSettings]:
+    """The [[trunks]] array -> TrunkSettings, rejecting unknown keys and wrong types (naming trunks[i].key)."""
+    if not isinstance(value, list):
+        raise SettingsError(f"{source}: trunks must be an array of tables ([[trunks]]), got {type(value).__name__}")
+    known = {f.name: f for f in dataclasses.fields(TrunkSettings)}
+    out = []
+    for i, entry in enumerate(value):
+        name = f"trunks[{i}]"
+        if not isinstance(entry, dict):
+            raise SettingsError(f"{source}: {name} must be a table ([[trunks]])")
+        trunk = TrunkSettings()
+        for key, item in entry.items():
+            if key not in known:
+                raise SettingsError(f"{source}: unknown setting {name}.{key}{_suggest(key, list(known))}")
+            setattr(trunk, key, _check_toml_value(f"{name}.{key}", _field_type(TrunkSettings, key), item, source))
+        for key in ("name", "host"):
+            if key not in entry:
+                raise SettingsError(f"{source}: {name} is missing {key!r}")
+        trunk.codecs = [_CODEC_SPELLING.get(c.lower(), c) for c in trunk.codecs]
+        trunk.transport = trunk.transport.lower()
+        trunk.dtmf = {"rfc2833": "rfc4733"}.get(trunk.dtmf.lower(), trunk.dtmf.lower())   # the RFC's old number
+        trunk.did_source = trunk.did_source.lower()
+        out.append(trunk)
+    return out
+
+
+def _validate_trunks(trunks: list[TrunkSettings]) -> None:
+    """Each trunk's values (sipcore.trunk.validate_trunk_config) and unique names."""
+    from sipcore.trunk import validate_trunk_config
+
+    seen: set[str] = set()
+    for i, t in enumerate(trunks):
+        label = f"trunks[{i}]" + (f" ({t.name})" if t.name else "")
+        if t.name in seen:
+            raise SettingsError(f"{label}: the name {t.name!r} is used by another trunk")
+        seen.add(t.name)
+        problem = validate_trunk_config(t)
+        if problem:
+            raise SettingsError(f"{label}: {problem}")
+
+
+def _trunks_help() -> list[str]:
+    lines = ["", "  [[trunks]]  (one table per carrier; no environment variables; see docs/trunks.md)"]
+    for f in dataclasses.fields(TrunkSettings):
+        default = _format_default(getattr(TrunkSettings(), f.name))
+        lines.append(f"    {f.name:<18} default {default}")
+        lines.append(f"        {f.metadata.get('help', '')}")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------- help
 
 
@@ -561,11 +663,13 @@ def settings_help() -> str:
             default = _format_default(getattr(section_defaults, f.name))
             lines.append(f"    {f.name:<18} {env_var_name(section_name, f.name):<34} default {default}")
             lines.append(f"        {f.metadata.get('help', '')}")
+    lines.extend(_trunks_help())
     return "\n".join(lines)
 
 
 __all__ = [
     "B2buaEntry",
+    "TrunkSettings",
     "DatabaseSettings",
     "MediaSettings",
     "ServerSettings",
