@@ -201,6 +201,24 @@ class TrunkRoute:
         """Give the channel back (the call through this route ended or failed)."""
         self.trunk.release()
 
+    @property
+    def to_uri(self) -> str:
+        """The To of the INVITE: the Request-URI without its transport parameter."""
+        return self.request_uri.split(";", 1)[0]
+
+    def contact(self) -> Any:
+        """This route as a `sipcore.callcontrol.Contact` (plain RTP media, the trunk's credentials)."""
+        from .callcontrol import RTP, Contact
+        from .uri import SipUri
+
+        return Contact(SipUri.parse(self.request_uri), self.to_uri, self.flow, (), RTP, self.credentials)
+
+    def target(self, timeout: float | None = None) -> Any:
+        """This route as a one-contact `sipcore.callcontrol.Target` for ``Call.ring`` (label ``trunk:NAME``)."""
+        from .callcontrol import Target
+
+        return Target.contacts([self.contact()], timeout, label=f"trunk:{self.name}")
+
 
 def is_failover_status(status: int) -> bool:
     """Whether a failed outbound attempt should move on to the next trunk.

@@ -291,6 +291,11 @@ def test_candidates_order_preferred_down_and_full():
     assert route.credentials == ("acme", "pw") and route.codecs == ("PCMA", "opus") and route.dtmf == "info"
     assert route.flow == Flow("tcp", ("192.0.2.10", 5060))
     assert group.candidates("1")[2].request_uri == "sip:1@192.0.2.30:5070"
+    contact = route.contact()                                  # what sipcore.callcontrol rings
+    assert str(contact.uri) == route.request_uri and contact.aor == "sip:0032475@192.0.2.10"
+    assert contact.flow == route.flow and contact.credentials == ("acme", "pw") and contact.transport == "rtp"
+    target = route.target(20.0)
+    assert target.kind == "contacts" and target.timeout == 20.0 and target.label == "trunk:main"
     assert group.candidates("1")[1].credentials is None
     # channels: main takes two calls, then it is skipped until one ends
     assert route.acquire() and route.acquire()
