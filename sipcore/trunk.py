@@ -18,8 +18,9 @@ rest of callpath asks:
   ``route.release()`` gives it back when the call ends. After a failed attempt,
   ``TrunkGroup.is_failover_status(status)`` says whether to try the next route.
 
-A trunk is *usable* when its qualify does not say DOWN, its registration (when it registers) is not
-FAILED, and it has a free channel (``max_channels`` 0: unlimited).
+A trunk is *usable* when its host name resolved, its qualify does not say DOWN, its registration (when it
+registers) is not FAILED, and it has a free channel (``max_channels`` 0: unlimited). Inbound calls count too
+when the call control takes a channel for them (``match.trunk.acquire()``; False: answer 503).
 """
 from __future__ import annotations
 
@@ -303,7 +304,9 @@ class Trunk:
     # -- state --------------------------------------------------------------------------------------
     @property
     def up(self) -> bool:
-        """Reachable as far as we know: qualify not DOWN and registration (if any) not FAILED."""
+        """Reachable as far as we know: its host resolved, qualify not DOWN, registration (if any) not FAILED."""
+        if self.resolve_error:
+            return False
         if self.qualify is not None and self.qualify.state is QualifyState.DOWN:
             return False
         if self.config.register and self.registration is not None and \

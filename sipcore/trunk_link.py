@@ -132,6 +132,9 @@ class TrunkLink:
         c = trunk.config
         now = self.clock()
         if c.register:
+            if c.transport not in self.stack.listeners:
+                log.warning("trunk %s: no %s listener: the registered Contact names another transport's port",
+                            trunk.name, c.transport)
             contact = self.stack.local_uri(c.transport, trunk.config.username or "trunk").copy()
             contact.params = {**contact.params, "line": trunk.line}
             trunk.registration = OutboundRegistration(RegistrationConfig(

@@ -406,3 +406,17 @@ def test_duplicate_trunk_names(tmp_path):
         load(tmp_path, '[[trunks]]\nname = "x"\nhost = "a"\n[[trunks]]\nname = "x"\nhost = "b"\n')
     with pytest.raises(SettingsError, match="array of tables"):
         load(tmp_path, '[trunks]\nname = "x"\n')
+
+
+def test_unresolved_host_is_not_usable():
+    group = TrunkGroup.from_configs([trunk("named", "sip.carrier.test"), trunk("ip", "192.0.2.2")])
+    named = group.get("named")
+    assert named.next_hop is None and named.route("1").flow is None
+    named.resolve_error = "cannot resolve sip.carrier.test: [Errno -2] Name or service not known"
+    assert [r.name for r in group.candidates("1")] == ["ip"]
+    assert group.status(0.0)[0]["resolve_error"].startswith("cannot resolve")
+    named.resolve_error = ""
+    named.set_addresses(["198.51.100.20", "198.51.100.20"])
+    assert named.next_hop == Flow("udp", ("198.51.100.20", 5060)) and named.addresses == ("198.51.100.20",)
+    assert group.is_trunk_source("198.51.100.20")          # the resolved address is the default inbound host
+    assert [r.name for r in group.candidates("1")] == ["named", "ip"]
