@@ -595,9 +595,16 @@ def _is_table_array(value: Any) -> bool:
 
 
 def dump_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
-    """TOML for {section: {key: value}}, where a value may be a list of tables ([[section.key]])."""
+    """TOML for {section: {key: value}}, where a value may be a list of tables ([[section.key]]); a top-level
+    list of tables (``trunks``) becomes [[section]] tables."""
     out: list[str] = []
     for section, table in sections.items():
+        if _is_table_array(table):
+            for entry in table:
+                out.append(f"[[{section}]]")
+                out.extend(f"{k} = {_toml_value(v)}" for k, v in entry.items())
+                out.append("")
+            continue
         out.append(f"[{section}]")
         for key, value in table.items():
             if not _is_table_array(value) and not isinstance(value, Mapping):
@@ -615,9 +622,12 @@ def dump_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def _merge_settings(base: dict[str, dict[str, Any]], settings: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Apply ``sip={"auth": False}`` (a section) and ``sip_auth=False`` (section_key) forms onto base."""
+    """Apply ``sip={"auth": False}`` (a section), ``sip_auth=False`` (section_key) and ``trunks=[{...}, ...]``
+    (a top-level array of tables) forms onto base."""
     for name, value in settings.items():
-        if isinstance(value, Mapping):
+        if _is_table_array(value):
+            base[name] = [dict(entry) for entry in value]
+        elif isinstance(value, Mapping):
             base.setdefault(name, {}).update(value)
         elif "_" in name:
             section, key = name.split("_", 1)

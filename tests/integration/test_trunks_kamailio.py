@@ -24,7 +24,7 @@ from sipcore.stack import SipStack
 from sipcore.trunk import TrunkConfig, TrunkGroup
 from sipcore.trunk_link import TrunkLink, start_trunks, stop_trunks
 from sipcore.ua import Answered, Failed, UserAgent
-from sipp_harness import CallpathServer, free_udp_port, require_sipp, start_sipp, write_callpath_config
+from sipp_harness import free_udp_port, require_sipp, start_callpath, start_sipp
 
 pytestmark = pytest.mark.integration
 
@@ -241,30 +241,11 @@ async def test_outbound_call_fails_over_from_503_to_the_next_trunk(stack, carrie
 
 async def test_callpath_status_shows_trunks_and_unregisters_at_shutdown(carrier_factory, tmp_path):
     carrier = carrier_factory(user=USER, password=PASSWORD)
-    config_path, merged = write_callpath_config(tmp_path, media={"enabled": False})
-    with open(config_path, "a") as f:
-        f.write(f'''
-[[trunks]]
-name = "carrier"
-host = "{carrier.address}"
-username = "{USER}"
-password = "{PASSWORD}"
-register = true
-register_expires = 60
-qualify_interval = 1
-did_source = "to"
-max_channels = 4
-
-[[trunks]]
-name = "broken"
-host = "{carrier.address}"
-username = "{USER}"
-password = "wrong"
-register = true
-''')
-    from sipp_harness import _callpath_env  # the environment the harness gives every callpath process
-
-    server = CallpathServer(config_path, merged, tmp_path, _callpath_env(None)).start()
+    server = start_callpath(tmp_path, media={"enabled": False}, trunks=[
+        {"name": "carrier", "host": carrier.address, "username": USER, "password": PASSWORD, "register": True,
+         "register_expires": 60, "qualify_interval": 1, "did_source": "to", "max_channels": 4},
+        {"name": "broken", "host": carrier.address, "username": USER, "password": "wrong", "register": True},
+    ])
     try:
         def status():
             data = json.load(urllib.request.urlopen(server.web_url + "/api/v1/status", timeout=5))
