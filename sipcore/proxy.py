@@ -160,7 +160,7 @@ class Proxy:
             return
         if not self.is_local_domain(uri):
             self._spawn(self._relay_foreign(tx, req, uri), tx)
-        elif uri.user is None or (method == "OPTIONS" and self.from_trunk(tx, req)):  # the server itself, a carrier's ping
+        elif uri.user is None or (method == "OPTIONS" and self.from_trunk(tx, req)):  # us, or a carrier's ping
             if method == "OPTIONS":
                 self._answer_options(tx)
             else:

@@ -113,7 +113,8 @@ class Carrier:
                 return self
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"kamailio did not answer OPTIONS on {self.address} within {timeout}s:\n{self.log()[-4000:]}")
+        raise RuntimeError(f"kamailio did not answer OPTIONS on {self.address} within {timeout}s:\n"
+                           f"{self.log()[-4000:]}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group (kamailio forks workers), SIGKILL after ``timeout``."""
