@@ -164,6 +164,7 @@ class Contact:
     path: tuple[str, ...] = ()            # Path (RFC 3327): the route to reach it
     transport: str = RTP                  # the media to offer: RTP, SDES or WEBRTC
     credentials: tuple[str, str] | None = None   # for a 401/407 (trunks)
+    from_uri: str | None = None           # the From to present (a trunk's caller id); None: the caller's, at our domain
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,8 +518,8 @@ class Call:
             return ch
         ch.media_open = True
         caller = self.request.from_
-        from_na = NameAddr(SipUri.parse(f"sip:{caller.uri.user or 'anonymous'}@{self.control.domain}"),
-                           caller.display)
+        from_na = NameAddr.parse(contact.from_uri) if contact.from_uri else NameAddr(
+            SipUri.parse(f"sip:{caller.uri.user or 'anonymous'}@{self.control.domain}"), caller.display)
         try:
             sip = self.control.ua.invite(
                 contact.uri, from_na, desc.sdp, flow=contact.flow, route=contact.path, ring_timeout=timeout,

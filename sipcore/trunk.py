@@ -208,11 +208,12 @@ class TrunkRoute:
         return self.request_uri.split(";", 1)[0]
 
     def contact(self) -> Any:
-        """This route as a `sipcore.callcontrol.Contact` (plain RTP media, the trunk's credentials)."""
+        """This route as a `sipcore.callcontrol.Contact` (plain RTP media, the trunk's From and credentials)."""
         from .callcontrol import RTP, Contact
         from .uri import SipUri
 
-        return Contact(SipUri.parse(self.request_uri), self.to_uri, self.flow, (), RTP, self.credentials)
+        return Contact(SipUri.parse(self.request_uri), self.to_uri, self.flow, (), RTP, self.credentials,
+                       from_uri=self.from_uri)
 
     def target(self, timeout: float | None = None) -> Any:
         """This route as a one-contact `sipcore.callcontrol.Target` for ``Call.ring`` (label ``trunk:NAME``)."""

@@ -270,3 +270,112 @@ async def test_callpath_status_shows_trunks_and_unregisters_at_shutdown(carrier_
     finally:
         server.stop()
     await wait_for(lambda: "expires 0" in last_register(carrier), what="the unREGISTER at shutdown")
+
+
+class RecordingMedia:
+    """The media verbs sipcore.callcontrol needs, answered with valid SDP and recorded (audio through real workers
+    is the media tests' job; this test is about the trunk signalling)."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple] = []
+
+    async def leg_offer(self, leg, *, group, transport=None, direction="sendrecv", owner=None):
+        from sipcore.callcontrol import LegDescription
+        self.log.append(("leg_offer", leg, transport))
+        return LegDescription(SDP, "PCMA", direction)
+
+    async def leg_answer(self, leg, sdp):
+        from sipcore.callcontrol import LegDescription
+        self.log.append(("leg_answer", leg))
+        return LegDescription(None, "PCMA")
+
+    async def leg_remote_offer(self, leg, sdp, *, group, owner=None):
+        from sipcore.callcontrol import LegDescription
+        self.log.append(("leg_remote_offer", leg))
+        return LegDescription(None, "PCMA")
+
+    async def leg_create_answer(self, leg, *, prefer=None):
+        from sipcore.callcontrol import LegDescription
+        self.log.append(("leg_create_answer", leg))
+        return LegDescription(SDP, "PCMA")
+
+    async def leg_close(self, leg):
+        self.log.append(("leg_close", leg))
+
+    async def connect(self, a, b):
+        self.log.append(("connect", a, b))
+
+    async def disconnect(self, leg):
+        self.log.append(("disconnect", leg))
+
+    async def play(self, leg, files, *, loop=False, mix=False):
+        self.log.append(("play", leg))
+
+    async def stop_play(self, leg):
+        self.log.append(("stop_play", leg))
+
+
+async def test_call_control_dials_out_through_the_trunks_with_failover(stack, carrier_factory):
+    """A caller reaches callpath; its call control rings the number through the trunks in failover order
+    (route.target()), as the ACD will: the primary carrier answers 503, the backup relays to a SIPp UAS that
+    answers; the caller is connected, hangs up, and the channel goes back to the trunk."""
+    from sipcore.b2bua import mirror_status
+    from sipcore.callcontrol import CallControl
+
+    require_sipp()
+    uas_port = free_udp_port()
+    failing = carrier_factory(user=USER, password=PASSWORD, reject_all=True)
+    working = carrier_factory(user=USER, password=PASSWORD, uas=f"sip:127.0.0.1:{uas_port}")
+    trunks = TrunkGroup.from_configs([
+        trunk_config(failing, name="primary", priority=1),
+        trunk_config(working, name="backup", priority=2, caller_id="ACME Sales <+3225550000>", max_channels=1),
+    ])
+    middle = UserAgent(stack)
+    stack.tu = middle
+    media = RecordingMedia()
+    control = CallControl(middle, media, None, domain="callpath.test")
+    attempts: list[tuple[str, int]] = []
+
+    async def dial_out(call):
+        number = call.request.uri.user
+        for route in trunks.candidates(number):
+            if not route.acquire():
+                continue
+            result = await call.ring([route.target(timeout=15)])
+            if result.channel is not None:
+                attempts.append((route.name, 200))
+                await call.ended()
+                route.release()
+                return
+            route.release()
+            attempts.append((route.name, result.status))
+            if not trunks.is_failover_status(result.status):
+                call.reject(mirror_status(result.status))
+                return
+        call.reject(503)
+
+    middle.on_invite = lambda tx, request: control.accept(tx, request, dial_out)
+    caller_stack = SipStack("127.0.0.1")
+    await caller_stack.listen_udp("127.0.0.1", 0)
+    caller = UserAgent(caller_stack)
+    caller_stack.tu = caller
+    port = stack.listeners["udp"].port
+    try:
+        with start_sipp("uas.xml", local_port=uas_port, calls=1, timeout=30) as uas:
+            out = caller.invite(f"sip:003247000000@127.0.0.1:{port}", '"Alice" <sip:alice@127.0.0.1>', SDP)
+            while not isinstance(event := await out.next_event(20), (Answered, Failed)):
+                pass
+            assert isinstance(event, Answered), (event, attempts)
+            assert attempts == [("primary", 503), ("backup", 200)]
+            assert trunks.get("backup").channels == 1 and not trunks.get("backup").usable   # max_channels 1
+            out.hangup()
+            await wait_for(lambda: trunks.get("backup").channels == 0, what="the channel released at hang-up")
+            result = await asyncio.to_thread(uas.wait, 15)
+        result.check(calls=1)
+        invite = result.log[result.log.index("INVITE sip:003247000000@"):][:2000]
+        assert 'From: "ACME Sales" <sip:+3225550000@127.0.0.1>' in invite, invite
+        assert "To: <sip:003247000000@127.0.0.1:" in invite, invite
+    finally:
+        await control.close()
+        caller.close()
+        await caller_stack.close()

@@ -294,6 +294,7 @@ def test_candidates_order_preferred_down_and_full():
     contact = route.contact()                                  # what sipcore.callcontrol rings
     assert str(contact.uri) == route.request_uri and contact.aor == "sip:0032475@192.0.2.10"
     assert contact.flow == route.flow and contact.credentials == ("acme", "pw") and contact.transport == "rtp"
+    assert contact.from_uri == '"ACME Sales" <sip:+3225550000@192.0.2.10>'
     target = route.target(20.0)
     assert target.kind == "contacts" and target.timeout == 20.0 and target.label == "trunk:main"
     assert group.candidates("1")[1].credentials is None
