@@ -12,11 +12,18 @@ callpath's call control, media through the media workers) when it must be for th
 ``[calls] anchor`` overrides it: ``always`` anchors every call (recording, music on hold on every call),
 ``never`` proxies every call (a pure registrar/proxy, as Kamailio without rtpengine). Without a media plane
 calls are always proxied.
+
+Trunks (docs/trunks.md): a call from a trunk is routed by its DID to the local user whose username or
+extension it is (else to ``[calls] inbound_target``, else 404), always anchored, counting one of the trunk's
+channels. An authenticated local caller dialling a number that is no local user goes out through the trunks
+in failover order (408/5xx/no answer -> next trunk; busy, 404, 6xx -> the caller gets that answer). Nobody
+else is sent out: an unauthenticated or trunk caller never reaches a trunk (no toll fraud through callpath).
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from sipcore.b2bua import mirror_status
 from sipcore.callcontrol import (
@@ -67,18 +74,29 @@ class PbxRouter:
     """Local users are rung on all their contacts, proxied or anchored as the module docstring says."""
 
     def __init__(self, contacts: ContactResolver, *, anchor: str = "auto", ring_timeout: float = 60.0,
-                 media: bool = True) -> None:
+                 media: bool = True, accounts: Callable[[str], Awaitable[Any]] | None = None,
+                 trunks: Any = None, inbound_target: str = "") -> None:
         if anchor not in ANCHOR_MODES:
             raise ValueError(f"anchor must be one of {', '.join(ANCHOR_MODES)}, not {anchor!r}")
         self.contacts = contacts
         self.anchor = anchor
         self.ring_timeout = ring_timeout
         self.media = media
-        self.stats = {"proxied": 0, "anchored": 0, "rejected": 0}
+        self.accounts = accounts           # username or extension -> enabled account or None
+        self.trunks = trunks               # sipcore.trunk.TrunkGroup, or None
+        self.inbound_target = inbound_target
+        self.stats = {"proxied": 0, "anchored": 0, "rejected": 0, "from_trunks": 0, "to_trunks": 0}
 
     async def route(self, request: RouteRequest) -> Decision:
+        if request.source_trunk is not None:
+            return await self._from_trunk(request)
         callee = request.callee
         if callee is None:
+            number = request.request.uri.user or ""
+            if self.media and request.caller is not None and self.trunks is not None and len(self.trunks) \
+                    and number:
+                self.stats["to_trunks"] += 1
+                return AcceptCall(self.dial_out(number))
             self.stats["rejected"] += 1
             return RejectCall(404)
         if not self.media or self.anchor == "never":
@@ -95,15 +113,68 @@ class PbxRouter:
         log.info("call to %s anchored: %s", callee.username, why, extra={"call_id": request.request.call_id})
         return AcceptCall(self.ring_user(callee.username))
 
-    def ring_user(self, username: str) -> Callable[[Call], Awaitable[None]]:
-        """A handler that rings ``username`` and, if nobody answers, gives the caller the callee's failure."""
+    async def _from_trunk(self, request: RouteRequest) -> Decision:
+        trunk = self.trunks.get(request.source_trunk) if self.trunks is not None else None
+        did = trunk.did_of(request.request) if trunk is not None else (request.request.uri.user or "")
+        account = await self.accounts(did) if self.accounts is not None and did else None
+        if account is None and self.inbound_target and self.accounts is not None:
+            account = await self.accounts(self.inbound_target)
+        if account is None:
+            self.stats["rejected"] += 1
+            log.info("call from trunk %s: no route for DID %r", request.source_trunk, did,
+                     extra={"call_id": request.request.call_id})
+            return RejectCall(404, "Not Found (no route for this number)")
+        if not self.media:
+            self.stats["proxied"] += 1
+            return ProxyCall() if request.callee is not None else RejectCall(503, "Service Unavailable (no media)")
+        self.stats["from_trunks"] += 1
+        log.info("call from trunk %s for DID %s: ringing %s", request.source_trunk, did, account.username,
+                 extra={"call_id": request.request.call_id})
+        return AcceptCall(self.ring_user(account.username, trunk=trunk))
+
+    def ring_user(self, username: str, trunk: Any = None) -> Callable[[Call], Awaitable[None]]:
+        """A handler that rings ``username`` and, if nobody answers, gives the caller the callee's failure
+        (a call from ``trunk`` holds one of its channels meanwhile: 503 when it has none left)."""
 
         async def handler(call: Call) -> None:
-            result = await call.ring([Target.user(username)], timeout=self.ring_timeout)
-            if result.channel is None:
-                if not call.is_over:
-                    call.reject(mirror_status(result.status))
+            if trunk is not None and not trunk.acquire():
+                call.reject(503, "Service Unavailable (trunk at max_channels)")
                 return
-            await call.ended()
+            try:
+                result = await call.ring([Target.user(username)], timeout=self.ring_timeout)
+                if result.channel is None:
+                    if not call.is_over:
+                        call.reject(mirror_status(result.status))
+                    return
+                await call.ended()
+            finally:
+                if trunk is not None:
+                    trunk.release()
+
+        return handler
+
+    def dial_out(self, number: str) -> Callable[[Call], Awaitable[None]]:
+        """A handler that calls ``number`` through the trunks in failover order (docs/trunks.md)."""
+
+        async def handler(call: Call) -> None:
+            assert self.trunks is not None
+            last = (503, "Service Unavailable (no trunk available)")
+            for route in self.trunks.candidates(number):
+                if not route.acquire():
+                    continue
+                try:
+                    result = await call.ring([route.target(timeout=self.ring_timeout)])
+                    if result.channel is not None:
+                        await call.ended()
+                        return
+                finally:
+                    route.release()
+                last = (result.status, result.reason)
+                if call.is_over or not self.trunks.is_failover_status(result.status):
+                    break
+                log.info("trunk %s failed with %d: trying the next", route.name, result.status,
+                         extra={"call_id": call.id})
+            if not call.is_over:
+                call.reject(mirror_status(last[0]), None if last[0] != 503 else last[1])
 
         return handler

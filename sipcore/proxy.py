@@ -503,9 +503,7 @@ class Proxy:
                 return
             self.b2bua.on_invite(tx, req)
             return
-        account = await self.users.get(uri.user) or await self.users.by_extension(uri.user)
-        if account is not None and not account.enabled:
-            account = None
+        account = await self.account_of(uri.user)
         if self.router is not None and req.method == "INVITE":
             await self._route_invite(tx, req, account)
             return
@@ -557,10 +555,15 @@ class Proxy:
         else:
             await self._proxy_to_user(tx, req, callee)
 
+    async def account_of(self, user: str) -> SipAccount | None:
+        """The enabled local account a username or extension names, or None."""
+        account = await self.users.get(user) or await self.users.by_extension(user)
+        return account if account is not None and account.enabled else None
+
     async def contacts_of(self, user: str) -> list[Contact]:
         """The reachable contacts of a local username or extension (call control's ContactResolver)."""
-        account = await self.users.get(user) or await self.users.by_extension(user)
-        if account is None or not account.enabled:
+        account = await self.account_of(user)
+        if account is None:
             return []
         aor = f"sip:{account.username}@{self.config.domain}"
         out = []

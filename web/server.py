@@ -343,7 +343,8 @@ class Application:
                 music_on_hold=music_on_hold(s.calls.music_on_hold, s.data_path))
             self.proxy.callcontrol = self.callcontrol
         self.router = PbxRouter(self.proxy, anchor=s.calls.anchor, ring_timeout=s.calls.ring_timeout,
-                                media=legs is not None)
+                                media=legs is not None, accounts=self.proxy.account_of,
+                                inbound_target=s.calls.inbound_target)
         self.proxy.router = self.router
         numbers = {e.number: e.target for e in self.settings.sip.b2bua}
         if numbers:
@@ -463,6 +464,8 @@ class Application:
         assert self.stack is not None and self.proxy is not None
         self.trunks = TrunkGroup.from_configs(t.to_config() for t in self.settings.trunks)
         self.proxy.trunks = self.trunks
+        if self.router is not None:
+            self.router.trunks = self.trunks
         if len(self.trunks):
             self.trunk_links = await start_trunks(self.stack, self.trunks)
             for trunk in self.trunks:

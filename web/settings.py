@@ -180,6 +180,8 @@ class CallsSettings:
 
     anchor: str = _setting("auto", help="media anchoring of calls to local users: auto | always | never")
     ring_timeout: float = _setting(60.0, help="seconds a call to a local user rings before the caller gets 480")
+    inbound_target: str = _setting(
+        "", help="extension or username that trunk calls whose DID is no local user ring; empty -> 404")
     music_on_hold: list[str] = _setting(
         help="audio files (WAV, MP3...) played in a loop to a party on hold; empty -> a built-in melody",
         factory=list)

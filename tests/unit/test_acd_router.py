@@ -35,10 +35,50 @@ class Contacts:
                 for i, t in enumerate(self.transports)]
 
 
-def route_request(body: bytes | None, transport: str = "udp", callee: Account | None = Account("bob")) -> RouteRequest:
-    req = Request("INVITE", SipUri.parse("sip:bob@d"), body=body or b"")
+def route_request(body: bytes | None, transport: str = "udp", callee: Account | None = Account("bob"),
+                  user: str = "bob", caller: Account | None = Account("alice"),
+                  trunk: str | None = None) -> RouteRequest:
+    req = Request("INVITE", SipUri.parse(f"sip:{user}@d"), body=body or b"")
     req.add("Call-ID", "c1@test")
-    return RouteRequest(req, Flow(transport, ("127.0.0.1", 5060)), Account("alice"), callee)
+    return RouteRequest(req, Flow(transport, ("127.0.0.1", 5060)), caller, callee, trunk)
+
+
+class Trunk:
+    name = "carrier"
+
+    def did_of(self, request: Request) -> str:
+        return request.uri.user or ""
+
+
+class Trunks:
+    def __len__(self) -> int:
+        return 1
+
+    def get(self, name: str):
+        return Trunk() if name == "carrier" else None
+
+
+async def accounts(name: str):
+    return {"1001": Account("alice", "1001"), "alice": Account("alice", "1001")}.get(name)
+
+
+async def test_trunk_calls_by_did_and_calls_out_only_for_local_callers() -> None:
+    router = PbxRouter(Contacts([RTP]), accounts=accounts, trunks=Trunks())
+    assert isinstance(await router.route(route_request(PHONE, callee=None, user="1001", caller=None,
+                                                       trunk="carrier")), AcceptCall)
+    unknown = await router.route(route_request(PHONE, callee=None, user="5555", caller=None, trunk="carrier"))
+    assert isinstance(unknown, RejectCall) and unknown.status == 404
+    reception = PbxRouter(Contacts([RTP]), accounts=accounts, trunks=Trunks(), inbound_target="alice")
+    assert isinstance(await reception.route(route_request(PHONE, callee=None, user="5555", caller=None,
+                                                          trunk="carrier")), AcceptCall)
+    # a local, authenticated caller dialling a number that is no local user goes out through the trunks
+    assert isinstance(await router.route(route_request(PHONE, callee=None, user="0032255500")), AcceptCall)
+    # nobody else does: no caller (auth off or a trunk's), or no trunks at all
+    assert isinstance(await router.route(route_request(PHONE, callee=None, user="0032255500", caller=None)),
+                      RejectCall)
+    assert isinstance(await PbxRouter(Contacts([RTP])).route(route_request(PHONE, callee=None, user="0032")),
+                      RejectCall)
+    assert (router.stats["from_trunks"], router.stats["to_trunks"], router.stats["rejected"]) == (1, 1, 2)
 
 
 def test_offer_traits() -> None:
@@ -65,7 +105,7 @@ async def test_router_decisions() -> None:
     assert isinstance(await PbxRouter(Contacts([RTP]), anchor="always").route(route_request(PHONE)), AcceptCall)
     assert isinstance(await PbxRouter(Contacts([WEBRTC]), anchor="never").route(route_request(PHONE)), ProxyCall)
     assert isinstance(await PbxRouter(Contacts([WEBRTC]), media=False).route(route_request(BROWSER)), ProxyCall)
-    assert router.stats == {"proxied": 1, "anchored": 1, "rejected": 1}
+    assert (router.stats["proxied"], router.stats["anchored"], router.stats["rejected"]) == (1, 1, 1)
     with pytest.raises(ValueError):
         PbxRouter(Contacts([]), anchor="sometimes")
 
