@@ -87,7 +87,8 @@ class LegMedia(Protocol):
     """
 
     def leg_offer(self, leg: str, *, group: str, transport: str | None = None, direction: str = "sendrecv",
-                  owner: Callable[[Any], None] | None = None) -> Awaitable[LegDescription]: ...
+                  owner: Callable[[Any], None] | None = None, codecs: Sequence[str] | None = None,
+                  dtmf: str | None = None) -> Awaitable[LegDescription]: ...
 
     def leg_answer(self, leg: str, sdp: bytes) -> Awaitable[LegDescription]: ...
 
@@ -105,6 +106,11 @@ class LegMedia(Protocol):
     def play(self, leg: str, files: list[str], *, loop: bool = False, mix: bool = False) -> Awaitable[Any]: ...
 
     def stop_play(self, leg: str) -> Awaitable[Any]: ...
+
+    def conference_join(self, conference: str, leg: str, mode: str = "talk",
+                        to: str | None = None) -> Awaitable[Any]: ...
+
+    def conference_leave(self, leg: str) -> Awaitable[Any]: ...
 
 
 def media_transport_for(sip_transport: str) -> str:
@@ -164,6 +170,8 @@ class Contact:
     path: tuple[str, ...] = ()            # Path (RFC 3327): the route to reach it
     transport: str = RTP                  # the media to offer: RTP, SDES or WEBRTC
     credentials: tuple[str, str] | None = None   # for a 401/407 (trunks)
+    codecs: tuple[str, ...] = ()          # codecs to offer, in order (a trunk's); empty: the media plane's
+    dtmf: str | None = None               # rfc4733 | inband | info (a trunk's); None: the media plane's
     from_uri: str | None = None           # the From to present (a trunk's caller id); None: the caller's, at our domain
 
 
@@ -299,6 +307,7 @@ class Channel:
         self.rung_for: Channel | None = None  # outbound: the party it was rung for
         self.transferring = False         # a transfer moves its partner: its end must not hang the partner up
         self.request: Request | None = None   # inbound: its INVITE
+        self.room: str | None = None      # the conference it is in
 
     def __repr__(self) -> str:
         return f"<Channel {self.leg} {'in' if self.inbound else 'out'} {self.label}>"
@@ -404,6 +413,28 @@ class Call:
         if ch.media_open:
             ch.playing = False
             await self._media("stop_play", self.control.media.stop_play(ch.leg))
+
+    async def conference(self, room: str, channel: Channel | None = None, *, mode: str = "talk",
+                         to: Channel | None = None) -> None:
+        """Put a channel (default: the caller, answered first if need be) in conference ``room``, a mix of
+        any number of legs from any calls: ``talk``, ``listen`` (spy) or ``whisper`` (heard by ``to`` only)."""
+        ch = channel or self.inbound
+        self._require_live(ch)
+        if ch.inbound and not ch.answered:
+            self._answer_inbound(ch, await self._inbound_sdp(ch, prefer=None))
+        if ch.partner is not None:
+            await self.disconnect(ch)
+        if ch.playing:
+            await self.stop_play(ch)
+        await self._media("conference", self.control.media.conference_join(
+            room, ch.leg, mode, to.leg if to is not None else None), ch)
+        ch.room = room
+
+    async def leave_conference(self, channel: Channel | None = None) -> None:
+        ch = channel or self.inbound
+        if ch.room is not None and ch.media_open:
+            ch.room = None
+            await self._media("leave conference", self.control.media.conference_leave(ch.leg), ch)
 
     async def disconnect(self, channel: Channel) -> None:
         """Separate a channel from its partner (each then hears silence, or what is played to it)."""
@@ -511,8 +542,13 @@ class Call:
         ch.rung_for = party
         self.channels.append(ch)
         try:
+            extra: dict[str, Any] = {}
+            if contact.codecs:
+                extra["codecs"] = list(contact.codecs)
+            if contact.dtmf:
+                extra["dtmf"] = contact.dtmf
             desc = await self._media("offer", self.control.media.leg_offer(
-                ch.leg, group=self.id, transport=contact.transport, owner=self._media_owner(ch)), ch)
+                ch.leg, group=self.id, transport=contact.transport, owner=self._media_owner(ch), **extra), ch)
         except CallControlError as exc:
             self._never_called(ch, (500, str(exc)))
             return ch
@@ -549,6 +585,8 @@ class Call:
             if ch.playing:     # music on hold or a prompt to a parked party stops when it is connected
                 ch.playing = False
                 await self._quiet("stop play", self.control.media.stop_play(ch.leg))
+            if ch.room is not None:
+                await self._quiet("leave conference", self.leave_conference(ch))
         await self._media("connect", self.control.media.connect(a.leg, b.leg))
         a.partner, b.partner = b, a
 

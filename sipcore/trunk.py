@@ -213,7 +213,7 @@ class TrunkRoute:
         from .uri import SipUri
 
         return Contact(SipUri.parse(self.request_uri), self.to_uri, self.flow, (), RTP, self.credentials,
-                       from_uri=self.from_uri)
+                       codecs=tuple(self.codecs), dtmf=self.dtmf, from_uri=self.from_uri)
 
     def target(self, timeout: float | None = None) -> Any:
         """This route as a one-contact `sipcore.callcontrol.Target` for ``Call.ring`` (label ``trunk:NAME``)."""

@@ -44,9 +44,10 @@ class FakeMedia:
         if verb in self.fail:
             raise RuntimeError(f"{verb} failed (test)")
 
-    async def leg_offer(self, leg, *, group, transport=None, direction="sendrecv", owner=None):
+    async def leg_offer(self, leg, *, group, transport=None, direction="sendrecv", owner=None, codecs=None,
+                        dtmf=None):
         self._check("leg_offer")
-        self.log.append(("leg_offer", leg, transport))
+        self.log.append(("leg_offer", leg, transport) + ((tuple(codecs), dtmf) if codecs or dtmf else ()))
         if owner is not None:
             self.owners[leg] = owner
         return LegDescription(self._sdp(leg, direction), "PCMU", direction)
@@ -84,6 +85,12 @@ class FakeMedia:
 
     async def stop_play(self, leg):
         self.log.append(("stop_play", leg))
+
+    async def conference_join(self, conference, leg, mode="talk", to=None):
+        self.log.append(("conference_join", conference, leg, mode, to))
+
+    async def conference_leave(self, leg):
+        self.log.append(("conference_leave", leg))
 
     def verbs(self, name: str) -> list[tuple]:
         return [e for e in self.log if e[0] == name]
@@ -504,3 +511,41 @@ async def test_invite_with_replaces_takes_over_a_dialog(setup):
     await until(lambda: s.media.connected(call.channels[-1].leg, call.inbound.leg))
     out.hangup()
     await expect(pickup, Ended)
+
+
+async def test_conference_of_two_callers_and_a_trunk_contact_offers_its_codecs(setup):
+    s = setup
+    s.contacts.users["carrier"] = [Contact(SipUri.parse(f"sip:5551234@127.0.0.1:{s.callees[0].port}"),
+                                           "sip:5551234@carrier.test", codecs=("PCMA", "PCMU"), dtmf="info",
+                                           from_uri='"ACME" <sip:+3225550000@carrier.test>')]
+
+    async def handler(call):
+        if call.request.uri.user == "700":
+            await call.conference("room-700")
+            await call.ended()
+        else:
+            result = await call.ring([Target.user("carrier")])
+            if result.channel is not None:
+                await call.ended()
+
+    s.handler = handler
+    first = s.caller.ua.invite(f"sip:700@127.0.0.1:{s.middle.port}", "<sip:alice@127.0.0.1>", OFFER)
+    second = s.callees[2].ua.invite(f"sip:700@127.0.0.1:{s.middle.port}", "<sip:carol@127.0.0.1>", OFFER)
+    await expect(first, Answered)
+    await expect(second, Answered)
+    legs = [c.inbound.leg for c in s.calls]
+    await until(lambda: all(("conference_join", "room-700", leg, "talk", None) in s.media.log for leg in legs))
+    first.hangup()
+    second.hangup()
+    await until(lambda: not s.control.calls)
+    # the trunk contact: its codecs, DTMF mode and caller id
+    out = s.dial()
+    inc = await s.incoming(0)
+    assert inc.request.from_.display == "ACME" and inc.request.from_.uri.user == "+3225550000"
+    offer = next(e for e in s.media.verbs("leg_offer") if len(e) > 3)
+    assert offer[3:] == (("PCMA", "PCMU"), "info")
+    inc.answer(ANSWER)
+    await expect(out, Answered)
+    await expect(inc, Confirmed)
+    out.hangup()
+    await expect(inc, Ended)
