@@ -59,11 +59,13 @@ case "${1:-}" in
     test)
         shift
         # Test peers: SIPp for the SIP integration tests; Node.js + npm for the JsSIP (browser SIP stack) test;
-        # Chromium for the real-browser WebRTC test of the media bridge (tests/browser); coturn as a TURN relay.
+        # Chromium for the real-browser WebRTC test of the media bridge (tests/browser); coturn as a TURN relay;
+        # baresip as a real SIP phone (calls with tones checked both ways).
         command -v sipp >/dev/null || apt_install sip-tester
         { command -v node >/dev/null && command -v npm >/dev/null; } || apt_install nodejs npm
         command -v chromium >/dev/null || apt_install chromium
         command -v turnserver >/dev/null || apt_install coturn     # TURN for the relay-only browser test
+        command -v baresip >/dev/null || apt_install baresip-core # Debian's softphone, no GUI (tests/peers/baresip.py)
         ensure_venv "[test]"
         set +e
         "$VENV/bin/python" -m pytest -ra "$@"

@@ -1,0 +1,93 @@
+"""Two Debian baresip phones call each other through callpath with its default settings (issue 9, "Proof").
+
+Each phone's "microphone" is a tone (alice 700 Hz, bob 1100 Hz, played by aufile); each records what it
+hears (sndfile). alice dials bob's extension, bob is told to accept (or auto-answers), both talk for a few
+seconds, alice hangs up, and an FFT of each recording must show the other's tone. Today the call is proxied
+(RTP flows phone to phone); the check holds the same once callpath anchors the media.
+
+The account lines have exactly the README quick start's shape (``<sip:alice@127.0.0.1>;auth_pass=secret``)
+plus the server's free port (and ``;transport=tcp`` over TCP), so the quick start is proven as written.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from media.audio import dominant_frequency, tone_to_noise_db
+from peers.baresip import SAMPLE_RATE, BaresipPhone, account_line, baresip_phones  # noqa: F401  (fixture)
+from sipp_harness import callpath_factory  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.integration
+
+ALICE = ("alice", "secret", "1001")
+BOB = ("bob", "secret", "1002")
+ALICE_HZ, BOB_HZ = 700.0, 1100.0
+TOLERANCE_HZ = 10.0
+TALK_SECONDS = 3.0
+
+
+def assert_hears(phone: BaresipPhone, frequency: float) -> None:
+    """The phone's recording holds at least 1 s of audio whose dominant frequency is ``frequency``."""
+    samples = phone.heard()
+    assert samples.size >= SAMPLE_RATE, f"{phone.name} recorded {samples.size} samples\n{phone.log()}"
+    # skip the first half second (the call's start, jitter buffer filling) and analyse 1 s after it
+    window = samples[SAMPLE_RATE // 2: SAMPLE_RATE // 2 + SAMPLE_RATE]
+    assert np.abs(window).max() > 1000, f"{phone.name} heard silence (peak {np.abs(window).max()})"
+    heard = dominant_frequency(window, SAMPLE_RATE)
+    assert abs(heard - frequency) < TOLERANCE_HZ, f"{phone.name} heard {heard:.1f} Hz, wanted {frequency} Hz"
+    assert tone_to_noise_db(window, SAMPLE_RATE, frequency) > 15.0
+
+
+def _call_both_ways_audible(alice: BaresipPhone, bob: BaresipPhone, dial: str, *, auto_answer: bool) -> None:
+    alice.wait_registered()
+    bob.wait_registered()
+    alice.dial(dial)
+    if not auto_answer:
+        incoming = bob.wait_incoming()
+        assert incoming.peer and "alice" in incoming.peer, incoming
+        bob.accept()
+    alice.wait_established()
+    bob.wait_established()
+    time.sleep(TALK_SECONDS)
+    alice.hangup()
+    alice.wait_closed()
+    bob.wait_closed()
+    assert_hears(alice, BOB_HZ)
+    assert_hears(bob, ALICE_HZ)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_two_baresip_phones_call_each_other_with_the_default_settings(callpath_factory, baresip_phones,
+                                                                      transport):
+    """The README quick start: two accounts, default settings (MD5 digest, media on), alice dials 1002."""
+    server = callpath_factory(users=[ALICE, BOB], sip_trace=True)
+    tcp = "tcp" if transport == "tcp" else None
+    alice = baresip_phones("alice", account_line("alice", "127.0.0.1", "secret", port=server.sip_port,
+                                                 transport=tcp), tone_hz=ALICE_HZ)
+    bob = baresip_phones("bob", account_line("bob", "127.0.0.1", "secret", port=server.sip_port,
+                                             transport=tcp), tone_hz=BOB_HZ)
+    if transport == "udp":   # exactly the README's line, plus the port
+        assert alice.account == f"<sip:alice@127.0.0.1:{server.sip_port}>;auth_pass=secret"
+    try:
+        _call_both_ways_audible(alice, bob, BOB[2], auto_answer=False)
+        received = [line for line in server.output().splitlines() if line.startswith("<<< ")]
+        assert received and all(f" {transport} " in line for line in received), received
+    except AssertionError:
+        print(f"--- callpath ---\n{server.output()[-30000:]}")
+        raise
+
+
+def test_baresip_calls_a_username_and_the_callee_auto_answers(callpath_factory, baresip_phones):
+    """Dialing the username (``bob``) works as well as the extension; bob's account answers by itself."""
+    server = callpath_factory(users=[ALICE, BOB], sip_trace=True)
+    alice = baresip_phones("alice", account_line("alice", "127.0.0.1", "secret", port=server.sip_port),
+                           tone_hz=ALICE_HZ)
+    bob = baresip_phones("bob", account_line("bob", "127.0.0.1", "secret", port=server.sip_port,
+                                             params=";answermode=auto"), tone_hz=BOB_HZ)
+    try:
+        _call_both_ways_audible(alice, bob, "bob", auto_answer=True)
+    except AssertionError:
+        print(f"--- callpath ---\n{server.output()[-30000:]}")
+        raise
