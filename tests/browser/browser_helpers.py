@@ -70,8 +70,8 @@ class Chromium:
             "--autoplay-policy=no-user-gesture-required", "--allow-loopback-in-peer-connection",
             # off the network: no name resolves but loopback, no mDNS candidates, no media-router/hints traffic
             "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost",
-            "--disable-features=WebRtcHideLocalIpsWithMdns,MediaRouter,DialMediaRouteProvider,OptimizationHints,"
-            "Translate",
+            ("--disable-features=WebRtcHideLocalIpsWithMdns,MediaRouter,DialMediaRouteProvider,OptimizationHints,"
+             "Translate"),
             "--enable-logging=stderr", "--v=0",
             *(extra or []), url,
         ]

@@ -26,6 +26,7 @@ Usage::
     ...
     phone.hangup(); phone.wait_closed()
     heard = phone.heard()                    # int16 samples (8 kHz) of the last call's decoded audio
+    assert abs(phone.heard_tone() - 1100) < 10      # its dominant frequency, start-up skipped
     phone.stop()
 
 or the ``baresip_phones`` fixture (``phones(name, account, tone_hz=...)``), which stops every phone at
@@ -57,7 +58,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from media.audio import tone
+from integration.sipp_harness import free_tcp_port, free_udp_port
+from media.audio import dominant_frequency, tone
 from media_ports import free_udp_range
 
 BARESIP_MODULES = Path("/usr/lib/baresip/modules")
@@ -75,7 +77,8 @@ class BaresipError(AssertionError):
 
 def baresip_binary() -> str:
     """The baresip executable ($BARESIP, else PATH) with Debian's modules; skips when absent, fails under CI."""
-    path = os.environ.get("BARESIP") or shutil.which("baresip")
+    explicit = os.environ.get("BARESIP")
+    path = (explicit if Path(explicit).is_file() else None) if explicit else shutil.which("baresip")
     missing = [m for m in ("ctrl_tcp", "aufile", "aubridge", "sndfile", "g711", "menu", "account")
                if not (BARESIP_MODULES / f"{m}.so").is_file()]
     if path and not missing:
@@ -85,22 +88,6 @@ def baresip_binary() -> str:
     if IN_CI:
         pytest.fail(msg + " (CI=true: baresip is required)")
     pytest.skip(msg)
-
-
-def _free_port(kind: int, also_udp: bool = False) -> int:
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if not also_udp:
-            return port
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port on 127.0.0.1")
 
 
 def account_line(user: str, domain: str, password: str | None = None, *, port: int | None = None,
@@ -177,8 +164,8 @@ class BaresipPhone:
         self.tone_hz = tone_hz
         self.source_wav = source_wav
         self.sip_trace = sip_trace
-        self.sip_port = _free_port(socket.SOCK_STREAM, also_udp=True)
-        self.ctrl_port = _free_port(socket.SOCK_STREAM)
+        self.sip_port = free_udp_port(also_tcp=True)
+        self.ctrl_port = free_tcp_port()
         self.recordings = self.workdir / "recordings"
         self.proc: subprocess.Popen[bytes] | None = None
         self.events: list[PhoneEvent] = []
@@ -456,11 +443,27 @@ ctrl_tcp_listen		127.0.0.1:{self.ctrl_port}
         """The int16 samples (8 kHz) the phone decoded during its last call (complete once it is closed)."""
         return read_wav(self.recording("dec"))
 
+    def heard_tone(self, seconds: float = 1.0, threshold: int = 1000) -> float:
+        """The dominant frequency (Hz) of ``seconds`` of the last call's decoded audio, taken from a quarter
+        second after the first sample louder than ``threshold`` (jitter buffer and codec start-up skipped).
+        BaresipError when the phone heard silence or too little audio."""
+        samples = self.heard()
+        loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > threshold)
+        if loud.size == 0:
+            raise BaresipError(f"baresip {self.name} heard silence ({samples.size} samples)\n{self.log()}")
+        start = int(loud[0]) + SAMPLE_RATE // 4
+        window = samples[start:start + int(seconds * SAMPLE_RATE)]
+        if window.size < int(seconds * SAMPLE_RATE):
+            raise BaresipError(f"baresip {self.name} heard {samples.size - loud[0]} samples of audio, "
+                               f"fewer than {seconds:g} s after start-up\n{self.log()}")
+        return dominant_frequency(window, SAMPLE_RATE)
+
 
 @pytest.fixture
 def baresip_phones(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., BaresipPhone]]:
     """``phones(name, account, tone_hz=..., ...)`` starts a BaresipPhone in tmp_path/name; every phone is
     stopped at teardown, and its log printed when the test failed."""
+    baresip_binary()   # skip (or fail under CI) before the test starts servers
     phones: list[BaresipPhone] = []
 
     def make(name: str, account: str, **kwargs: Any) -> BaresipPhone:

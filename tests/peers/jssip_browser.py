@@ -32,6 +32,7 @@ Without Chromium, node or npm the tests skip; under CI=true they fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -101,22 +102,19 @@ def _resolve(spec: str, from_dir: Path) -> Path:
     """Node's resolution of ``spec`` from ``from_dir``, preferring a package's string ``browser`` field."""
     if spec.startswith(("./", "../")) or spec in (".", ".."):
         found = _as_file(from_dir / spec)
-    else:
-        name, _, sub = spec.partition("/") if not spec.startswith("@") else ("/".join(spec.split("/")[:2]), "",
-                                                                              "/".join(spec.split("/")[2:]))
+    else:   # a package (scoped names are not needed by JsSIP's graph)
+        name, _, sub = spec.partition("/")
         found = None
         for folder in (from_dir, *from_dir.parents):
             package = folder / "node_modules" / name
-            if not package.is_dir():
-                continue
-            if sub:
-                found = _as_file(package / sub)
-            else:
-                meta = json.loads((package / "package.json").read_text())
-                browser = meta.get("browser")
-                entry = browser if isinstance(browser, str) else meta.get("main", "index.js")
-                found = _as_file(package / entry)
-            break
+            if package.is_dir():
+                if sub:
+                    found = _as_file(package / sub)
+                else:
+                    meta = json.loads((package / "package.json").read_text())
+                    browser = meta.get("browser")
+                    found = _as_file(package / (browser if isinstance(browser, str) else meta.get("main", "index.js")))
+                break
     if found is None:
         raise FileNotFoundError(f"cannot resolve require({spec!r}) from {from_dir}")
     return found
@@ -237,7 +235,7 @@ class JsSipBrowser:
         assert self._commands is not None
         try:
             command = await asyncio.wait_for(self._commands.get(), POLL_SECONDS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return {"command": None}
         return {"command": command}
 
@@ -246,10 +244,8 @@ class JsSipBrowser:
         if self.chromium is not None:
             self.chromium.stop()
         if self._loop is not None:
-            try:
+            with contextlib.suppress(Exception):   # a stuck close must not hide the test's outcome
                 self._run(self._shutdown(), timeout=5)
-            except Exception:  # noqa: BLE001  (a stuck close must not hide the test's outcome)
-                pass
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._thread is not None:
@@ -348,6 +344,8 @@ def jssip_browsers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[C
     """``agents(name, server, user, password, tone_hz=..., answer="manual"|"auto")`` starts a JsSipBrowser
     registered as ``user`` at ``server`` (a CallpathServer); all are stopped at teardown, their logs printed
     when the test failed."""
+    chromium_binary()   # skip (or fail under CI) before the test starts servers
+    jssip_bundle()
     agents: list[JsSipBrowser] = []
 
     def make(name: str, server: Any, user: str, password: str, **kwargs: Any) -> JsSipBrowser:
