@@ -1,9 +1,10 @@
 """JsSIP in headless Chromium against callpath with its default settings (issue 9, "Proof").
 
 - The browser agent registers over /ws (digest MD5, the default) and its REGISTER gets a 200.
-- Two browser agents call each other by extension: both legs are WebRTC, so the proxied call runs DTLS-SRTP
-  between the two browsers; each browser's fake microphone plays a tone and each hears the other's (WebAudio
-  FFT in the page).
+- Two browser agents call each other by extension: each browser's fake microphone plays a tone and each
+  hears the other's (WebAudio FFT in the page). Until call control's media legs land the call is proxied and
+  DTLS-SRTP runs browser to browser; once the router anchors browser calls, each browser talks DTLS-SRTP to
+  the media plane instead; the checks hold either way.
 - A baresip phone calls the browser's extension, and the browser calls the phone: these need callpath to
   anchor the call through its media bridge (plain RTP on the phone's side, WebRTC on the browser's), which
   issue 9's call control builds; until then they are expected failures (xfail, not strict) and turn green

@@ -167,6 +167,7 @@ class BaresipPhone:
         self.sip_port = free_udp_port(also_tcp=True)
         self.ctrl_port = free_tcp_port()
         self.recordings = self.workdir / "recordings"
+        self.rtp_ports: tuple[int, int] | None = None   # the RTP port range, chosen by write_config()
         self.proc: subprocess.Popen[bytes] | None = None
         self.events: list[PhoneEvent] = []
         self._responses: dict[str, dict[str, Any]] = {}
@@ -184,6 +185,7 @@ class BaresipPhone:
         if self.source_wav is None:
             self.source_wav = write_tone(self.workdir / "tone.wav", self.tone_hz or 700.0)
         rtp = free_udp_range(20)
+        self.rtp_ports = (rtp, rtp + 19)
         config = f"""\
 # written by tests/peers/baresip.py: a headless phone on loopback
 poll_method		epoll
@@ -430,6 +432,17 @@ ctrl_tcp_listen		127.0.0.1:{self.ctrl_port}
     def wait_closed(self, timeout: float = 15.0) -> PhoneEvent:
         """CALL_CLOSED (its ``param`` is the reason, e.g. "Connection reset by peer")."""
         return self.wait_event("CALL_CLOSED", timeout=timeout)
+
+    def rtp_source(self) -> tuple[str, int] | None:
+        """Where the last call's RTP came from ("incoming rtp for 'audio' established, receiving from
+        HOST:PORT" in the phone's log): the other phone when proxied, callpath's media plane when anchored."""
+        with self._cond:
+            lines = list(self._lines)
+        for line in reversed(lines):
+            m = re.search(r"incoming rtp for 'audio' established, receiving from ([0-9.]+):(\d+)", line)
+            if m:
+                return m.group(1), int(m.group(2))
+        return None
 
     # -- audio
     def recording(self, which: str = "dec") -> Path:
