@@ -90,6 +90,21 @@ def baresip_binary() -> str:
     pytest.skip(msg)
 
 
+def sip_listen_port() -> int:
+    """A port for baresip's ``sip_listen``: free for UDP and TCP, with the next port free for TCP too
+    (baresip 1.0 always opens a SIP/TLS listener on sip_listen's port + 1)."""
+    for _ in range(100):
+        port = free_udp_port(also_tcp=True)
+        if port < 65535:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tls:
+                try:
+                    tls.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port pair for baresip's sip_listen on 127.0.0.1")
+
+
 def account_line(user: str, domain: str, password: str | None = None, *, port: int | None = None,
                  transport: str | None = None, params: str = "") -> str:
     """A baresip ``accounts`` line: ``<sip:user@domain[:port][;transport=tcp]>[;auth_pass=...][params]``.
@@ -164,8 +179,8 @@ class BaresipPhone:
         self.tone_hz = tone_hz
         self.source_wav = source_wav
         self.sip_trace = sip_trace
-        self.sip_port = free_udp_port(also_tcp=True)
-        self.ctrl_port = free_tcp_port()
+        self.sip_port = 0                                 # UDP+TCP (and TLS on sip_port + 1), by write_config()
+        self.ctrl_port = 0
         self.recordings = self.workdir / "recordings"
         self.rtp_ports: tuple[int, int] | None = None   # the RTP port range, chosen by write_config()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -184,6 +199,8 @@ class BaresipPhone:
         self.recordings.mkdir(exist_ok=True)
         if self.source_wav is None:
             self.source_wav = write_tone(self.workdir / "tone.wav", self.tone_hz or 700.0)
+        self.sip_port = sip_listen_port()
+        self.ctrl_port = free_tcp_port()
         rtp = free_udp_range(20)
         self.rtp_ports = (rtp, rtp + 19)
         config = f"""\
@@ -215,40 +232,51 @@ ctrl_tcp_listen		127.0.0.1:{self.ctrl_port}
         return self.workdir
 
     # -- process
-    def start(self, timeout: float = 15.0) -> BaresipPhone:
+    def start(self, timeout: float = 15.0, attempts: int = 3) -> BaresipPhone:
+        """Write the config, run baresip, connect to ctrl_tcp. A port taken between choosing and binding it
+        ("Address already in use" at start) is retried with fresh ports, up to ``attempts`` times."""
         binary = baresip_binary()
-        self.write_config()
-        command = [binary, "-f", str(self.workdir)] + (["-s"] if self.sip_trace else [])
-        self._lines.append("$ " + " ".join(command))
-        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, cwd=self.workdir)
-        self._spawn(self._read_output, "output")
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self._sock = socket.create_connection(("127.0.0.1", self.ctrl_port), timeout=1.0)
-                break
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise BaresipError(f"baresip {self.name} exited ({self.proc.returncode}) at start\n"
-                                       f"{self.log()}") from None
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise BaresipError(f"baresip {self.name}: ctrl_tcp not listening within {timeout}s\n"
-                                       f"{self.log()}") from None
-                time.sleep(0.1)
-        self._sock.settimeout(None)
-        self._spawn(self._read_ctrl, "ctrl")
-        return self
+        for attempt in range(1, attempts + 1):
+            self.write_config()
+            command = [binary, "-f", str(self.workdir)] + (["-s"] if self.sip_trace else [])
+            with self._cond:
+                self._lines.append("$ " + " ".join(command))
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, cwd=self.workdir)
+            reader = self._spawn(self._read_output, "output")
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    self._sock = socket.create_connection(("127.0.0.1", self.ctrl_port), timeout=1.0)
+                    break
+                except OSError:
+                    if self.proc.poll() is not None:
+                        break
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise BaresipError(f"baresip {self.name}: ctrl_tcp not listening within {timeout}s\n"
+                                           f"{self.log()}") from None
+                    time.sleep(0.1)
+            if self._sock is not None:
+                self._sock.settimeout(None)
+                self._spawn(self._read_ctrl, "ctrl")
+                return self
+            reader.join(timeout=5)
+            if "Address already in use" not in self.log() or attempt == attempts:
+                raise BaresipError(f"baresip {self.name} exited ({self.proc.returncode}) at start\n{self.log()}")
+            with self._cond:
+                self._lines.append(f"[harness] a port was taken: starting again with fresh ports ({attempt})")
+        raise AssertionError("unreachable")
 
-    def _spawn(self, target: Callable[[], None], what: str) -> None:
+    def _spawn(self, target: Callable[[], None], what: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=f"baresip-{self.name}-{what}", daemon=True)
         thread.start()
         self._threads.append(thread)
+        return thread
 
     def _read_output(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        with open(self.workdir / "baresip.log", "w", encoding="utf-8") as log:
+        with open(self.workdir / "baresip.log", "a", encoding="utf-8") as log:
             for raw in self.proc.stdout:
                 text = raw.decode("utf-8", "replace").rstrip("\r\n")
                 # the menu's call status line is redrawn with \r every few 100 ms: keep what follows the last one
