@@ -68,7 +68,10 @@ class Chromium:
             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={fake_audio}",
             "--autoplay-policy=no-user-gesture-required", "--allow-loopback-in-peer-connection",
-            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            # off the network: no name resolves but loopback, no mDNS candidates, no media-router/hints traffic
+            "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost",
+            ("--disable-features=WebRtcHideLocalIpsWithMdns,MediaRouter,DialMediaRouteProvider,OptimizationHints,"
+             "Translate"),
             "--enable-logging=stderr", "--v=0",
             *(extra or []), url,
         ]
@@ -143,11 +146,14 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class PageServer:
-    """A minimal HTTP/1.1 server on 127.0.0.1: GET / serves the page, POST /<name> calls a JSON handler."""
+    """A minimal HTTP/1.1 server on 127.0.0.1: GET / serves the page, GET of an ``assets`` path serves that
+    (content type, bytes), POST /<name> calls a JSON handler."""
 
-    def __init__(self, page: bytes, handlers: dict[str, Handler]) -> None:
+    def __init__(self, page: bytes, handlers: dict[str, Handler],
+                 assets: dict[str, tuple[str, bytes]] | None = None) -> None:
         self.page = page
         self.handlers = handlers
+        self.assets = dict(assets or {})
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
         self.errors: list[str] = []
@@ -175,6 +181,8 @@ class PageServer:
             path = target.split("?", 1)[0]
             if method == "GET" and path == "/":
                 status, ctype, data = 200, "text/html; charset=utf-8", self.page
+            elif method == "GET" and path in self.assets:
+                status, (ctype, data) = 200, self.assets[path]
             elif method == "POST" and path.lstrip("/") in self.handlers:
                 try:
                     reply = await self.handlers[path.lstrip("/")](json.loads(body or b"{}"))
