@@ -46,11 +46,11 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Union
 
-from .uri import SipUri
+from .uri import SipUri, is_ip_literal
 
 __all__ = [
     "Query", "Naptr", "Srv", "AnswerStatus", "Answer", "Target", "ServerLocation", "DnsCache",
-    "locate", "order_srv", "parse_nameserver", "default_port", "SUPPORTED_TRANSPORTS", "NAPTR_SERVICES",
+    "locate", "literal_target", "order_srv", "parse_nameserver", "default_port", "SUPPORTED_TRANSPORTS", "NAPTR_SERVICES",
 ]
 
 #: transports the locator can hand out (ws/wss only when a URI names them explicitly)
@@ -211,6 +211,34 @@ def order_srv(records: Iterable[Srv], rng: random.Random | None = None) -> list[
     return out
 
 
+def _transport_param(uri: SipUri) -> tuple[str | None, str]:
+    """The transport a URI names with ;transport= (sips + tcp is TLS, sips + ws is WSS), and an error text."""
+    t = (uri.params.get("transport") or "").lower()
+    if not t:
+        return None, ""
+    secure = uri.scheme == "sips"
+    if secure and t in ("tcp", "ws"):
+        t = "tls" if t == "tcp" else "wss"
+    if t not in ("udp", "tcp", "tls", "ws", "wss"):
+        return None, f"transport {t!r} is not spoken"
+    if secure and t == "udp":
+        return None, "a sips URI cannot use UDP"
+    return t, ""
+
+
+def literal_target(uri: SipUri) -> Target | None:
+    """The one target of a URI whose host (or maddr) is an IP literal, or None (a name, or a bad transport):
+    the fast path that needs no lookup at all."""
+    host = uri.params.get("maddr") or uri.host
+    if not host or not is_ip_literal(host):
+        return None
+    transport, error = _transport_param(uri)
+    if error:
+        return None
+    transport = transport or ("tls" if uri.scheme == "sips" else "udp")
+    return Target(transport, host.strip("[]"), uri.port or default_port(transport))
+
+
 def _literal(host: str) -> str | None:
     """The address when `host` is an IPv4/IPv6 literal (brackets allowed), else None."""
     try:
@@ -316,20 +344,11 @@ class ServerLocation:
             self._fallback = [_Hop(name, default_port(transport), transport)]
 
     def _explicit_transport(self, secure: bool) -> str | None:
-        t = (self.uri.params.get("transport") or "").lower()
-        if not t:
-            return None
-        if t == "tcp" and secure:
-            t = "tls"
-        elif t == "ws" and secure:
-            t = "wss"
-        if t not in ("udp", "tcp", "tls", "ws", "wss"):
-            self._finish(f"transport {t!r} is not spoken")
-            return None
-        if secure and t == "udp":
-            self._finish("a sips URI cannot use UDP")
-            return None
-        return t  # named by the URI: used even when not in `transports` (those filter discovery only)
+        # named by the URI: used even when not in `transports` (those filter discovery only)
+        t, error = _transport_param(self.uri)
+        if error:
+            self._finish(error)
+        return t
 
     def _default_transport(self, secure: bool) -> str | None:
         """UDP for sip, TLS for sips (RFC 3263 §4.1); the next best we support when that one is not."""

@@ -128,13 +128,13 @@ class ServerLocator:
                 loc.receive(q, a)
         return loc
 
-    def prefetch(self, uri: SipUri) -> None:
+    def prefetch(self, uri: SipUri, transports: Collection[str] | None = None) -> None:
         """Start looking `uri` up in the background (so that a later `locate_cached` finds it)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        task = loop.create_task(self.locate(uri))
+        task = loop.create_task(self.locate(uri, transports))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

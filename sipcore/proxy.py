@@ -16,7 +16,9 @@ from .ua import parse_replaces
 from .callcontrol import AcceptCall, CallControl, Contact, RejectCall, RouteRequest, Router, media_transport_for
 from .auth import HA1, AuthReason, DigestAuthenticator, ephemeral_password, parse_credentials, AuthError
 from .errors import SipParseError
+from .dns import SUPPORTED_TRANSPORTS
 from .location import Binding, LocationService
+from .locator import ServerLocator, as_flow
 from .message import Request, Response, reason_phrase
 from .registrar import RegistrarPolicy, contact_headers, process_register
 from .stack import SipStack
@@ -75,6 +77,7 @@ class Proxy:
         self.router: Router | None = None         # decides what a new INVITE becomes (docs/callcontrol.md)
         self.callcontrol: CallControl | None = None   # runs the calls a router accepts
         self.trunks: Any = None  # sipcore.trunk.TrunkGroup: requests from its inbound hosts are not challenged
+        self.locator: ServerLocator | None = None  # RFC 3263 next hops (the composition root shares one)
         self._tasks: set[asyncio.Task] = set()
         self.max_tasks = 0      # requests waiting on the directory/location store (0: no cap)
         self.max_calls = 0      # calls the UA/B2BUA takes part in (0: no cap)
@@ -361,22 +364,23 @@ class Proxy:
         return Flow(transport, (host.strip("[]"), port))
 
     async def _resolve(self, uri: SipUri) -> Flow | None:
-        """Next hop for a URI (RFC 3263 subset: numeric hosts, else A/AAAA via the resolver)."""
+        """Next hop for a URI: an IP literal as is, a name located by RFC 3263 (NAPTR, SRV, A/AAAA) on the
+        loop; the first target (a branch does not fail over to the next one yet)."""
         flow = self._flow_for_uri(uri)
         if flow is not None:
             return flow
         host = uri.params.get("maddr") or uri.host
         if host.endswith(".invalid"):
             return None
-        transport = uri.transport
-        port = uri.port or (5061 if transport == "tls" else 5060)
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=2)
-        except OSError:
+        if self.locator is None:
+            v6 = any(":" in lst.host for lst in self.stack.listeners.values())
+            self.locator = ServerLocator(families=("A", "AAAA") if v6 else ("A",))
+        transports = tuple(t for t in SUPPORTED_TRANSPORTS if t in self.stack.listeners) or SUPPORTED_TRANSPORTS
+        loc = await self.locator.locate(uri, transports)
+        if not loc.targets:
+            log.info("cannot locate %s: %s", uri, loc.reason)
             return None
-        if not infos:
-            return None
-        return Flow(transport, (infos[0][4][0], port))
+        return as_flow(loc.targets[0])
 
     # -- authentication ----------------------------------------------------------------------------
     async def _authenticate(self, tx: ServerTransaction, req: Request, header: str, status: int) -> SipAccount | None:
