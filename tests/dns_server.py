@@ -114,3 +114,42 @@ class DnsTestServer(asyncio.DatagramProtocol):
     def _send(self, wire: bytes, addr: tuple) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(wire, addr)
+
+
+class ThreadedDnsServer:
+    """A DnsTestServer on its own event loop in a thread, for tests whose SIP side is another process.
+
+        with ThreadedDnsServer(zone) as dns:
+            start_callpath(..., sip={"dns_servers": [dns.nameserver]})
+    """
+
+    def __init__(self, zone: Mapping[tuple[str, str], list[str]], **kwargs) -> None:
+        import threading
+
+        self.server = DnsTestServer(zone, **kwargs)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dns-test-server", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self.server.start())
+        self._ready.set()
+        self._loop.run_forever()
+        self.server.close()
+        self._loop.run_until_complete(asyncio.sleep(0))
+        self._loop.close()
+
+    @property
+    def nameserver(self) -> str:
+        return self.server.nameserver
+
+    def __enter__(self) -> "ThreadedDnsServer":
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the DNS test server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
