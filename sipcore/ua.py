@@ -1594,9 +1594,11 @@ class UserAgent:
                on_event: Callable[[CallEvent], None] | None = None) -> OutgoingCall:
         """Place a call: INVITE `target_uri` from `from_uri` with `sdp_offer` (None: a late-offer INVITE).
 
-        `flow` forces where the INVITE goes (default: resolve the first `route`, else the target);
-        `route` is a preloaded route set (outbound proxy); `credentials` answer one 401/407; `to` is the
-        To URI when it is not the Request-URI (a user's AOR while the Request-URI is one of its contacts).
+        `flow` forces where the INVITE goes (default: the first `route`, else the target, located by RFC 3263
+        without blocking: a name makes the INVITE wait for its lookup, and a 503, transport failure or silence
+        moves it on to the next target); `route` is a preloaded route set (outbound proxy); `credentials`
+        answer one 401/407; `to` is the To URI when it is not the Request-URI (a user's AOR while the
+        Request-URI is one of its contacts).
         """
         target = SipUri.parse(target_uri) if isinstance(target_uri, str) else target_uri.copy()
         if isinstance(from_uri, str):
