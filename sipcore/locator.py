@@ -250,6 +250,11 @@ class ServerLocator:
             self.stats["no_targets"] += 1
             log.info("cannot locate %s: %s", uri, loc.reason)
 
+    def status(self) -> dict[str, Any]:
+        """Counters and configuration for /api/v1/status."""
+        servers = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.nameservers] or "resolv.conf"
+        return {"nameservers": servers, "cache_entries": len(self.cache), **self.stats}
+
     async def close(self) -> None:
         """Stop background lookups (shutdown)."""
         for t in list(self._tasks):

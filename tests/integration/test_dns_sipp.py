@@ -7,7 +7,9 @@ this process, and callpath itself (a server process whose back-to-back number ta
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import urllib.request
 
 import pytest
 
@@ -128,6 +130,10 @@ def test_callpath_back_to_back_target_on_a_domain(tmp_path):
                 run_sipp("uac.xml", server.target, local_port=free_udp_port(), users_csv=[alice[:2]],
                          service="9000", duration_ms=200, keys=server.sipp_keys()).check(calls=1)
                 uas.wait(timeout=15).check(calls=1)
+            with urllib.request.urlopen(server.web_url + "/api/v1/status", timeout=5) as r:
+                dns_status = json.loads(r.read())["dns"]
+            assert dns_status["nameservers"] == [dns.nameserver] and dns_status["lookups"] >= 1
+            assert dns_status["queries"] == 3 and dns_status["failures"] == 0
         finally:
             server.stop()
         assert (D, "NAPTR") in dns.server.queries and (f"sip0.{D}", "A") in dns.server.queries
