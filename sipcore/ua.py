@@ -462,6 +462,16 @@ class Call:
             return pf
         return self.ua.flow_for(hop, pf)
 
+    def _warm(self, dlg: Dialog) -> None:
+        """A new dialog: start looking up its next hop now if `_flow_for` will need it (a name, not reached
+        over the connection the dialog came on), so that its first in-dialog request finds it cached."""
+        pf = self.peer_flow
+        hop = dlg.next_hop
+        if pf is not None and not dlg.route_set and pf.reliable and hop.transport in (pf.transport, "udp"):
+            return
+        if not hop.host.lower().endswith(".invalid"):
+            self.ua.warm(hop)
+
     def _std_headers(self, method: str) -> list[tuple[str, str]]:
         if method in ("INVITE", "UPDATE"):
             return [("Allow", ALLOW), ("Supported", ", ".join(self.ua.supported))]
@@ -1110,7 +1120,7 @@ class OutgoingCall(Call):
                 self._log(logging.INFO, "response cannot create a dialog: %s", exc)
                 return None
             self.ua._strip_own_routes(dlg)
-            self.ua.warm(dlg.next_hop)
+            self._warm(dlg)
             self.dialogs[tag] = dlg
         return dlg
 
@@ -1562,7 +1572,6 @@ class UserAgent:
             else:
                 dialog = Dialog.uas(request, tag, local_contact=contact, secure=tx.flow.transport in ("tls", "wss"))
                 self._strip_own_routes(dialog)
-                self.warm(dialog.next_hop)
         except (DialogError, SipParseError) as exc:
             problem = (400, f"Bad Request ({exc})", [])
         if problem is None:
@@ -1584,6 +1593,7 @@ class UserAgent:
         if problem is not None:
             call.reject(problem[0], problem[1], problem[2])
         else:
+            call._warm(dialog)  # type: ignore[arg-type]
             call._log(logging.INFO, "incoming call from %s", request.get("from"))
         return call
 
