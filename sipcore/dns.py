@@ -455,7 +455,10 @@ def locate(uri: SipUri, answers: Mapping[Query, Answer], **options) -> ServerLoc
     function from DNS answers to targets. `options` are `ServerLocation`'s."""
     loc = ServerLocation(uri, **options)
     while not loc.done:
-        for q in loc.queries():
+        queries = loc.queries()
+        if not queries:  # cannot happen (every step asks something or ends); never spin on it
+            break
+        for q in queries:
             loc.receive(q, answers.get(q) or Answer.failure("no answer in the table"))
     return loc
 

@@ -110,6 +110,8 @@ class ServerLocator:
         loc = self.location(uri, transports)
         while not loc.done:
             queries = loc.queries()
+            if not queries:  # cannot happen (every step asks something or ends); never spin on it
+                break
             answers = await asyncio.gather(*(self.lookup(q) for q in queries))
             for q, a in zip(queries, answers):
                 loc.receive(q, a)
@@ -121,7 +123,10 @@ class ServerLocator:
         loc = self.location(uri, transports)
         now = self.clock()
         while not loc.done:
-            for q in loc.queries():
+            queries = loc.queries()
+            if not queries:
+                return None
+            for q in queries:
                 a = self.cache.get(q, now)
                 if a is None:
                     return None
