@@ -44,13 +44,12 @@ import random
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Union
 
 from .uri import SipUri, is_ip_literal
 
 __all__ = [
-    "Query", "Naptr", "Srv", "AnswerStatus", "Answer", "Target", "ServerLocation", "DnsCache",
-    "locate", "literal_target", "order_srv", "parse_nameserver", "default_port", "SUPPORTED_TRANSPORTS", "NAPTR_SERVICES",
+    "NAPTR_SERVICES", "SUPPORTED_TRANSPORTS", "Answer", "AnswerStatus", "DnsCache", "Naptr", "Query", "ServerLocation",
+    "Srv", "Target", "default_port", "literal_target", "locate", "order_srv", "parse_nameserver",
 ]
 
 #: transports the locator can hand out (ws/wss only when a URI names them explicitly)
@@ -104,7 +103,7 @@ class Query:
     rdtype: str  # "NAPTR" | "SRV" | "A" | "AAAA"
 
     @classmethod
-    def of(cls, name: str, rdtype: str) -> "Query":
+    def of(cls, name: str, rdtype: str) -> Query:
         return cls(name.rstrip(".").lower(), rdtype.upper())
 
 
@@ -138,7 +137,7 @@ class AnswerStatus(enum.StrEnum):
     FAILURE = "failure"  # timeout, SERVFAIL, REFUSED, no usable name server
 
 
-Record = Union[Naptr, Srv, str]  # str: an address (A/AAAA)
+Record = Naptr | Srv | str  # str: an address (A/AAAA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,19 +150,19 @@ class Answer:
     reason: str = ""
 
     @classmethod
-    def ok(cls, records: Iterable[Record], ttl: float = 300.0) -> "Answer":
+    def ok(cls, records: Iterable[Record], ttl: float = 300.0) -> Answer:
         return cls(AnswerStatus.NOERROR, tuple(records), ttl)
 
     @classmethod
-    def nxdomain(cls, ttl: float = 300.0) -> "Answer":
+    def nxdomain(cls, ttl: float = 300.0) -> Answer:
         return cls(AnswerStatus.NXDOMAIN, (), ttl, "NXDOMAIN")
 
     @classmethod
-    def nodata(cls, ttl: float = 300.0) -> "Answer":
+    def nodata(cls, ttl: float = 300.0) -> Answer:
         return cls(AnswerStatus.NOERROR, (), ttl, "no records")
 
     @classmethod
-    def failure(cls, reason: str, ttl: float = 0.0) -> "Answer":
+    def failure(cls, reason: str, ttl: float = 0.0) -> Answer:
         return cls(AnswerStatus.FAILURE, (), ttl, reason)
 
     def describe(self) -> str:
@@ -484,7 +483,7 @@ class DnsCache:
     max_ttl: float = 86400.0
     max_negative_ttl: float = 300.0
     failure_ttl: float = 5.0
-    _entries: "OrderedDict[Query, _Entry]" = field(default_factory=OrderedDict, repr=False)
+    _entries: OrderedDict[Query, _Entry] = field(default_factory=OrderedDict, repr=False)
 
     def __len__(self) -> int:
         return len(self._entries)

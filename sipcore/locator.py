@@ -38,7 +38,7 @@ from .dns import (
 from .transaction import Flow
 from .uri import SipUri
 
-__all__ = ["ServerLocator", "read_hosts_file", "as_flow"]
+__all__ = ["ServerLocator", "as_flow", "read_hosts_file"]
 
 log = logging.getLogger("callpath.sip.dns")
 
@@ -161,7 +161,7 @@ class ServerLocator:
         self.stats["queries"] += 1
         try:
             answer = await self._query(query)
-        except Exception as exc:  # never let a resolver bug become the caller's exception
+        except Exception as exc:  # noqa: BLE001 - never let a resolver bug become the caller's exception
             log.warning("DNS %s %s failed: %r", query.rdtype, query.name, exc)
             answer = Answer.failure(f"error: {exc}")
         if answer.status is AnswerStatus.FAILURE:

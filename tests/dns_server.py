@@ -72,7 +72,7 @@ class DnsTestServer(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         try:
             query = dns.message.from_wire(data)
-        except Exception:
+        except Exception:  # noqa: BLE001 - not a DNS message: ignored
             return
         if not query.question:
             return
@@ -144,7 +144,7 @@ class ThreadedDnsServer:
     def nameserver(self) -> str:
         return self.server.nameserver
 
-    def __enter__(self) -> "ThreadedDnsServer":
+    def __enter__(self) -> ThreadedDnsServer:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("the DNS test server did not start")
