@@ -6,7 +6,8 @@ one step in parallel), through the `DnsCache` and then the name servers, and ret
 (and, on truncation, TCP) queries on the loop; the hosts file and resolv.conf are read once.
 
 Name servers: `nameservers=["192.0.2.53", "127.0.0.1:5353"]` (`[sip] dns_servers`), or, when empty, those
-of /etc/resolv.conf (dnspython reads it; without one, lookups fail and say so). Names in /etc/hosts (and
+of /etc/resolv.conf (dnspython reads it, with its search list and ndots; without one, lookups fail and say
+so). Names in /etc/hosts (and
 `localhost`) are answered from it without DNS.
 
 Failure table (every outcome is an `Answer`, never an exception to the caller):
@@ -185,12 +186,14 @@ class ServerLocator:
     def _get_resolver(self) -> Any:
         if self._resolver is None:
             import dns.asyncresolver
+            import dns.name
             import dns.nameserver
             import dns.resolver
 
             if self.nameservers:
                 r = dns.asyncresolver.Resolver(configure=False)
                 r.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in self.nameservers]
+                r.search, r.domain = [], dns.name.root  # names as given (not the host name's domain)
             else:
                 try:
                     r = dns.asyncresolver.Resolver()
@@ -215,8 +218,10 @@ class ServerLocator:
         if not resolver.nameservers:
             return Answer.failure("no name server configured")
         try:
-            ans = await resolver.resolve(dns.name.from_text(query.name), query.rdtype,
-                                         raise_on_no_answer=False, search=False)
+            # a relative name: resolv.conf's search list and ndots apply, as for the system resolver
+            # (short names of a cluster or a LAN); with explicit dns_servers there is no search list
+            ans = await resolver.resolve(dns.name.from_text(query.name, origin=None), query.rdtype,
+                                         raise_on_no_answer=False, search=True)
         except dns.resolver.NXDOMAIN as exc:
             responses = list(exc.responses().values())
             return Answer.nxdomain(_negative_ttl(responses[0] if responses else None))

@@ -173,3 +173,16 @@ async def test_no_name_server_is_a_failure_not_an_exception():
     locator._get_resolver().nameservers = []
     loc = await locator.locate(uri("sip:bob@example.invalid:5060"))
     assert loc.targets == [] and "no name server" in loc.reason
+
+
+async def test_search_list_of_the_system_configuration_applies_to_short_names(dns_server):
+    """resolv.conf's search list and ndots (here set on the resolver as resolv.conf would): "sip1" is found as
+    sip1.example.test, as the system resolver would find it."""
+    import dns.name
+
+    locator = make_locator(dns_server)
+    resolver = locator._get_resolver()
+    resolver.search, resolver.ndots = [dns.name.from_text(f"{D}.")], 1
+    loc = await locator.locate(uri("sip:bob@sip1:5060"))
+    assert [str(t) for t in loc.targets] == ["udp:127.0.0.1:5060"]
+    assert (f"sip1.{D}", "A") in dns_server.queries
