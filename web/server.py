@@ -469,7 +469,7 @@ class Application:
         if self.router is not None:
             self.router.trunks = self.trunks
         if len(self.trunks):
-            self.trunk_links = await start_trunks(self.stack, self.trunks)
+            self.trunk_links = await start_trunks(self.stack, self.trunks, locator=self.proxy.locator)
             for trunk in self.trunks:
                 log.info("trunk %s: %s via %s (register %s, qualify %s)", trunk.name, trunk.config.host,
                          trunk.config.transport, "on" if trunk.config.register else "off",
