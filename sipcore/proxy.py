@@ -16,7 +16,9 @@ from .ua import parse_replaces
 from .callcontrol import AcceptCall, CallControl, Contact, RejectCall, RouteRequest, Router, media_transport_for
 from .auth import HA1, AuthReason, DigestAuthenticator, ephemeral_password, parse_credentials, AuthError
 from .errors import SipParseError
+from .dns import SUPPORTED_TRANSPORTS
 from .location import Binding, LocationService
+from .locator import ServerLocator, as_flow
 from .message import Request, Response, reason_phrase
 from .registrar import RegistrarPolicy, contact_headers, process_register
 from .stack import SipStack
@@ -75,6 +77,7 @@ class Proxy:
         self.router: Router | None = None         # decides what a new INVITE becomes (docs/callcontrol.md)
         self.callcontrol: CallControl | None = None   # runs the calls a router accepts
         self.trunks: Any = None  # sipcore.trunk.TrunkGroup: requests from its inbound hosts are not challenged
+        self.locator: ServerLocator | None = None  # RFC 3263 next hops (the composition root shares one)
         self._tasks: set[asyncio.Task] = set()
         self.max_tasks = 0      # requests waiting on the directory/location store (0: no cap)
         self.max_calls = 0      # calls the UA/B2BUA takes part in (0: no cap)
@@ -360,23 +363,23 @@ class Proxy:
         port = uri.port or (5061 if transport == "tls" else 5060)
         return Flow(transport, (host.strip("[]"), port))
 
-    async def _resolve(self, uri: SipUri) -> Flow | None:
-        """Next hop for a URI (RFC 3263 subset: numeric hosts, else A/AAAA via the resolver)."""
+    async def _locate(self, uri: SipUri) -> list[Flow]:
+        """Next hops for a URI, in the order to try them: an IP literal as is, a name located by RFC 3263
+        (NAPTR, SRV, A/AAAA) on the loop; empty when it cannot be located."""
         flow = self._flow_for_uri(uri)
         if flow is not None:
-            return flow
+            return [flow]
         host = uri.params.get("maddr") or uri.host
         if host.endswith(".invalid"):
-            return None
-        transport = uri.transport
-        port = uri.port or (5061 if transport == "tls" else 5060)
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=2)
-        except OSError:
-            return None
-        if not infos:
-            return None
-        return Flow(transport, (infos[0][4][0], port))
+            return []
+        if self.locator is None:
+            v6 = any(":" in lst.host for lst in self.stack.listeners.values())
+            self.locator = ServerLocator(families=("A", "AAAA") if v6 else ("A",))
+        transports = tuple(t for t in SUPPORTED_TRANSPORTS if t in self.stack.listeners) or SUPPORTED_TRANSPORTS
+        loc = await self.locator.locate(uri, transports)
+        if not loc.targets:
+            log.info("cannot locate %s: %s", uri, loc.reason)
+        return [as_flow(t) for t in loc.targets]
 
     # -- authentication ----------------------------------------------------------------------------
     async def _authenticate(self, tx: ServerTransaction, req: Request, header: str, status: int) -> SipAccount | None:
@@ -677,7 +680,7 @@ class ProxyContext:
     """One proxied request: its server transaction and the client transactions of its branches."""
 
     __slots__ = ("proxy", "server_tx", "request", "branches", "best", "final_sent", "cancelled",
-                 "provisional", "timer_c", "pending", "done", "cancel_sent", "cancel_pending")
+                 "provisional", "timer_c", "pending", "done", "cancel_sent", "cancel_pending", "alternates")
 
     def __init__(self, proxy: Proxy, server_tx: ServerTransaction, request: Request) -> None:
         self.proxy = proxy
@@ -693,6 +696,8 @@ class ProxyContext:
         self.done: set[ClientTransaction] = set()            # branches with a final answer (or failure)
         self.cancel_sent: set[ClientTransaction] = set()
         self.cancel_pending: set[ClientTransaction] = set()  # to CANCEL as soon as they send a 1xx (§9.1)
+        # RFC 3263 §4.3: a branch to a located name that has had no response yet -> the next targets to try
+        self.alternates: dict[ClientTransaction, tuple[SipUri, list[Flow], tuple, bool]] = {}
 
     def start(self, targets: list[tuple[SipUri, Flow | None, tuple]], record_route: bool, flow_hint: Flow | None) -> None:
         proxy = self.proxy
@@ -712,17 +717,22 @@ class ProxyContext:
 
     async def _resolve_and_send(self, targets: list, record_route: bool) -> None:
         for uri, flow, path in targets:
+            others: list[Flow] = []
             if flow is None:
-                flow = await self.proxy._resolve(_next_hop(uri, path))
+                flows = await self.proxy._locate(_next_hop(uri, path))
+                flow, others = (flows[0], flows[1:]) if flows else (None, [])
             if flow is None:
                 self._consider(Response(502, "Bad Gateway (cannot resolve the next hop)"))
                 continue
-            self._send_branch(uri, flow, path, record_route, self.server_tx.flow)
+            tx = self._send_branch(uri, flow, path, record_route, self.server_tx.flow)
+            if others:
+                self.alternates[tx] = (uri, others, path, record_route)
         if not self.branches:
             self._maybe_final()  # nothing could be sent: answer with the failure recorded above
         self.proxy.stack.flush()
 
-    def _send_branch(self, uri: SipUri, flow: Flow, path: tuple, record_route: bool, in_flow: Flow) -> None:
+    def _send_branch(self, uri: SipUri, flow: Flow, path: tuple, record_route: bool,
+                     in_flow: Flow) -> ClientTransaction:
         proxy = self.proxy
         src = self.request
         fwd = Request(src.method, src.uri if not src.has("route") and uri is src.uri else uri, body=src.body)
@@ -742,6 +752,22 @@ class ProxyContext:
         tx = proxy.stack.send_request(fwd, flow, owner=self)
         self.branches.append(tx)
         self.pending += 1
+        return tx
+
+    def _fail_over(self, tx: ClientTransaction, why: str) -> bool:
+        """RFC 3263 §4.3: a branch that got a 503, a transport failure or no response at all is sent to its
+        next located target as a new branch; False when there is none (or the request is over)."""
+        alt = self.alternates.pop(tx, None)
+        if alt is None or self.cancelled or self.final_sent or tx in self.done:
+            return False
+        uri, flows, path, record_route = alt
+        log.info("branch to %s failed (%s): trying %s", tx.flow, why, flows[0],
+                 extra={"call_id": self.request.call_id})
+        new = self._send_branch(uri, flows[0], path, record_route, self.server_tx.flow)
+        if len(flows) > 1:
+            self.alternates[new] = (uri, flows[1:], path, record_route)
+        self._finish_branch(tx)
+        return True
 
     def _rr_value(self, flow: Flow, incoming: bool) -> str:
         """Our Record-Route for the interface facing `flow`; connection flows carry a flow token."""
@@ -768,6 +794,10 @@ class ProxyContext:
         code = resp.status
         log.debug("branch response %s (pending=%d cancelled=%s final_sent=%s)", code, self.pending,
                   self.cancelled, self.final_sent, extra={"call_id": self.request.call_id})
+        if self.alternates and tx in self.alternates:
+            if code == 503 and self._fail_over(tx, "503"):
+                return
+            self.alternates.pop(tx, None)  # it answered: no other target for this branch
         if code == 100:
             return
         resp.remove_first_value("via")
@@ -797,10 +827,12 @@ class ProxyContext:
         self._maybe_final()
 
     def on_timeout(self, tx: ClientTransaction) -> None:
-        self._branch_done_with(tx, Response(408, "Request Timeout"))
+        if not self._fail_over(tx, "timeout"):
+            self._branch_done_with(tx, Response(408, "Request Timeout"))
 
     def on_transport_failure(self, tx: ClientTransaction) -> None:
-        self._branch_done_with(tx, Response(503, "Service Unavailable (transport failure)"))
+        if not self._fail_over(tx, "transport failure"):
+            self._branch_done_with(tx, Response(503, "Service Unavailable (transport failure)"))
 
     def _branch_done_with(self, tx: ClientTransaction, resp: Response) -> None:
         if tx not in self.branches or tx in self.done:

@@ -244,6 +244,7 @@ class Trunk:
         self.calls_total = 0
         self.calls_refused_full = 0
         self.addresses: tuple[str, ...] = (self.host,) if is_ip_literal(self.host) else ()
+        self.targets: tuple[Flow, ...] = ()          # located by RFC 3263 (SRV ports), first preferred
         self._explicit_networks: tuple[Network, ...] = parse_networks(config.inbound_hosts)
         self.networks: tuple[Network, ...] = ()
         self._update_networks()
@@ -279,9 +280,17 @@ class Trunk:
     @property
     def next_hop(self) -> Flow | None:
         """Where requests to the carrier go (None until the host name is resolved)."""
+        if self.targets:
+            return self.targets[0]
         if not self.addresses:
             return None
         return Flow(self.config.transport, (self.addresses[0], self.port))
+
+    def set_targets(self, flows: Iterable[Flow]) -> None:
+        """The carrier located by RFC 3263 (an SRV record may name other ports than ``port``): the first is
+        the next hop; their addresses become the addresses (and default inbound hosts)."""
+        self.targets = tuple(flows)
+        self.set_addresses(f.remote[0] for f in self.targets)
 
     def set_addresses(self, addresses: Iterable[str]) -> None:
         """The carrier host's resolved addresses (they also become the default inbound_hosts)."""

@@ -1,7 +1,8 @@
 """The asyncio glue that carries one trunk's REGISTER and OPTIONS over a `SipStack`.
 
 `TrunkLink` is the only place where a trunk meets a loop: it resolves the carrier's host name without
-blocking (``loop.getaddrinfo``), builds the sans-IO cores (`OutboundRegistration`, `Qualify`) on the
+blocking (with a `ServerLocator`, RFC 3263: SRV for the trunk's transport when its host has no port, then
+A/AAAA; without one, ``loop.getaddrinfo``), builds the sans-IO cores (`OutboundRegistration`, `Qualify`) on the
 `Trunk`, sends what they ask through the stack's transaction layer (each request its own client
 transaction, the link or a probe as its owner), feeds responses, timeouts and transport failures back,
 and keeps one ``loop.call_later`` timer at the cores' earliest deadline. ``stop()`` removes the binding
@@ -27,7 +28,8 @@ from .qualify import Qualify, QualifyChanged
 from .stack import SipStack
 from .transaction import ClientTransaction
 from .trunk import Trunk, TrunkGroup
-from .uri import is_ip_literal
+from .locator import ServerLocator, as_flow
+from .uri import SipUri, is_ip_literal, split_hostport
 
 __all__ = ["TrunkLink", "start_trunks", "stop_trunks"]
 
@@ -60,9 +62,10 @@ class TrunkLink:
 
     def __init__(self, stack: SipStack, trunk: Trunk, *, user_agent: str = "callpath",
                  clock: Callable[[], float] = time.monotonic, retry_base: float = 10.0, retry_max: float = 600.0,
-                 qualify_down_after: int = 2) -> None:
+                 qualify_down_after: int = 2, locator: ServerLocator | None = None) -> None:
         self.stack = stack
         self.trunk = trunk
+        self.locator = locator
         self.user_agent = user_agent
         self.clock = clock
         self.retry_base = retry_base
@@ -108,6 +111,8 @@ class TrunkLink:
         trunk = self.trunk
         if is_ip_literal(trunk.host):
             return True
+        if self.locator is not None:
+            return await self._locate()
         loop = asyncio.get_running_loop()
         kind = socket.SOCK_DGRAM if trunk.config.transport == "udp" else socket.SOCK_STREAM
         try:
@@ -119,6 +124,22 @@ class TrunkLink:
         trunk.set_addresses(info[4][0] for info in infos)
         trunk.resolve_error = ""
         return bool(trunk.addresses)
+
+    async def _locate(self) -> bool:
+        """RFC 3263 with the trunk's transport: SRV when the configured host has no port, then A/AAAA."""
+        trunk = self.trunk
+        c = trunk.config
+        explicit_port = split_hostport(c.host)[1]
+        uri = SipUri("sip", None, trunk.host, explicit_port, {"transport": c.transport})
+        loc = await self.locator.locate(uri)  # type: ignore[union-attr]
+        if not loc.targets:
+            trunk.resolve_error = f"cannot locate {trunk.host}: {loc.reason}"
+            log.warning("trunk %s: %s", trunk.name, trunk.resolve_error)
+            return False
+        trunk.set_targets(as_flow(t) for t in loc.targets)
+        trunk.resolve_error = ""
+        log.info("trunk %s: %s located at %s", trunk.name, trunk.host, ", ".join(map(str, trunk.targets)))
+        return True
 
     async def _resolve_until_done(self) -> None:
         while not self._stopped:

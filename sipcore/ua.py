@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import ipaddress
 import logging
-import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Union
 
@@ -37,7 +35,9 @@ from .dialog import (
     Dialog, DialogError, DialogState, Retransmitter, glare_retry_delay, parse_rack, reliable_rseq,
     requires_100rel, supports_100rel, unsupported_requirements,
 )
+from .dns import SUPPORTED_TRANSPORTS, ServerLocation, literal_target
 from .errors import SipParseError
+from .locator import ServerLocator, as_flow
 from .message import Request, Response, new_call_id, new_tag, reason_phrase
 from .session_timer import MIN_SE, SessionTimer, TimerTerms, negotiate_uac, negotiate_uas, parse_session_expires
 from .stack import SipStack
@@ -237,20 +237,14 @@ def parse_replaces(value: str) -> tuple[str, str, str, bool]:
 
 
 # -- resolution ------------------------------------------------------------------------------------
-def resolve_uri(uri: SipUri) -> Flow:
-    """Default next-hop resolution: maddr/host and port of the URI, transport from ;transport.
+def resolve_uri(uri: SipUri) -> Flow | None:
+    """The next hop of a URI whose host (or maddr) is an IP literal, without any lookup; None for a name.
 
-    IP literals need no lookup; a name is resolved with the system resolver (blocking, no SRV/NAPTR):
-    plug an RFC 3263 resolver into `UserAgent(resolver=...)` for real deployments.
+    Names are located asynchronously (RFC 3263: NAPTR, SRV, A/AAAA) by `UserAgent.locate`, never here:
+    a blocking lookup would stall every call on the event loop.
     """
-    transport = uri.transport
-    host = (uri.params.get("maddr") or uri.host).strip("[]")
-    port = uri.port or (5061 if transport in ("tls", "wss") else 5060)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        host = socket.gethostbyname(host)
-    return Flow(transport, (host, port))
+    target = literal_target(uri)
+    return Flow(target.transport, (target.host, target.port)) if target is not None else None
 
 
 def _clone(request: Request) -> Request:
@@ -466,7 +460,17 @@ class Call:
             return pf  # stream transports (TCP/TLS/WS): reuse the connection the dialog was set up on
         if hop.host.lower().endswith(".invalid"):
             return pf
-        return self.ua.resolve(hop)
+        return self.ua.flow_for(hop, pf)
+
+    def _warm(self, dlg: Dialog) -> None:
+        """A new dialog: start looking up its next hop now if `_flow_for` will need it (a name, not reached
+        over the connection the dialog came on), so that its first in-dialog request finds it cached."""
+        pf = self.peer_flow
+        hop = dlg.next_hop
+        if pf is not None and not dlg.route_set and pf.reliable and hop.transport in (pf.transport, "udp"):
+            return
+        if not hop.host.lower().endswith(".invalid"):
+            self.ua.warm(hop)
 
     def _std_headers(self, method: str) -> list[tuple[str, str]]:
         if method in ("INVITE", "UPDATE"):
@@ -927,9 +931,10 @@ class OutgoingCall(Call):
 
     is_uac = True
 
-    def __init__(self, ua: "UserAgent", invite: Request, flow: Flow, *, on_event: Callable[[CallEvent], None] | None,
-                 credentials: tuple[str, str] | None, ring_timeout: float | None) -> None:
-        super().__init__(ua, invite.call_id, invite.from_.tag or "", flow, on_event)
+    def __init__(self, ua: "UserAgent", invite: Request, flow: Flow | None, *,
+                 on_event: Callable[[CallEvent], None] | None, credentials: tuple[str, str] | None,
+                 ring_timeout: float | None) -> None:
+        super().__init__(ua, invite.call_id, invite.from_.tag or "", flow, on_event)  # type: ignore[arg-type]
         if credentials is not None:
             self.credentials = credentials
         self.invite_request = _clone(invite)
@@ -942,8 +947,12 @@ class OutgoingCall(Call):
         self.cancel_sent = False
         self._ring_timeout = ring_timeout
         self._invite = invite
+        self._next_targets: list[Flow] = []    # RFC 3263 §4.3: where the INVITE goes if this target fails
+        self._locating: asyncio.Task | None = None
 
     def _start(self) -> None:
+        if not self._invite.has("contact"):  # located asynchronously: the transport is known only now
+            self._invite.add("Contact", self.ua.contact_for(self.peer_flow.transport, self._invite.from_.uri.user))
         fut = self.ua._future()
         self.invite_ctx = self._send(self._invite, self.peer_flow, None, fut, self._invite_response)
         self.invite_ctx.sdp = self.local_sdp
@@ -953,6 +962,59 @@ class OutgoingCall(Call):
     def _release(self) -> None:
         super()._release()
         self.invite_ctx = None   # its tx (if still alive) keeps it; the context's back-link to us is one-way
+
+    # -- RFC 3263: locating the next hop, failing over to the next target --------------------------
+    def _locate(self, hop: SipUri) -> None:
+        """Look the next hop up without blocking the loop, then send the INVITE to the first target."""
+        self._locating = asyncio.get_event_loop().create_task(self._send_located(hop))
+
+    async def _send_located(self, hop: SipUri) -> None:
+        try:
+            loc = await self.ua.locate(hop)
+            targets, reason = loc.targets, loc.reason
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # the locator turns DNS trouble into reasons; this is a bug: fail the call
+            log.exception("locating %s failed", hop, extra={"call_id": self.call_id})
+            targets, reason = [], f"internal error: {exc}"
+        finally:
+            self._locating = None
+        if self.is_final:
+            return
+        if not targets:
+            self._log(logging.INFO, "cannot locate %s: %s", hop, reason)
+            self._finish(CallState.FAILED)
+            self._emit(Failed(503, f"Service Unavailable (cannot locate {hop.host}: {reason})"))
+            self.ua._flush()
+            return
+        flows = [as_flow(t) for t in targets]
+        self.peer_flow, self._next_targets = flows[0], flows[1:]
+        self._log(logging.INFO, "%s located: %s", hop.host, ", ".join(map(str, flows)))
+        self._start()
+        self.ua._flush()
+
+    def _fails_over(self, resp: Response) -> bool:
+        """RFC 3263 §4.3: a 503, a transport failure, or a timeout without any response moves on to the next
+        target (a new transaction with the same request); responses synthesised by us carry no Via."""
+        if not self._next_targets or self.provisional_seen or self.trying_seen or self.cancel_requested \
+                or self.is_final:
+            return False
+        synthesised = resp.get("via") is None
+        return resp.status == 503 or (resp.status == 408 and synthesised)
+
+    def _fail_over(self, resp: Response) -> None:
+        old = self.invite_ctx
+        assert old is not None
+        flow = self._next_targets.pop(0)
+        self._log(logging.INFO, "INVITE to %s failed (%d %s): trying %s", self.peer_flow, resp.status, resp.reason,
+                  flow)
+        req = _clone(old.template)
+        if flow.transport != self.peer_flow.transport:
+            req.set("Contact", self.ua.contact_for(flow.transport, req.from_.uri.user))
+        self.peer_flow = flow
+        new = self._send(req, flow, None, old.future, self._invite_response)
+        new.sdp = old.sdp
+        self._on_resent(old, new)
 
     def _on_ring_timeout(self) -> None:
         if self.state in (CallState.CALLING, CallState.EARLY):
@@ -970,6 +1032,12 @@ class OutgoingCall(Call):
         if self.state not in (CallState.CALLING, CallState.EARLY) or self.cancel_requested:
             return
         self.cancel_requested = True
+        if self._locating is not None:  # nothing sent yet: the call ends here
+            self._locating.cancel()
+            self._locating = None
+            self._finish(CallState.FAILED)
+            self._emit(Failed(487, "Request Terminated (cancelled before the INVITE was sent)"))
+            return
         if self.provisional_seen or self.trying_seen:
             self._send_cancel()
         self.ua._flush()
@@ -1035,6 +1103,8 @@ class OutgoingCall(Call):
             # Timer B fired although a provisional arrived (the transaction layer keeps Timer B
             # running in Proceeding): keep waiting; finals then arrive as stray responses.
             self._log(logging.DEBUG, "INVITE transaction timed out after a provisional: waiting on")
+        elif self._fails_over(resp):
+            self._fail_over(resp)
         else:
             self._on_failure(resp)
 
@@ -1050,6 +1120,7 @@ class OutgoingCall(Call):
                 self._log(logging.INFO, "response cannot create a dialog: %s", exc)
                 return None
             self.ua._strip_own_routes(dlg)
+            self._warm(dlg)
             self.dialogs[tag] = dlg
         return dlg
 
@@ -1391,13 +1462,13 @@ class UserAgent:
 
     def __init__(self, stack: SipStack, *, credentials: tuple[str, str] | None = None,
                  on_invite: Callable[[ServerTransaction, Request], None] | None = None,
-                 resolver: Callable[[SipUri], Flow] | None = None, user_agent: str = "callpath",
+                 locator: ServerLocator | None = None, user_agent: str = "callpath",
                  supported: Iterable[str] = ("100rel", "timer"), t1: float = T1, t2: float = T2,
                  offer_timeout: float = 32.0, linger: float | None = None) -> None:
         self.stack = stack
         self.credentials = credentials
         self.on_invite = on_invite
-        self.resolve: Callable[[SipUri], Flow] = resolver or resolve_uri
+        self._locator = locator  # RFC 3263 (sipcore.locator); created on first use when not given
         self.user_agent = user_agent
         self.supported = tuple(supported)
         self.t1 = t1
@@ -1522,6 +1593,7 @@ class UserAgent:
         if problem is not None:
             call.reject(problem[0], problem[1], problem[2])
         else:
+            call._warm(dialog)  # type: ignore[arg-type]
             call._log(logging.INFO, "incoming call from %s", request.get("from"))
         return call
 
@@ -1532,9 +1604,11 @@ class UserAgent:
                on_event: Callable[[CallEvent], None] | None = None) -> OutgoingCall:
         """Place a call: INVITE `target_uri` from `from_uri` with `sdp_offer` (None: a late-offer INVITE).
 
-        `flow` forces where the INVITE goes (default: resolve the first `route`, else the target);
-        `route` is a preloaded route set (outbound proxy); `credentials` answer one 401/407; `to` is the
-        To URI when it is not the Request-URI (a user's AOR while the Request-URI is one of its contacts).
+        `flow` forces where the INVITE goes (default: the first `route`, else the target, located by RFC 3263
+        without blocking: a name makes the INVITE wait for its lookup, and a 503, transport failure or silence
+        moves it on to the next target); `route` is a preloaded route set (outbound proxy); `credentials`
+        answer one 401/407; `to` is the To URI when it is not the Request-URI (a user's AOR while the
+        Request-URI is one of its contacts).
         """
         target = SipUri.parse(target_uri) if isinstance(target_uri, str) else target_uri.copy()
         if isinstance(from_uri, str):
@@ -1545,8 +1619,9 @@ class UserAgent:
         else:
             from_na = NameAddr(from_uri.copy())
         routes = list(route)
+        hop = NameAddr.parse(routes[0]).uri if routes else target
         if flow is None:
-            flow = self.resolve(NameAddr.parse(routes[0]).uri if routes else target)
+            flow = resolve_uri(hop)  # an IP literal; a name is located below, without blocking
         call_id = new_call_id(self.stack.advertise)
         tag = new_tag()
         req = Request("INVITE", target.copy())
@@ -1557,7 +1632,8 @@ class UserAgent:
         req.add("To", f"<{to or target}>")
         req.add("Call-ID", call_id)
         req.add("CSeq", "1 INVITE")
-        req.add("Contact", self.contact_for(flow.transport, from_na.uri.user))
+        if flow is not None:
+            req.add("Contact", self.contact_for(flow.transport, from_na.uri.user))
         req.add("Allow", ALLOW)
         req.add("Supported", ", ".join(self.supported))
         if require_100rel:
@@ -1570,10 +1646,47 @@ class UserAgent:
             req.body = sdp_offer
         call = OutgoingCall(self, req, flow, on_event=on_event, credentials=credentials, ring_timeout=ring_timeout)
         self.calls[(call_id, tag)] = call
-        call._log(logging.INFO, "calling %s via %s", target, flow)
+        call._log(logging.INFO, "calling %s via %s", target, flow or f"{hop.host} (locating)")
+        if flow is None:
+            call._locate(hop)
+            return call
         call._start()
         self._flush()
         return call
+
+    # -- locating next hops (RFC 3263) -------------------------------------------------------------
+    @property
+    def locator(self) -> ServerLocator:
+        """The RFC 3263 locator (one per process, shared with the proxy, when the composition root gives it)."""
+        if self._locator is None:
+            v6 = any(":" in lst.host for lst in self.stack.listeners.values())
+            self._locator = ServerLocator(families=("A", "AAAA") if v6 else ("A",))
+        return self._locator
+
+    def transports(self) -> tuple[str, ...]:
+        """What NAPTR/SRV may choose: the transports this stack listens on (all when it listens on none)."""
+        return tuple(t for t in SUPPORTED_TRANSPORTS if t in self.stack.listeners) or SUPPORTED_TRANSPORTS
+
+    async def locate(self, uri: SipUri) -> ServerLocation:
+        """Locate `uri` (RFC 3263) without blocking: the targets to try in order, or why there are none."""
+        return await self.locator.locate(uri, self.transports())
+
+    def warm(self, uri: SipUri) -> None:
+        """Start locating a dialog's next hop in the background when it is a name not cached yet."""
+        if resolve_uri(uri) is None and self.locator.locate_cached(uri, self.transports()) is None:
+            self.locator.prefetch(uri, self.transports())
+
+    def flow_for(self, uri: SipUri, fallback: Flow) -> Flow:
+        """Where an in-dialog request to `uri` goes now, without waiting: an IP literal as is, a name from the
+        cache; a name not cached goes to `fallback` (the peer's flow) and is looked up for the next request."""
+        flow = resolve_uri(uri)
+        if flow is not None:
+            return flow
+        loc = self.locator.locate_cached(uri, self.transports())
+        if loc is None:
+            self.locator.prefetch(uri, self.transports())
+            return fallback
+        return as_flow(loc.targets[0]) if loc.targets else fallback
 
     # -- helpers -----------------------------------------------------------------------------------
     def contact_for(self, transport: str, user: str | None) -> str:
@@ -1585,6 +1698,8 @@ class UserAgent:
     def close(self) -> None:
         """Cancel every timer of every call (shutdown)."""
         for call in list(self.calls.values()):
+            if isinstance(call, OutgoingCall) and call._locating is not None:
+                call._locating.cancel()
             for h in list(call._timers):
                 h.cancel()
             call._timers.clear()

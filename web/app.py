@@ -75,6 +75,7 @@ def build_app(application: "Application") -> Starlette:
                       "active": len(application.callcontrol.calls) if application.callcontrol else 0,
                       "anchoring": application.callcontrol is not None},
             "trunks": application.trunks.status(time.monotonic()) if application.trunks is not None else [],
+            "dns": application.proxy.locator.status() if application.proxy and application.proxy.locator else {},
             "process": {"rss_bytes": rss_bytes(), "loop_lag_30s": stack.lag_summary(30.0),
                         "gc_30s": application.gc_watch.summary(30.0)},
         })

@@ -25,6 +25,7 @@ from typing import Any
 from sipcore.auth import DigestAuthenticator
 from sipcore.limiter import SourceLimiter
 from sipcore.location import LocationService, open_location
+from sipcore.locator import ServerLocator
 from sipcore.proxy import Proxy, ProxyConfig
 from sipcore.registrar import RegistrarPolicy
 from sipcore.stack import SipStack
@@ -313,6 +314,7 @@ class Application:
         self.proxy.max_tasks = lim.max_tasks
         self.proxy.max_calls = lim.max_calls
         self.proxy.retry_after = lim.retry_after
+        self.proxy.locator = _locator(sip, stack)
         if s.media.enabled:
             await self._start_media()
         self._wire_b2bua()
@@ -334,7 +336,7 @@ class Application:
 
         assert self.stack is not None and self.proxy is not None
         s = self.settings
-        self.ua = UserAgent(self.stack)
+        self.ua = UserAgent(self.stack, locator=self.proxy.locator)
         self.proxy.ua = self.ua
         legs = self.media_pool if hasattr(self.media_pool, "leg_offer") else None   # a media plane with legs
         if legs is not None:
@@ -467,7 +469,7 @@ class Application:
         if self.router is not None:
             self.router.trunks = self.trunks
         if len(self.trunks):
-            self.trunk_links = await start_trunks(self.stack, self.trunks)
+            self.trunk_links = await start_trunks(self.stack, self.trunks, locator=self.proxy.locator)
             for trunk in self.trunks:
                 log.info("trunk %s: %s via %s (register %s, qualify %s)", trunk.name, trunk.config.host,
                          trunk.config.transport, "on" if trunk.config.register else "off",
@@ -627,3 +629,11 @@ def serve(settings: Settings) -> int:
     loop_kind = _install_uvloop()
     log.info("starting on %s", loop_kind)
     return asyncio.run(_main(settings))
+
+
+def _locator(sip: Any, stack: SipStack) -> ServerLocator:
+    """The RFC 3263 locator the proxy and the UA share: [sip] dns_servers (empty: resolv.conf); NAPTR/SRV
+    may pick the transports we listen on; AAAA only when SIP listens on IPv6."""
+    transports = tuple(t for t in ("udp", "tcp", "tls") if t in stack.listeners) or ("udp", "tcp", "tls")
+    families = ("A", "AAAA") if ":" in sip.listen else ("A",)
+    return ServerLocator(sip.dns_servers, transports=transports, families=families)

@@ -96,6 +96,11 @@ class SipSettings:
         help="[[sip.b2bua]] number/target tables; env: NUMBER=TARGET,NUMBER=TARGET", factory=list
     )
 
+    # -- DNS (RFC 3263 next hops: NAPTR, SRV, A/AAAA; docs/sip.md "Locating servers") --
+    dns_servers: list[str] = _setting(
+        help="name servers as \"ip[:port]\" for NAPTR/SRV/A lookups; empty -> those of /etc/resolv.conf",
+        factory=list)
+
     @property
     def advertise_host(self) -> str:
         """The address put in Via/Record-Route: ``advertise`` or, when empty, ``listen``."""
@@ -491,6 +496,7 @@ def _validate(s: Settings) -> None:
     _validate_media(s.media)
     _validate_calls(s.calls)
     _validate_trunks(s.trunks)
+    _validate_dns(s.sip)
 
 
 def _validate_calls(c: CallsSettings) -> None:
@@ -502,6 +508,16 @@ def _validate_calls(c: CallsSettings) -> None:
     for path in c.music_on_hold:
         if not Path(path).expanduser().is_file():
             raise SettingsError(f"calls.music_on_hold: {path} is not a file")
+
+
+def _validate_dns(sip: SipSettings) -> None:
+    from sipcore.dns import parse_nameserver
+
+    for server in sip.dns_servers:
+        try:
+            parse_nameserver(server)
+        except ValueError as exc:
+            raise SettingsError(f"sip.dns_servers: {exc}") from None
 
 
 def _validate_media(m: MediaSettings) -> None:

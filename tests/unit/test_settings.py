@@ -328,3 +328,15 @@ def test_help_lists_the_media_section() -> None:
                 "control_timeout"):
         assert env_var_name("media", key) in text
     assert "default 40000" in text and "default 2.0" in text
+
+
+def test_dns_servers(tmp_path: Path) -> None:
+    assert load_settings(None, {}).sip.dns_servers == []
+    s = load_settings(write(tmp_path, '[sip]\ndns_servers = ["192.0.2.53", "127.0.0.1:5353", "[::1]:53"]\n'), {})
+    assert s.sip.dns_servers == ["192.0.2.53", "127.0.0.1:5353", "[::1]:53"]
+    env = load_settings(None, {"CALLPATH_SIP_DNS_SERVERS": "192.0.2.53,192.0.2.54:5300"})
+    assert env.sip.dns_servers == ["192.0.2.53", "192.0.2.54:5300"]
+    with pytest.raises(SettingsError, match="sip.dns_servers: name server 'ns.example' is not an IP address"):
+        load_settings(write(tmp_path, '[sip]\ndns_servers = ["ns.example"]\n'), {})
+    with pytest.raises(SettingsError, match="sip.dns_servers: bad port"):
+        load_settings(None, {"CALLPATH_SIP_DNS_SERVERS": "127.0.0.1:x"})
