@@ -279,9 +279,10 @@ class RecordingMedia:
     def __init__(self) -> None:
         self.log: list[tuple] = []
 
-    async def leg_offer(self, leg, *, group, transport=None, direction="sendrecv", owner=None):
+    async def leg_offer(self, leg, *, group, transport=None, direction="sendrecv", owner=None, codecs=None,
+                        dtmf=None):
         from sipcore.callcontrol import LegDescription
-        self.log.append(("leg_offer", leg, transport))
+        self.log.append(("leg_offer", leg, transport, tuple(codecs or ()), dtmf))
         return LegDescription(SDP, "PCMA", direction)
 
     async def leg_answer(self, leg, sdp):
