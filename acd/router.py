@@ -13,6 +13,10 @@ callpath's call control, media through the media workers) when it must be for th
 ``never`` proxies every call (a pure registrar/proxy, as Kamailio without rtpengine). Without a media plane
 calls are always proxied.
 
+Ring groups (``[[calls.groups]]``): a number that rings several users, all at once or one after another,
+the caller optionally answered first and parked with music while they ring (a small queue). Conference rooms
+(``[[calls.conferences]]``): every caller of the number talks with the others. Both are always anchored.
+
 Trunks (docs/trunks.md): a call from a trunk is routed by its DID to the local user whose username or
 extension it is (else to ``[calls] inbound_target``, else 404), always anchored, counting one of the trunk's
 channels. An authenticated local caller dialling a number that is no local user goes out through the trunks
@@ -22,7 +26,8 @@ else is sent out: an unauthenticated or trunk caller never reaches a trunk (no t
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sipcore.b2bua import mirror_status
@@ -31,7 +36,7 @@ from sipcore.callcontrol import (
 )
 from sipcore.sdp import SdpError, SessionDescription
 
-__all__ = ["ANCHOR_MODES", "PbxRouter", "needs_anchoring"]
+__all__ = ["ANCHOR_MODES", "PbxRouter", "RingGroup", "needs_anchoring"]
 
 log = logging.getLogger("callpath.acd.router")
 
@@ -70,12 +75,24 @@ def needs_anchoring(request: RouteRequest, callee_transports: list[str]) -> str 
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class RingGroup:
+    """A number ringing ``members`` (usernames or extensions) in parallel or in sequence."""
+
+    number: str
+    members: tuple[str, ...]
+    strategy: str = "parallel"
+    ring_timeout: float = 20.0
+    park: bool = False          # answer at once and play music on hold while the members ring
+
+
 class PbxRouter:
     """Local users are rung on all their contacts, proxied or anchored as the module docstring says."""
 
     def __init__(self, contacts: ContactResolver, *, anchor: str = "auto", ring_timeout: float = 60.0,
                  media: bool = True, accounts: Callable[[str], Awaitable[Any]] | None = None,
-                 trunks: Any = None, inbound_target: str = "") -> None:
+                 trunks: Any = None, inbound_target: str = "", groups: Sequence[RingGroup] = (),
+                 conferences: Sequence[str] = ()) -> None:
         if anchor not in ANCHOR_MODES:
             raise ValueError(f"anchor must be one of {', '.join(ANCHOR_MODES)}, not {anchor!r}")
         self.contacts = contacts
@@ -85,11 +102,17 @@ class PbxRouter:
         self.accounts = accounts           # username or extension -> enabled account or None
         self.trunks = trunks               # sipcore.trunk.TrunkGroup, or None
         self.inbound_target = inbound_target
-        self.stats = {"proxied": 0, "anchored": 0, "rejected": 0, "from_trunks": 0, "to_trunks": 0}
+        self.groups = {g.number: g for g in groups}
+        self.conferences = frozenset(conferences)
+        self.stats = {"proxied": 0, "anchored": 0, "rejected": 0, "from_trunks": 0, "to_trunks": 0,
+                      "groups": 0, "conferences": 0}
 
     async def route(self, request: RouteRequest) -> Decision:
         if request.source_trunk is not None:
             return await self._from_trunk(request)
+        special = self._service(request.request.uri.user or "")
+        if special is not None:
+            return special
         callee = request.callee
         if callee is None:
             number = request.request.uri.user or ""
@@ -113,9 +136,26 @@ class PbxRouter:
         log.info("call to %s anchored: %s", callee.username, why, extra={"call_id": request.request.call_id})
         return AcceptCall(self.ring_user(callee.username))
 
+    def _service(self, number: str) -> Decision | None:
+        """A ring group or conference number: answered by call control (503 without a media plane)."""
+        group = self.groups.get(number)
+        if group is None and number not in self.conferences:
+            return None
+        if not self.media:
+            self.stats["rejected"] += 1
+            return RejectCall(503, "Service Unavailable (media is off)")
+        if group is not None:
+            self.stats["groups"] += 1
+            return AcceptCall(self.ring_group(group))
+        self.stats["conferences"] += 1
+        return AcceptCall(self.conference_room(number))
+
     async def _from_trunk(self, request: RouteRequest) -> Decision:
         trunk = self.trunks.get(request.source_trunk) if self.trunks is not None else None
         did = trunk.did_of(request.request) if trunk is not None else (request.request.uri.user or "")
+        special = self._service(did)
+        if special is not None:
+            return special
         account = await self.accounts(did) if self.accounts is not None and did else None
         if account is None and self.inbound_target and self.accounts is not None:
             account = await self.accounts(self.inbound_target)
@@ -150,6 +190,36 @@ class PbxRouter:
             finally:
                 if trunk is not None:
                     trunk.release()
+
+        return handler
+
+    def ring_group(self, group: RingGroup) -> Callable[[Call], Awaitable[None]]:
+        """A handler ringing a group's members; a parked caller hears music until one answers."""
+
+        async def handler(call: Call) -> None:
+            if group.park:
+                await call.answer()
+                if call.music_on_hold:
+                    await call.play(call.music_on_hold, loop=True)
+            targets = [Target.user(m, timeout=group.ring_timeout) for m in group.members]
+            result = await call.ring(targets, strategy=group.strategy, timeout=group.ring_timeout)
+            if result.channel is None:
+                if not call.is_over:
+                    if group.park:
+                        call.hangup()
+                    else:
+                        call.reject(mirror_status(result.status))
+                return
+            await call.ended()
+
+        return handler
+
+    def conference_room(self, number: str) -> Callable[[Call], Awaitable[None]]:
+        """A handler answering the caller into the room named after ``number``."""
+
+        async def handler(call: Call) -> None:
+            await call.conference(f"room:{number}")
+            await call.ended()
 
         return handler
 

@@ -329,7 +329,7 @@ class Application:
         """The user agent (calls callpath takes part in), the router with call control, and the
         back-to-back numbers."""
         from acd.moh import music_on_hold
-        from acd.router import PbxRouter
+        from acd.router import PbxRouter, RingGroup
         from sipcore.b2bua import BackToBack
         from sipcore.callcontrol import CallControl
         from sipcore.ua import UserAgent
@@ -346,7 +346,10 @@ class Application:
             self.proxy.callcontrol = self.callcontrol
         self.router = PbxRouter(self.proxy, anchor=s.calls.anchor, ring_timeout=s.calls.ring_timeout,
                                 media=legs is not None, accounts=self.proxy.account_of,
-                                inbound_target=s.calls.inbound_target)
+                                inbound_target=s.calls.inbound_target,
+                                groups=[RingGroup(g.number, tuple(g.members), g.strategy, g.ring_timeout, g.park)
+                                        for g in s.calls.groups],
+                                conferences=[c.number for c in s.calls.conferences])
         self.proxy.router = self.router
         numbers = {e.number: e.target for e in self.settings.sip.b2bua}
         if numbers:

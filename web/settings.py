@@ -175,6 +175,24 @@ class LimitsSettings:
 
 
 @dataclass
+class RingGroupEntry:
+    """One [[calls.groups]] table: a number that rings several local users (a hunt group)."""
+
+    number: str
+    members: list[str]
+    strategy: str = "parallel"
+    ring_timeout: float = 20.0
+    park: bool = False
+
+
+@dataclass
+class ConferenceEntry:
+    """One [[calls.conferences]] table: a number whose callers all talk together."""
+
+    number: str
+
+
+@dataclass
 class CallsSettings:
     """[calls]: how calls to local users are connected (docs/callcontrol.md, acd/router.py).
 
@@ -190,6 +208,10 @@ class CallsSettings:
     music_on_hold: list[str] = _setting(
         help="audio files (WAV, MP3...) played in a loop to a party on hold; empty -> a built-in melody",
         factory=list)
+    groups: list[RingGroupEntry] = _setting(
+        help="[[calls.groups]] number/members/strategy (parallel|sequential)/ring_timeout/park tables",
+        factory=list)
+    conferences: list[ConferenceEntry] = _setting(help="[[calls.conferences]] number tables", factory=list)
 
 
 @dataclass
@@ -306,6 +328,8 @@ def _type_name(tp: Any) -> str:
         return "a list of strings"
     if tp == list[B2buaEntry]:
         return "a list of [[sip.b2bua]] tables"
+    if typing.get_origin(tp) is list and typing.get_args(tp)[0] in _ENTRY_TABLES:
+        return f"a list of [[{_ENTRY_TABLES[typing.get_args(tp)[0]]}]] tables"
     return str(tp)
 
 
@@ -336,7 +360,33 @@ def _check_toml_value(name: str, tp: Any, value: Any, source: str) -> Any:
         if not isinstance(value, list):
             raise wrong
         return [_b2bua_from_table(f"{name}[{i}]", entry, source) for i, entry in enumerate(value)]
+    if typing.get_origin(tp) is list and typing.get_args(tp)[0] in _ENTRY_TABLES:
+        if not isinstance(value, list):
+            raise wrong
+        cls = typing.get_args(tp)[0]
+        return [_entry_from_table(cls, f"{name}[{i}]", entry, source) for i, entry in enumerate(value)]
     raise SettingsError(f"{source}: {name}: unsupported setting type {tp}")  # pragma: no cover - schema bug
+
+
+_ENTRY_TABLES: dict[type, str] = {RingGroupEntry: "calls.groups", ConferenceEntry: "calls.conferences"}
+
+
+def _entry_from_table(cls: type, name: str, entry: Any, source: str) -> Any:
+    """One table of an array of tables -> its dataclass: unknown keys, missing required keys and types checked."""
+    if not isinstance(entry, dict):
+        raise SettingsError(f"{source}: {name} must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in entry:
+        if key not in fields:
+            raise SettingsError(f"{source}: unknown setting {name}.{key}{_suggest(key, list(fields))}")
+    values: dict[str, Any] = {}
+    for key, f in fields.items():
+        if key not in entry:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SettingsError(f"{source}: {name} is missing {key!r}")
+            continue
+        values[key] = _check_toml_value(f"{name}.{key}", _field_type(cls, key), entry[key], source)
+    return cls(**values)
 
 
 def _b2bua_from_table(name: str, entry: Any, source: str) -> B2buaEntry:
@@ -387,6 +437,9 @@ def _parse_env_value(var: str, tp: Any, text: str) -> Any:
             raise SettingsError(f"{var}={text!r}: expected a number") from None
     if tp == list[str]:
         return [item.strip() for item in text.split(",") if item.strip()]
+    if typing.get_origin(tp) is list and typing.get_args(tp)[0] in _ENTRY_TABLES:
+        raise SettingsError(f"{var}: [[{_ENTRY_TABLES[typing.get_args(tp)[0]]}]] tables are set in the "
+                            "configuration file, not the environment")
     if tp == list[B2buaEntry]:
         entries = []
         for item in (part.strip() for part in text.split(",")):
@@ -508,6 +561,21 @@ def _validate_calls(c: CallsSettings) -> None:
     for path in c.music_on_hold:
         if not Path(path).expanduser().is_file():
             raise SettingsError(f"calls.music_on_hold: {path} is not a file")
+    numbers: set[str] = set()
+    for kind, entries in (("groups", c.groups), ("conferences", c.conferences)):
+        for i, entry in enumerate(entries):
+            if not entry.number.strip():
+                raise SettingsError(f"calls.{kind}[{i}].number must not be empty")
+            if entry.number in numbers:
+                raise SettingsError(f"calls.{kind}[{i}]: number {entry.number!r} is used twice")
+            numbers.add(entry.number)
+    for i, group in enumerate(c.groups):
+        if not group.members or not all(m.strip() for m in group.members):
+            raise SettingsError(f"calls.groups[{i}].members must list at least one extension or username")
+        if group.strategy not in ("parallel", "sequential"):
+            raise SettingsError(f"calls.groups[{i}].strategy must be parallel or sequential, got {group.strategy!r}")
+        if not group.ring_timeout > 0:
+            raise SettingsError(f"calls.groups[{i}].ring_timeout must be positive, got {group.ring_timeout}")
 
 
 def _validate_dns(sip: SipSettings) -> None:

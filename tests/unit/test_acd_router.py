@@ -125,3 +125,19 @@ def test_default_music_is_written_once_and_is_audible(tmp_path) -> None:
     configured = tmp_path / "song.wav"
     configured.write_bytes(b"")
     assert music_on_hold([str(configured)], tmp_path) == [str(configured.resolve())]
+
+
+async def test_ring_groups_and_conference_rooms_are_answered_by_call_control() -> None:
+    from acd.router import RingGroup
+
+    router = PbxRouter(Contacts([RTP]), groups=[RingGroup("600", ("1001", "1002"))], conferences=["700"],
+                       accounts=accounts, trunks=Trunks())
+    assert isinstance(await router.route(route_request(PHONE, callee=None, user="600")), AcceptCall)
+    assert isinstance(await router.route(route_request(PHONE, callee=None, user="700")), AcceptCall)
+    # a DID equal to a group number rings the group
+    assert isinstance(await router.route(route_request(PHONE, callee=None, user="600", caller=None,
+                                                       trunk="carrier")), AcceptCall)
+    off = PbxRouter(Contacts([RTP]), groups=[RingGroup("600", ("1001",))], media=False)
+    assert await off.route(route_request(PHONE, callee=None, user="600")) == RejectCall(
+        503, "Service Unavailable (media is off)")
+    assert (router.stats["groups"], router.stats["conferences"]) == (2, 1)

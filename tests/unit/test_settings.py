@@ -340,3 +340,25 @@ def test_dns_servers(tmp_path: Path) -> None:
         load_settings(write(tmp_path, '[sip]\ndns_servers = ["ns.example"]\n'), {})
     with pytest.raises(SettingsError, match="sip.dns_servers: bad port"):
         load_settings(None, {"CALLPATH_SIP_DNS_SERVERS": "127.0.0.1:x"})
+
+
+def test_ring_groups_and_conferences_are_tables_with_checked_values(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[calls.groups]]\nnumber = "600"\nmembers = ["1001", "bob"]\nstrategy = "sequential"\n'
+                           'park = true\n[[calls.conferences]]\nnumber = "700"\n')
+    calls = load_settings(path, {}).calls
+    assert [(g.number, g.members, g.strategy, g.ring_timeout, g.park) for g in calls.groups] == [
+        ("600", ["1001", "bob"], "sequential", 20.0, True)]
+    assert [c.number for c in calls.conferences] == ["700"]
+    for text, message in (
+        ('[[calls.groups]]\nnumber = "600"\n', r"calls\.groups\[0\] is missing 'members'"),
+        ('[[calls.groups]]\nnumber = "600"\nmembers = []\n', "must list at least one"),
+        ('[[calls.groups]]\nnumber = "600"\nmembers = ["1"]\nstrategy = "random"\n', "parallel or sequential"),
+        ('[[calls.groups]]\nnumber = "600"\nmembers = ["1"]\nring_timeout = "20"\n', "must be a number"),
+        ('[[calls.groups]]\nnumber = "600"\nmembers = ["1"]\n[[calls.conferences]]\nnumber = "600"\n',
+         "used twice"),
+        ('[[calls.conferences]]\nnumbr = "700"\n', "did you mean 'number'"),
+    ):
+        with pytest.raises(SettingsError, match=message):
+            load_settings(write(tmp_path, text), {})
+    with pytest.raises(SettingsError, match="configuration file, not the environment"):
+        load_settings(None, {"CALLPATH_CALLS_GROUPS": "600=1001"})
