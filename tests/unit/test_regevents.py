@@ -292,3 +292,35 @@ def test_binding_flow_only_rules() -> None:
     assert not bind("sip:a@x.invalid", 1).flow_only
     b = bind("sip:a@x", 1, node="n1", node_uri="sip:192.0.2.1:5060;transport=tcp")
     assert Binding.from_json(b.to_json()) == b
+
+
+async def test_the_stack_reports_closed_connections_and_their_bindings_go(clock: FakeClock) -> None:
+    """SipStack.on_connection_closed -> LocationService.flow_lost: what the server wires together."""
+    from sipcore.stack import ConnectionSender, SipStack
+
+    class Sender(ConnectionSender):
+        def send(self, data: bytes) -> None:
+            pass
+
+        def close(self) -> None:
+            self.closed = True
+
+    stack = SipStack("127.0.0.1")
+    stack._loop = asyncio.get_running_loop()
+    loc = MemoryLocation(clock=clock)
+    events = record(loc)
+    tasks: list[asyncio.Task[int]] = []
+    remove = stack.on_connection_closed(lambda flow: tasks.append(asyncio.ensure_future(loc.flow_lost(flow))))
+    sender = Sender()
+    cid = stack.register_connection("ws", ("192.0.2.7", 50123), sender)
+    token = f"ws~192.0.2.7~50123~{cid}"
+    await loc.save(AOR, [bind("sip:k@x.invalid;transport=ws", clock.now + 600, received=token)])
+    stack.unregister_connection(sender)
+    assert [await t for t in tasks] == [1]
+    assert isinstance(events[-1], FlowLost) and events[-1].removed and await loc.lookup(AOR) == []
+    remove()
+    remove()
+    other = Sender()
+    stack.register_connection("ws", ("192.0.2.7", 50124), other)
+    stack.unregister_connection(other)
+    assert len(tasks) == 1
