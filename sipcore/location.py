@@ -30,7 +30,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,6 +284,19 @@ class LocationService(abc.ABC):
                 self._publish(FlowLost, new or old, now, live, flow_of=old, removed=new is None)
         return removed
 
+    async def drop_stale_flows(self) -> int:
+        """At start-up: the bindings stored for this node over connections of an earlier process (a restart,
+        a crash) can no longer be reached that way. Treat each as its flow lost (FlowLost published); returns
+        how many were removed. Walks every AOR once (Redis: SCAN)."""
+        removed = 0
+        node = self.node
+        async for aor, stored in self._scan():
+            tokens = {b.received for b in stored if b.over_connection and b.node == node}
+            for token in tokens:
+                self._flows.setdefault(token, set()).add(aor)  # type: ignore[arg-type]
+                removed += await self.flow_lost(token)  # type: ignore[arg-type]
+        return removed
+
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call `callback(event)` for every registration event (sipcore/regevents.py); returns the unsubscribe
         function. A raising callback is logged and never breaks a registration."""
@@ -319,6 +332,10 @@ class LocationService(abc.ABC):
     @abc.abstractmethod
     async def _purge(self, now: float) -> list[tuple[Binding, int]]:
         """Remove the bindings expired at `now`; return each with the live count its AOR kept."""
+
+    @abc.abstractmethod
+    def _scan(self) -> AsyncIterator[tuple[str, list[Binding]]]:
+        """Every stored AOR with its bindings (expired ones included), in no particular order."""
 
     # -- shared helpers ----------------------------------------------------------------------------
     def _publish(self, kind: type[BindingEvent], b: Binding, now: float, remaining: int,
@@ -422,6 +439,10 @@ class MemoryLocation(LocationService):
                 del self._aors[aor]
         self._maybe_compact()
         return removed
+
+    async def _scan(self) -> AsyncIterator[tuple[str, list[Binding]]]:
+        for aor, (_, bindings) in list(self._aors.items()):
+            yield aor, list(bindings.values())
 
     async def count(self) -> int:
         """Live bindings across all AORs."""
@@ -617,6 +638,15 @@ class RedisLocation(LocationService):
             if len(due) < self._PURGE_BATCH:
                 break
         return removed
+
+    async def _scan(self) -> AsyncIterator[tuple[str, list[Binding]]]:
+        """SCAN the prefix (hashes only), one HVALS per AOR."""
+        start = len(self._prefix)
+        async for key in self._redis.scan_iter(
+            match=_glob_escape(self._prefix) + "*", count=self._SCAN_COUNT, _type="hash"
+        ):
+            aor = _text(key)[start:]
+            yield aor, self._decode_all(aor, await self._redis.hvals(key))
 
     async def count(self) -> int:
         """SCAN the prefix and count live bindings, fetching hashes in pipelined batches."""

@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import logging
 import re
+import secrets
 import socket
 import ssl
 import sys
@@ -80,7 +81,9 @@ class SipStack:
         self._udp: asyncio.DatagramTransport | None = None
         self._conns: dict[int, "StreamConnection"] = {}
         self._conn_by_remote: dict[tuple[str, str, int], int] = {}
-        self._conn_ids = itertools.count(1)
+        # Connection ids start at a random point: a flow token (in a stored binding, in a Record-Route) made by
+        # an earlier process, or by another node, then never names one of this process's connections.
+        self._conn_ids = itertools.count(secrets.randbelow(1 << 40) + 1)
         self._servers: list[asyncio.base_events.Server] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None

@@ -351,6 +351,13 @@ class Application:
             sip.advertise_host, stack.listeners["udp"].port if "udp" in stack.listeners else 0,
             stack.listeners["tcp"].port if "tcp" in stack.listeners else 0), secret)
         stack.on_connection_closed(self._connection_closed)
+        try:
+            stale = await self.location.drop_stale_flows()
+        except Exception:  # noqa: BLE001 - they expire on time instead
+            log.exception("dropping the bindings of this node's earlier connections failed")
+        else:
+            if stale:
+                log.info("dropped %d bindings over connections of this node's previous run", stale)
         log.info("SIP node %s, reached by other nodes at %s", self.node.id, self.node.uri)
         self.proxy.max_tasks = lim.max_tasks
         self.proxy.max_calls = lim.max_calls

@@ -216,3 +216,25 @@ def test_node_ids_and_uris() -> None:
     assert default_node_uri("2001:db8::1", 5060, 0) == "sip:[2001:db8::1]:5060"
     with pytest.raises(ValueError):
         Node("a;b", "sip:h", SECRET)
+
+
+def test_node_settings(tmp_path) -> None:
+    from web.settings import SettingsError, load_settings
+
+    s = load_settings(None, {"CALLPATH_SIP_NODE_ID": "pbx-2", "CALLPATH_SIP_NODE_URI": "sip:10.0.0.2:5060"})
+    assert (s.sip.node_id, s.sip.node_uri) == ("pbx-2", "sip:10.0.0.2:5060")
+    assert load_settings(None, {}).sip.node_id == ""
+    for env, words in (({"CALLPATH_SIP_NODE_ID": "a b"}, "sip.node_id"),
+                       ({"CALLPATH_SIP_NODE_URI": "http://x"}, "sip.node_uri"),
+                       ({"CALLPATH_SIP_NODE_URI": "sip:bob@10.0.0.2"}, "sip.node_uri")):
+        with pytest.raises(SettingsError, match=words):
+            load_settings(None, env)
+
+
+def test_node_id_is_generated_once_and_kept(tmp_path) -> None:
+    from web.server import _node_id
+
+    first = _node_id(tmp_path, "")
+    assert valid_node_id(first) and (tmp_path / "node-id").read_text().strip() == first
+    assert _node_id(tmp_path, "") == first               # the same id after a restart
+    assert _node_id(tmp_path, "configured") == "configured"

@@ -324,3 +324,19 @@ async def test_the_stack_reports_closed_connections_and_their_bindings_go(clock:
     stack.register_connection("ws", ("192.0.2.7", 50124), other)
     stack.unregister_connection(other)
     assert len(tasks) == 1
+
+
+async def test_a_restarted_node_drops_its_earlier_connections_bindings(make_loc, clock: FakeClock) -> None:
+    before = make_loc("a")
+    ws = bind("sip:k@x.invalid;transport=ws", clock.now + 600, received=WS_FLOW, node="a")
+    phone = bind("sip:alice@192.0.2.8;transport=tcp", clock.now + 600, received=TCP_FLOW, node="a")
+    elsewhere = bind("sip:z@y.invalid;transport=ws", clock.now + 600, received="ws~192.0.2.1~1~5", node="b")
+    await before.save(AOR, [ws, phone, elsewhere])
+    after = make_loc("a") if isinstance(before, RedisLocation) else before  # memory: the same store
+    events = record(after)
+    assert await after.drop_stale_flows() == 1
+    assert sorted((e.contact, e.removed) for e in events) == [  # type: ignore[attr-defined]
+        (phone.contact, False), (ws.contact, True)]
+    left = {b.contact: b for b in await after.lookup(AOR)}
+    assert set(left) == {phone.contact, elsewhere.contact} and left[phone.contact].received is None
+    assert await after.drop_stale_flows() == 0
