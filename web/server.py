@@ -123,8 +123,11 @@ def _node_id(data_dir: Path, configured: str) -> str:
 
 def _log_registration_event(event: BindingEvent) -> None:
     """Every binding change in the log (refreshes at debug level: they are the bulk)."""
+    level = logging.DEBUG if isinstance(event, Refreshed) else logging.INFO
+    if not log.isEnabledFor(level):
+        return
     extra = f" (removed: {event.removed})" if isinstance(event, FlowLost) else ""
-    log.log(logging.DEBUG if isinstance(event, Refreshed) else logging.INFO,
+    log.log(level,
             "registration %s %s contact %s over %s %s node %s%s; %d left", type(event).__name__, event.aor,
             event.contact, event.transport or "-", "%s:%s" % event.source if event.source else "-",
             event.node or "-", extra, event.remaining, extra={"call_id": event.binding.call_id or None})
