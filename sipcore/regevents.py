@@ -9,7 +9,11 @@ stored, to every subscriber of its `RegistrationEvents` hub:
 | `Refreshed` | a REGISTER renews (or re-routes: new flow, q, path) a contact the AOR already had |
 | `Unregistered` | a REGISTER removes a contact (`expires=0`, `Contact: *`) or replaces the set without it |
 | `Expired` | a binding's time ran out: found by the purge (every second in the server), not only on lookup |
-| `FlowLost` | the TCP/TLS/WebSocket connection a binding was registered over closed; `removed` says whether the binding went with it (flow-only contacts: WebSocket, `.invalid` hosts, RFC 5626 outbound) or stays reachable at its Contact URI (`binding` is then the updated one, without the flow) |
+| `FlowLost` | the TCP/TLS/WebSocket connection a binding was registered over closed (see below) |
+
+`FlowLost.removed` says whether the binding went with its connection (flow-only contacts: WebSocket,
+`.invalid` hosts, RFC 5626 outbound) or stays reachable at its Contact URI (`binding` is then the updated one,
+without the flow; `transport`/`source`/`node` still describe the lost connection).
 
 A binding ends with exactly one of `Unregistered`, `Expired` or `FlowLost(removed=True)`; an ACD that
 tracks agent availability marks an AOR unavailable when such an event says `remaining == 0`.
@@ -26,7 +30,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .location import Binding
@@ -97,7 +101,7 @@ class FlowLost(BindingEvent):
     removed: bool = True
 
 
-RegistrationEvent = Union[Registered, Refreshed, Unregistered, Expired, FlowLost]
+RegistrationEvent = Registered | Refreshed | Unregistered | Expired | FlowLost
 Subscriber = Callable[[BindingEvent], Any]
 
 

@@ -97,7 +97,8 @@ class SipSettings:
     )
     # -- nodes sharing one location store (docs/sip.md "Several nodes on one Redis")
     node_id: str = _setting(
-        "", help="this node's id among the nodes sharing sip.location; empty -> generated once, kept in data_dir/node-id")
+        "", help="this node's id among the nodes sharing sip.location; empty -> generated once, kept in "
+                 "data_dir/node-id")
     node_uri: str = _setting(
         "", help="SIP URI other nodes forward calls for this node's connections to; "
                  "empty -> sip:<advertise>:<tcp_port>;transport=tcp (udp_port when TCP is off)")

@@ -14,7 +14,6 @@ import json
 import random
 import re
 import signal
-import time
 import urllib.request
 from collections.abc import Iterator
 
