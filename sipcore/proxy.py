@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol
 
 from .ua import parse_replaces
 from .callcontrol import AcceptCall, CallControl, Contact, RejectCall, RouteRequest, Router, media_transport_for
+from .cluster import Node
 from .auth import HA1, AuthReason, DigestAuthenticator, ephemeral_password, parse_credentials, AuthError
 from .errors import SipParseError
 from .dns import SUPPORTED_TRANSPORTS
@@ -78,6 +79,7 @@ class Proxy:
         self.callcontrol: CallControl | None = None   # runs the calls a router accepts
         self.trunks: Any = None  # sipcore.trunk.TrunkGroup: requests from its inbound hosts are not challenged
         self.locator: ServerLocator | None = None  # RFC 3263 next hops (the composition root shares one)
+        self.node: Node | None = None  # this node of a cluster sharing the location store (sipcore/cluster.py)
         self._tasks: set[asyncio.Task] = set()
         self.max_tasks = 0      # requests waiting on the directory/location store (0: no cap)
         self.max_calls = 0      # calls the UA/B2BUA takes part in (0: no cap)
@@ -120,8 +122,9 @@ class Proxy:
             tx.reply(420, headers=[("Unsupported", ", ".join(req.get_all("proxy-require")))], stateless=True)
             return
         routed_here = self._routed_here(req)
-        flow_hint = self._pop_own_routes(req)
         to_tag = req.to.tag
+        hop = self._peer_hop(req) if routed_here and to_tag is None and method != "REGISTER" else None
+        flow_hint = self._pop_own_routes(req)
         if to_tag is not None and not routed_here and not self.is_local_domain(req.uri) and not (
                 self.ua is not None and self.ua.handles(req)):
             # An in-dialog request that did not come along a route set we Record-Routed: not ours to relay
@@ -134,6 +137,9 @@ class Proxy:
                 # Shed new work while the loop lags: calls in progress keep their timing, callers retry later.
                 self.stats["rejected_overload"] += 1
                 self._refuse(tx, "overloaded")
+                return
+            if hop is not None:
+                self._deliver_hop(tx, req, flow_hint)
                 return
             if self.config.auth and not (method != "REGISTER" and self.from_trunk(tx, req)) \
                     and self._challenge_first(tx, req):
@@ -354,6 +360,20 @@ class Proxy:
             return None  # that connection is gone: fall back to the Request-URI
         return flow
 
+    def _peer_hop(self, req: Request) -> str | None:
+        """The node that forwarded `req` here, when its top Route (ours) carries a valid signed hop."""
+        if self.node is None:
+            return None
+        return self.node.verify_hop(req.routes[0].uri.params, self.clock())
+
+    def _deliver_hop(self, tx: ServerTransaction, req: Request, flow: Flow | None) -> None:
+        """Another node sent `req` (signed, its caller authenticated there) for a contact registered over one
+        of our connections: relay it on that connection, or 480 when the connection has closed since."""
+        if flow is None:
+            tx.reply(480, "Temporarily Unavailable (the contact's connection closed)", stateless=True)
+            return
+        self._forward(tx, req, [(req.uri, flow, ())], record_route=req.method in DIALOG_CREATING, flow_hint=flow)
+
     def _flow_for_uri(self, uri: SipUri) -> Flow | None:
         """Next hop for an IP-literal URI (sync); None when it needs DNS."""
         host = uri.params.get("maddr") or uri.host
@@ -483,7 +503,9 @@ class Proxy:
         aor = f"sip:{user}@{self.config.domain}"
         now = self.clock()
         existing = await self.location.lookup(aor)
-        out = process_register(req, aor, existing, now, self.config.policy, received=tx.flow.to_token())
+        node = self.node
+        out = process_register(req, aor, existing, now, self.config.policy, received=tx.flow.to_token(),
+                               node=node.id if node else "", node_uri=node.uri if node else "")
         if out.status != 200:
             tx.reply(out.status, out.reason, headers=out.headers)
             return
@@ -571,13 +593,36 @@ class Proxy:
         aor = f"sip:{account.username}@{self.config.domain}"
         out = []
         for b in _best_q(await self.location.lookup(aor)):
-            contact = SipUri.parse(b.contact)
-            flow = _contact_flow(self.stack, contact, b)
-            if flow is None and not b.path and contact.host.endswith(".invalid"):
+            reach = self._reach(b)
+            if reach is None:
                 continue  # a WebSocket client whose connection is gone
-            transport = flow.transport if flow is not None else (contact.transport or "udp")
-            out.append(Contact(contact, aor, flow, b.path, media_transport_for(transport)))
+            contact, flow, route = reach
+            last = flow or (b.flow if self._held_elsewhere(b) else None)  # the hop to the contact itself
+            transport = last.transport if last is not None else (contact.transport or "udp")
+            out.append(Contact(contact, aor, flow, route, media_transport_for(transport)))
         return out
+
+    def _reach(self, b: Binding) -> tuple[SipUri, Flow | None, tuple[str, ...]] | None:
+        """How this node reaches a binding: (contact, flow, route set), or None when it cannot.
+
+        A binding whose connection another node holds goes through that node (a signed hop naming the
+        connection, sipcore/cluster.py); one over our own connection goes on it while it is open."""
+        contact = SipUri.parse(b.contact)
+        node = self.node
+        if self._held_elsewhere(b):
+            assert node is not None and b.received is not None
+            return contact, None, (node.hop_route(b.node, b.node_uri, b.received, self.clock()),) + b.path
+        if node is not None and b.node and b.node != node.id and b.over_connection:
+            return None  # another node's connection and no URI to reach that node by
+        flow = _contact_flow(self.stack, contact, b)
+        if flow is None and not b.path and contact.host.endswith(".invalid"):
+            return None  # a WebSocket client whose connection is gone: unreachable until it registers again
+        return contact, flow, b.path
+
+    def _held_elsewhere(self, b: Binding) -> bool:
+        """Whether the binding's connection is held by another node we can forward to."""
+        node = self.node
+        return node is not None and bool(b.node) and b.node != node.id and b.over_connection and bool(b.node_uri)
 
     async def _proxy_to_user(self, tx: ServerTransaction, req: Request, account: SipAccount) -> None:
         """Fork the request to the registered contacts of a local account (480 when none)."""
@@ -588,13 +633,7 @@ class Proxy:
             return
         if tx.state not in ("Proceeding", "Trying"):
             return  # cancelled or timed out meanwhile
-        targets = []
-        for b in _best_q(bindings):
-            contact = SipUri.parse(b.contact)
-            flow = _contact_flow(self.stack, contact, b)
-            if flow is None and not b.path and contact.host.endswith(".invalid"):
-                continue  # a WebSocket client whose connection is gone: unreachable until it registers again
-            targets.append((contact, flow, b.path))
+        targets = [reach for reach in map(self._reach, _best_q(bindings)) if reach is not None]
         if not targets:
             tx.reply(480, stateless=True)
             return

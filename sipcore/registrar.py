@@ -38,8 +38,11 @@ def _contact_key(uri: SipUri) -> str:
 
 
 def process_register(req: Request, aor: str, existing: list[Binding], now: float, policy: RegistrarPolicy,
-                     received: str | None = None) -> RegisterOutcome:
-    """Apply a REGISTER to the current bindings of `aor` (§10.3 steps 6–8)."""
+                     received: str | None = None, node: str = "", node_uri: str = "") -> RegisterOutcome:
+    """Apply a REGISTER to the current bindings of `aor` (§10.3 steps 6–8).
+
+    `received` is the flow token the REGISTER came over; `node` / `node_uri` name the callpath node that
+    holds that flow and where other nodes reach it (sipcore/cluster.py), stored in each binding it writes."""
     call_id = req.call_id
     cseq = req.cseq.seq
     header_expires = req.expires
@@ -92,6 +95,7 @@ def process_register(req: Request, aor: str, existing: list[Binding], now: float
             received=received, user_agent=user_agent,
             instance=unquote(na.params.get("+sip.instance") or ""),
             reg_id=int(reg_id) if reg_id and is_digits(reg_id) else None,
+            node=node, node_uri=node_uri,
         )
     bindings = [b for b in by_key.values() if b.expires_at > now]
     headers = [("Path", p) for p in path]

@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import logging
 import re
+import secrets
 import socket
 import ssl
 import sys
@@ -80,7 +81,9 @@ class SipStack:
         self._udp: asyncio.DatagramTransport | None = None
         self._conns: dict[int, "StreamConnection"] = {}
         self._conn_by_remote: dict[tuple[str, str, int], int] = {}
-        self._conn_ids = itertools.count(1)
+        # Connection ids start at a random point: a flow token (in a stored binding, in a Record-Route) made by
+        # an earlier process, or by another node, then never names one of this process's connections.
+        self._conn_ids = itertools.count(secrets.randbelow(1 << 40) + 1)
         self._servers: list[asyncio.base_events.Server] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -100,6 +103,7 @@ class SipStack:
         self.filter_state = {"addresses": 0, "attaches": 0, "errors": 0}
         self._limiter_timer: asyncio.TimerHandle | None = None
         self.max_connections = 0                    # open TCP/TLS/WebSocket connections (0: no cap)
+        self._connection_closed: list[Callable[[Flow], None]] = []
 
     # -- set-up ------------------------------------------------------------------------------------
     async def listen_udp(self, host: str, port: int) -> int:
@@ -578,8 +582,25 @@ class SipStack:
             key = (conn.transport_name, conn.remote[0], conn.remote[1])
             if self._conn_by_remote.get(key) == conn.conn_id:
                 del self._conn_by_remote[key]
-            self.layer.transport_error(Flow(conn.transport_name, conn.remote, conn.conn_id))
+            flow = Flow(conn.transport_name, conn.remote, conn.conn_id)
+            self.layer.transport_error(flow)
             self._pump()
+            for callback in list(self._connection_closed):
+                try:
+                    callback(flow)
+                except Exception:  # noqa: BLE001 - a listener's bug must not break the transport
+                    log.exception("connection-closed listener %r failed for %s", callback, flow)
+
+    def on_connection_closed(self, callback: Callable[[Flow], None]) -> Callable[[], None]:
+        """Call `callback(flow)` whenever a TCP/TLS/WebSocket connection closes (after its transactions were
+        told); the location service uses it to drop the bindings registered over it. Returns the remover."""
+        self._connection_closed.append(callback)
+
+        def remove() -> None:
+            if callback in self._connection_closed:
+                self._connection_closed.remove(callback)
+
+        return remove
 
     def accepts_connection(self, ip: str) -> bool:
         """Whether a new TCP/TLS/WebSocket connection from `ip` is taken: the source is not blocked

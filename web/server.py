@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from sipcore.auth import DigestAuthenticator
+from sipcore.cluster import Node, default_node_uri
 from sipcore.limiter import SourceLimiter
 from sipcore.location import LocationService, open_location
 from sipcore.locator import ServerLocator
 from sipcore.proxy import Proxy, ProxyConfig
+from sipcore.regevents import BindingEvent, FlowLost, Refreshed
 from sipcore.registrar import RegistrarPolicy
 from sipcore.stack import SipStack
 from storage import Storage
@@ -36,6 +38,8 @@ from .runtime import GcSchedule, GcWatch, tune_gc
 from .settings import Settings
 
 log = logging.getLogger("callpath.server")
+
+PURGE_INTERVAL = 1.0  # seconds between purges of expired bindings (each one publishes Expired events)
 
 
 @dataclass(slots=True)
@@ -100,6 +104,33 @@ def _secret(data_dir: Path, name: str) -> bytes:
     path.write_text(key.hex())
     os.chmod(path, 0o600)
     return key
+
+
+def _node_id(data_dir: Path, configured: str) -> str:
+    """`sip.node_id`, else the id generated on the first start and kept in data_dir/node-id."""
+    if configured:
+        return configured
+    path = data_dir / "node-id"
+    if path.exists():
+        text = path.read_text().strip()
+        if text:
+            return text
+    node = f"{socket.gethostname().split('.')[0][:40] or 'node'}-{secrets.token_hex(4)}"
+    node = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in node)
+    path.write_text(node + "\n")
+    return node
+
+
+def _log_registration_event(event: BindingEvent) -> None:
+    """Every binding change in the log (refreshes at debug level: they are the bulk)."""
+    level = logging.DEBUG if isinstance(event, Refreshed) else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    extra = f" (removed: {event.removed})" if isinstance(event, FlowLost) else ""
+    log.log(level,
+            "registration %s %s contact %s over %s %s node %s%s; %d left", type(event).__name__, event.aor,
+            event.contact, event.transport or "-", "%s:%s" % event.source if event.source else "-",
+            event.node or "-", extra, event.remaining, extra={"call_id": event.binding.call_id or None})
 
 
 def _self_signed(data_dir: Path, host: str) -> tuple[str, str]:
@@ -258,6 +289,8 @@ class Application:
         self.router: Any = None                 # acd.router.PbxRouter: what each new INVITE becomes
         self.callcontrol: Any = None            # sipcore.callcontrol.CallControl: the calls a router accepts
         self._purge_task: asyncio.Task | None = None
+        self._flow_tasks: set[asyncio.Task] = set()  # bindings being dropped after their connection closed
+        self.node: Node | None = None
         self._media_watch: asyncio.Task | None = None
         self.media_watch_interval = 1.0         # how often the worker processes are checked for life
         self.media_restarts = 0
@@ -278,7 +311,9 @@ class Application:
         data.mkdir(parents=True, exist_ok=True)
         self.storage = Storage(s.database_url)
         self.users = StoredUsers(self.storage)
-        self.location = open_location(sip.location)
+        node_id = _node_id(data, sip.node_id)
+        self.location = open_location(sip.location, node=node_id)
+        self.location.subscribe(_log_registration_event)
         if sip.hep:
             from sipcore.hep import HepExporter
 
@@ -311,6 +346,22 @@ class Application:
         config = ProxyConfig(domain=sip.realm, auth=sip.auth, ephemeral_secret=sip.ephemeral_secret,
                              policy=RegistrarPolicy(sip.min_expires, sip.max_expires, sip.default_expires))
         self.proxy = Proxy(stack, config, self.users, self.location, authenticator)
+        try:
+            secret = await self.location.shared_secret()
+        except Exception as exc:  # noqa: BLE001 - Redis unreachable: say so in one line
+            raise StartupError(f"cannot reach the location service {sip.location}: {exc}") from exc
+        self.node = self.proxy.node = Node(node_id, sip.node_uri or default_node_uri(
+            sip.advertise_host, stack.listeners["udp"].port if "udp" in stack.listeners else 0,
+            stack.listeners["tcp"].port if "tcp" in stack.listeners else 0), secret)
+        stack.on_connection_closed(self._connection_closed)
+        try:
+            stale = await self.location.drop_stale_flows()
+        except Exception:  # noqa: BLE001 - they expire on time instead
+            log.exception("dropping the bindings of this node's earlier connections failed")
+        else:
+            if stale:
+                log.info("dropped %d bindings over connections of this node's previous run", stale)
+        log.info("SIP node %s, reached by other nodes at %s", self.node.id, self.node.uri)
         self.proxy.max_tasks = lim.max_tasks
         self.proxy.max_calls = lim.max_calls
         self.proxy.retry_after = lim.retry_after
@@ -492,10 +543,26 @@ class Application:
         if links:
             await stop_trunks(links, timeout=2.0)
 
+    def _connection_closed(self, flow: Any) -> None:
+        """A TCP/TLS/WebSocket connection closed: drop (and announce) the bindings registered over it now."""
+        if self.location is None:
+            return
+
+        async def drop() -> None:
+            try:
+                assert self.location is not None
+                await self.location.flow_lost(flow)
+            except Exception:  # noqa: BLE001 - logged; the bindings then expire on time instead
+                log.exception("dropping the bindings of the closed connection %s failed", flow)
+
+        task = asyncio.get_running_loop().create_task(drop())
+        self._flow_tasks.add(task)
+        task.add_done_callback(self._flow_tasks.discard)
+
     async def _purge_loop(self) -> None:
-        """Expired bindings are dropped even when nobody looks them up."""
+        """Expired bindings are dropped (and Expired published) within PURGE_INTERVAL, looked up or not."""
         while True:
-            await asyncio.sleep(30)
+            await asyncio.sleep(PURGE_INTERVAL)
             try:
                 assert self.location is not None
                 n = await self.location.purge_expired()
@@ -518,6 +585,8 @@ class Application:
             await self._stop_trunks()
         if self.stack:
             await self.stack.close()
+        if self._flow_tasks:
+            await asyncio.gather(*self._flow_tasks, return_exceptions=True)
         await self._stop_media()
         if self.location:
             await self.location.close()

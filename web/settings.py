@@ -95,6 +95,13 @@ class SipSettings:
     b2bua: list[B2buaEntry] = _setting(
         help="[[sip.b2bua]] number/target tables; env: NUMBER=TARGET,NUMBER=TARGET", factory=list
     )
+    # -- nodes sharing one location store (docs/sip.md "Several nodes on one Redis")
+    node_id: str = _setting(
+        "", help="this node's id among the nodes sharing sip.location; empty -> generated once, kept in "
+                 "data_dir/node-id")
+    node_uri: str = _setting(
+        "", help="SIP URI other nodes forward calls for this node's connections to; "
+                 "empty -> sip:<advertise>:<tcp_port>;transport=tcp (udp_port when TCP is off)")
 
     # -- DNS (RFC 3263 next hops: NAPTR, SRV, A/AAAA; docs/sip.md "Locating servers") --
     dns_servers: list[str] = _setting(
@@ -537,6 +544,7 @@ def _validate(s: Settings) -> None:
         host, sep, port = s.sip.hep.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
             raise SettingsError(f"sip.hep must be host:port, got {s.sip.hep!r}")
+    _validate_node(s.sip)
     numbers: set[str] = set()
     for i, entry in enumerate(s.sip.b2bua):
         if not entry.number:
@@ -586,6 +594,25 @@ def _validate_dns(sip: SipSettings) -> None:
             parse_nameserver(server)
         except ValueError as exc:
             raise SettingsError(f"sip.dns_servers: {exc}") from None
+
+
+def _validate_node(sip: SipSettings) -> None:
+    """[sip] node_id / node_uri: an id fit for a URI parameter, a SIP URI without a user part."""
+    from sipcore.cluster import valid_node_id
+    from sipcore.errors import SipParseError
+    from sipcore.uri import SipUri
+
+    if sip.node_id and not valid_node_id(sip.node_id):
+        raise SettingsError(f"sip.node_id must be 1-64 letters, digits, '.', '_' or '-', got {sip.node_id!r}")
+    if sip.node_uri:
+        try:
+            uri = SipUri.parse(sip.node_uri)
+        except SipParseError as exc:
+            raise SettingsError(f"sip.node_uri is not a SIP URI ({exc.reason}): {sip.node_uri!r}") from None
+        if uri.scheme != "sip" or uri.user is not None:
+            raise SettingsError(f"sip.node_uri must be sip:host[:port][;transport=...], got {sip.node_uri!r}")
+    if not (sip.udp_port or sip.tcp_port) and not sip.node_uri and sip.location != "memory":
+        raise SettingsError("sip.node_uri must be set when neither sip.udp_port nor sip.tcp_port is open")
 
 
 def _validate_media(m: MediaSettings) -> None:

@@ -74,16 +74,18 @@ async def test_save_lookup_and_layout(loc: RedisLocation, client: aioredis.Redis
 
 
 async def test_key_ttl_at_latest_expiry(client: aioredis.Redis, prefix: str) -> None:
-    loc = RedisLocation(client, prefix=prefix)  # real clock: PEXPIREAT is the latest binding's expiry
+    loc = RedisLocation(client, prefix=prefix)  # real clock: PEXPIREAT is the latest expiry + expiry_grace
     now = time.time()
     await loc.save(AOR, [bind("sip:a@1.1.1.1", now + 30), bind("sip:a@2.2.2.2", now + 90)])
     expire_ms = await client.pexpiretime(loc.key(AOR))
-    assert abs(expire_ms - (now + 90) * 1000) <= 1
+    assert abs(expire_ms - (now + 90 + loc.expiry_grace) * 1000) <= 1
+    # the expiry index files the AOR at its earliest binding's expiry
+    assert abs(await client.zscore(loc.index_key, AOR) - (now + 30)) < 0.001
 
 
 async def test_key_ttl_follows_injected_clock(client: aioredis.Redis, prefix: str) -> None:
     fake = FakeClock(1000.0)  # far from wall time: the key TTL must still be "60 s from now", not 1970
-    loc = RedisLocation(client, prefix=prefix, clock=fake)
+    loc = RedisLocation(client, prefix=prefix, clock=fake, expiry_grace=0)
     await loc.save(AOR, [bind("sip:a@1.1.1.1", fake.now + 60)])
     ttl_ms = await client.pttl(loc.key(AOR))
     assert 59_000 <= ttl_ms <= 60_001
@@ -163,7 +165,7 @@ async def test_purge_ignores_other_prefixes_and_types(
 
 
 async def test_real_ttl_expiry_without_purge(redis_url: str, client: aioredis.Redis, prefix: str) -> None:
-    loc = RedisLocation(redis_url, prefix=prefix)  # real clock, own connection pool
+    loc = RedisLocation(redis_url, prefix=prefix, expiry_grace=0)  # real clock, own connection pool
     try:
         start = time.time()
         await loc.save(AOR, [bind("sip:a@1.1.1.1", start + 1.0)])

@@ -146,7 +146,9 @@ async def _scenario(tmp_path: Any) -> None:
         assert live(WebSocketConnection) == 0
         assert writer_tasks() == [] and len([t for t in asyncio.all_tasks() if not t.done()]) == tasks
         assert len(stack.layer) == 0                # every transaction over (reliable transport: no timer J)
-        assert await location.count() == 1         # alice's one binding, refreshed by every REGISTER
+        await asyncio.gather(*app._flow_tasks)       # the bindings of the closed connections being dropped
+        assert await location.count() == 0         # each client's binding went with its WebSocket (FlowLost)
+        assert location._flows == {}                # and so did the index of bindings per connection
         assert garbage == Counter(), f"WebSocket clients left cyclic garbage: {garbage.most_common(12)}"
     finally:
         server.should_exit = True
