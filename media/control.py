@@ -110,6 +110,14 @@ def _text(request: dict[str, Any], name: str) -> str:
     return value
 
 
+def _opt_text(request: dict[str, Any], name: str) -> str | None:
+    """An optional string argument (None when absent), or MediaError naming it."""
+    value = request.get(name)
+    if value is not None and not isinstance(value, str):
+        raise MediaError(f"{request.get('command')}: {name!r} must be a string")
+    return value
+
+
 class ControlServer:
     """Serves the control protocol for one MediaWorker on a Unix socket or a TCP port; pushes its events."""
 
@@ -181,22 +189,65 @@ class ControlServer:
             elif command == "query":
                 stats = worker.query(_text(request, "call_id")) if request.get("call_id") else worker.status()
                 body = {"result": "ok", "stats": stats}
+            elif command == "play" and "leg" in request:
+                files = request.get("files")
+                if isinstance(request.get("file"), str) and files is None:
+                    files = [request["file"]]
+                body = {"result": "ok", **await worker.play(_text(request, "leg"), files, bool(request.get("loop")),
+                                                            bool(request.get("mix")), request.get("beep"))}
             elif command == "play":
                 file = request.get("file")
                 if file is not None and (not isinstance(file, str) or not file):
                     raise MediaError("play: 'file' must be a non-empty string")
-                body = {"result": "ok", **await worker.play(_text(request, "call_id"), _text(request, "tag"),
-                                                            file, request.get("beep"), bool(request.get("loop")))}
+                body = {"result": "ok", **await worker.call_play(_text(request, "call_id"), _text(request, "tag"),
+                                                                 file, request.get("beep"), bool(request.get("loop")))}
+            elif command == "stop_play" and "leg" in request:
+                body = {"result": "ok", **worker.stop_play(_text(request, "leg"))}
             elif command == "stop_play":
-                body = {"result": "ok", **worker.stop_play(_text(request, "call_id"), _text(request, "tag"))}
+                body = {"result": "ok", **worker.call_stop_play(_text(request, "call_id"), _text(request, "tag"))}
+            elif command == "record" and "leg" in request:
+                body = {"result": "ok", **worker.record(_text(request, "leg"), _text(request, "path"))}
             elif command == "record":
-                body = {"result": "ok", **worker.record(_text(request, "call_id"), _text(request, "path"))}
+                body = {"result": "ok", **worker.call_record(_text(request, "call_id"), _text(request, "path"))}
+            elif command == "stop_record" and "leg" in request:
+                body = {"result": "ok", **worker.stop_record(_text(request, "leg"))}
             elif command == "stop_record":
-                body = {"result": "ok", **worker.stop_record(_text(request, "call_id"))}
+                body = {"result": "ok", **worker.call_stop_record(_text(request, "call_id"))}
             elif command == "dtmf":
                 duration = request.get("duration_ms", request.get("duration", 100))
-                body = {"result": "ok", **worker.dtmf(_text(request, "call_id"), _text(request, "tag"),
-                                                      _text(request, "digits"), duration)}
+                if "leg" in request:
+                    body = {"result": "ok", **worker.dtmf(_text(request, "leg"), _text(request, "digits"), duration)}
+                else:
+                    body = {"result": "ok", **worker.call_dtmf(_text(request, "call_id"), _text(request, "tag"),
+                                                               _text(request, "digits"), duration)}
+            elif command == "leg_offer":
+                codecs = request.get("codecs")
+                sdp = await worker.leg_offer(_text(request, "leg"), _opt_text(request, "transport"),
+                                             codecs, _opt_text(request, "dtmf"), _opt_text(request, "direction"),
+                                             request.get("timeout"))
+                body = {"result": "ok", "sdp": sdp}
+            elif command == "leg_answer":
+                body = {"result": "ok", **worker.leg_answer(_text(request, "leg"), _text(request, "sdp"))}
+            elif command == "leg_remote_offer":
+                body = {"result": "ok", **await worker.leg_remote_offer(
+                    _text(request, "leg"), _text(request, "sdp"), _opt_text(request, "dtmf"), request.get("timeout"))}
+            elif command == "leg_create_answer":
+                body = {"result": "ok", **worker.leg_create_answer(_text(request, "leg"),
+                                                                   _opt_text(request, "prefer"))}
+            elif command == "leg_close":
+                body = {"result": "ok", **worker.leg_close(_text(request, "leg"))}
+            elif command == "leg_query":
+                body = {"result": "ok", **worker.leg_query(_text(request, "leg"))}
+            elif command == "connect":
+                body = {"result": "ok", **worker.connect(_text(request, "a"), _text(request, "b"))}
+            elif command == "disconnect":
+                body = {"result": "ok", **worker.disconnect(_text(request, "leg"))}
+            elif command == "conference_join":
+                body = {"result": "ok", **worker.conference_join(
+                    _text(request, "conference"), _text(request, "leg"), _opt_text(request, "mode") or "talk",
+                    _opt_text(request, "to"))}
+            elif command == "conference_leave":
+                body = {"result": "ok", **worker.conference_leave(_text(request, "leg"))}
             elif command == "mix":
                 whisper_to = request.get("whisper_to")
                 sdp = await worker.mix(_text(request, "call_id"), _text(request, "tag"), _text(request, "sdp"),
@@ -209,8 +260,10 @@ class ControlServer:
                     raise MediaError("stop_mix: 'tag' must be a non-empty string (or absent: every member)")
                 body = {"result": "ok", **worker.stop_mix(_text(request, "call_id"), tag)}
             else:
-                raise MediaError(f"unknown command {command!r} (offer, answer, delete, query, ping, play, "
-                                 "stop_play, record, stop_record, dtmf, mix, stop_mix)")
+                raise MediaError(f"unknown command {command!r} (leg_offer, leg_answer, leg_remote_offer, "
+                                 "leg_create_answer, leg_close, leg_query, connect, disconnect, conference_join, "
+                                 "conference_leave, play, stop_play, record, stop_record, dtmf; offer, answer, "
+                                 "delete, query, mix, stop_mix, ping)")
         except MediaError as exc:
             body = {"result": "error", "error-reason": str(exc)}
         except Exception as exc:  # noqa: BLE001 - report, keep serving

@@ -156,7 +156,8 @@ async def test_play_file_replaces_what_the_leg_hears(worker_process, tmp_path):
         during = [p for t, p in call.b.received if started + 0.1 <= t <= ended - 0.1 and p[1] & 0x7F == ULAW]
         assert len(during) >= 10
         assert abs(dominant_frequency(decoded(during), 8000) - 600) < 10   # the prompt instead of A
-        assert events[-1] == {"event": "play-done", "call_id": "call-play", "tag": "b-tag", "reason": "done"}
+        assert events[-1] == {"event": "play-done", "leg": "call-play/b-tag", "call_id": "call-play", "tag": "b-tag",
+                              "reason": "done"}
         # A never heard the prompt: only its own leg changed
         await asyncio.sleep(0.3)
         after = decoded(call.b.audio(ULAW, since=ended + 0.1))

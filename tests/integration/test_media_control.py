@@ -187,7 +187,7 @@ async def test_trunk_to_trunk_relay_and_dtmf_event_pushed(worker_process):
         a_transport.close()
         b_transport.close()
     dtmf = [e for e in events if e.get("event") == "dtmf"]
-    assert dtmf == [{"event": "dtmf", "call_id": "call-T", "tag": "a-tag", "digit": "#", "duration": 100,
+    assert dtmf == [{"event": "dtmf", "leg": "call-T/a-tag", "call_id": "call-T", "tag": "a-tag", "digit": "#", "duration": 100,
                      "source": "rfc4733"}]
     audio = [p for p in b.received if p[1] & 0x7F == 0]
     assert len(audio) == 10 and all(p[12:] == b"\x7f" * 160 for p in audio)       # relayed unchanged

@@ -94,7 +94,7 @@ async def run_call(c_relay: bool) -> dict:
             await asyncio.sleep(0.004)
         await both(20)
         # a prompt to B holds A's audio towards B; after it, relaying goes on
-        await worker.play("c1", "tb", beep_spec={"freq": 1000, "ms": 100})
+        await worker.call_play("c1", "tb", beep_spec={"freq": 1000, "ms": 100})
         await both(10)
         await asyncio.sleep(0.15)
         await both(10)
@@ -207,7 +207,7 @@ async def test_a_recorded_passthrough_call_records_every_packet_in_order(tmp_pat
             a.transport.sendto(packet(0, i, 160 * i, 0xA1, b"\xff" * 160), (HOST, to_a.media[0].port))
             b.transport.sendto(packet(0, i, 160 * i, 0xB1, b"\xff" * 160), (HOST, to_b.media[0].port))
             await asyncio.sleep(0.02)
-        worker.record("c3", str(path))
+        worker.call_record("c3", str(path))
         before = worker.status()["relay"]
         start = loop.time()
         for i, code in enumerate(codes, start=3):                       # real time: one packet per tick
@@ -216,7 +216,7 @@ async def test_a_recorded_passthrough_call_records_every_packet_in_order(tmp_pat
             await asyncio.sleep(max(0.0, start + (i - 2) * 0.02 - loop.time()))
         await asyncio.sleep(0.1)
         after = worker.status()["relay"]
-        worker.stop_record("c3")
+        worker.call_stop_record("c3")
     finally:
         await worker.close()
         for peer in (a, b):

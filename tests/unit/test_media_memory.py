@@ -169,7 +169,7 @@ async def test_finished_calls_leave_no_state_and_no_cyclic_garbage(c_relay: bool
         assert_worker_empty(worker)
         assert open_fds() == fds
         assert garbage == Counter(), f"finished calls left cyclic garbage: {garbage.most_common(12)}"
-        per_call = ("MediaCall", "MediaLeg", "PlainRtpPort", "_Socket", "RtpSession", "Bridge", "WebRtcLeg",
+        per_call = ("Connection", "MediaLeg", "LegInput", "PlainRtpPort", "_Socket", "RtpSession", "Bridge", "WebRtcLeg",
                     "DtlsEndpoint", "SrtpContext", "Forward", "TranscodeTick", "SessionDescription")
         assert {name: rounds[-1][name] for name in per_call if rounds[-1][name]} == {}
         assert rounds[1] == rounds[-1], "media objects grew from one round of calls to the next"

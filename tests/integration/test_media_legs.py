@@ -1,0 +1,444 @@
+"""Legs on their own, connected, re-connected, held, in conferences (docs/callcontrol.md), on real sockets.
+
+Plain-RTP peers send tones (each party its own frequency) and keep what the worker sends them; an aiortc peer
+plays a browser. Audio is checked by content: the frequency each party hears (FFT), DTMF digits as events.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import struct
+import wave
+
+import numpy as np
+import pytest
+
+from media import g711
+from media.audio import dominant_frequency, tone
+from media.control import serve_worker
+from media.dtmf import dtmf_tone, packets_for_press
+from media.relay import available as relay_available
+from media.worker import MediaError, MediaSettings, MediaWorker
+from sipcore.sdp import SessionDescription, create_answer, create_offer
+
+from media_ports import free_udp_range
+
+pytestmark = pytest.mark.integration
+
+HOST = "127.0.0.1"
+PCMU_TE = [("PCMU", 8000), ("telephone-event", 8000)]
+CALLER_HZ, AGENT1_HZ, AGENT2_HZ, MOH_HZ = 440.0, 1000.0, 1300.0, 600.0
+
+
+class TonePeer(asyncio.DatagramProtocol):
+    """A plain-RTP party: keeps what the worker sends it (with arrival times), sends a PCMU tone when asked."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[float, bytes]] = []
+        self.transport: asyncio.DatagramTransport | None = None
+        self.seq, self.ts, self.ssrc = random.getrandbits(16), random.getrandbits(32), random.getrandbits(32)
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if not 192 <= data[1] <= 223:                       # not RTCP
+            self.received.append((asyncio.get_running_loop().time(), data))
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return self.transport.get_extra_info("sockname")[1]
+
+    def send(self, pt: int, payload: bytes, to, ts: int | None = None, marker: bool = False) -> None:
+        assert self.transport is not None
+        self.transport.sendto(struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, self.seq,
+                                          self.ts if ts is None else ts, self.ssrc) + payload, to)
+        self.seq = (self.seq + 1) & 0xFFFF
+
+    async def send_tone(self, freq: float, to: tuple[str, int], stop: asyncio.Event) -> None:
+        """20 ms PCMU frames of a continuous tone until ``stop``."""
+        samples = tone(freq, 8000, 60.0, amplitude=0.25)
+        loop = asyncio.get_running_loop()
+        start, i = loop.time(), 0
+        while not stop.is_set():
+            self.send(0, g711.ulaw_encode(samples[i * 160:(i + 1) * 160].astype("<i2").tobytes()), to)
+            self.ts = (self.ts + 160) & 0xFFFFFFFF
+            i += 1
+            await asyncio.sleep(max(0.0, start + i * 0.02 - loop.time()))
+
+    def heard(self, since: float, until: float | None = None) -> np.ndarray:
+        """The PCMU audio received in [since, until), decoded."""
+        packets = [p for t, p in self.received if t >= since and (until is None or t < until) and p[1] & 0x7F == 0]
+        return np.frombuffer(b"".join(g711.ulaw_decode(p[12:]) for p in packets), "<i2")
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def level(pcm: np.ndarray, freq: float, rate: int = 8000) -> float:
+    """The share of the signal's energy within 30 Hz of ``freq`` (0..1)."""
+    if pcm.size < 400:
+        return 0.0
+    spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64) * np.hanning(pcm.size))) ** 2
+    bins = np.fft.rfftfreq(pcm.size, 1.0 / rate)
+    total = spectrum.sum()
+    return float(spectrum[np.abs(bins - freq) < 30].sum() / total) if total > 0 else 0.0
+
+
+def write_wav(path, freq: float, seconds: float) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(tone(freq, 8000, seconds, amplitude=0.4).astype("<i2").tobytes())
+
+
+async def open_peer() -> TonePeer:
+    _, peer = await asyncio.get_running_loop().create_datagram_endpoint(TonePeer, local_addr=(HOST, 0))
+    return peer
+
+
+async def answered_leg(worker: MediaWorker, name: str, peer: TonePeer, codecs=PCMU_TE, **kw) -> tuple[str, int]:
+    """The peer offers, the worker answers (a caller's leg): where the peer sends."""
+    info = await worker.leg_remote_offer(name, create_offer(HOST, peer.port, codecs).to_bytes(), **kw)
+    assert info["transport"] == "rtp" and info["hold"] is False
+    answer = worker.leg_create_answer(name)
+    assert answer["direction"] == "sendrecv"
+    return HOST, SessionDescription.parse(answer["sdp"]).media[0].port
+
+
+async def offered_leg(worker: MediaWorker, name: str, peer: TonePeer, codecs=PCMU_TE) -> tuple[str, int]:
+    """The worker offers, the peer answers (an agent's leg rung by callpath): where the peer sends."""
+    offer = SessionDescription.parse(await worker.leg_offer(name, transport="rtp"))
+    result = worker.leg_answer(name, create_answer(offer, codecs, HOST, peer.port).to_bytes())
+    assert result["codec"] == "PCMU" and result["direction"] == "sendrecv"
+    return HOST, offer.media[0].port
+
+
+@pytest.fixture(params=[True, False], ids=["c-data-plane", "python-path"])
+async def worker(request):
+    if request.param and not relay_available():
+        pytest.skip("the C data plane is not built")
+    base = free_udp_range(40)
+    events: list[dict] = []
+    w = await MediaWorker.start(MediaSettings(bind_host=HOST, rtp_port_min=base, rtp_port_max=base + 39,
+                                              c_relay=request.param), on_event=events.append)
+    w.test_events = events  # type: ignore[attr-defined]
+    yield w
+    await w.close()
+
+
+async def test_parked_with_music_then_connected_then_moved_recorded_throughout(worker: MediaWorker, tmp_path):
+    """(a) a caller parked alone hears looping music, then connected to an agent: tones cross both ways;
+    (b) moved to a second agent: tones cross, the first agent hears nothing more from it; (g) the caller's
+    recording has its own voice left and, right, the music, then each agent in turn."""
+    loop = asyncio.get_running_loop()
+    moh = tmp_path / "moh.wav"
+    write_wav(moh, MOH_HZ, 0.5)                    # shorter than the wait: heard only because it loops
+    caller, agent1, agent2 = await open_peer(), await open_peer(), await open_peer()
+    stop = asyncio.Event()
+    senders: list[asyncio.Future] = []
+    try:
+        to_caller = await answered_leg(worker, "c1/caller", caller)
+        played = await worker.play("c1/caller", [str(moh)], loop=True)
+        assert played["frames"] == 25
+        recording = tmp_path / "caller.wav"
+        assert worker.record("c1/caller", str(recording))["channels"] == {"left": "sent", "right": "heard"}
+        senders.append(asyncio.ensure_future(caller.send_tone(CALLER_HZ, to_caller, stop)))
+        t0 = loop.time()
+        await asyncio.sleep(1.5)
+        assert abs(dominant_frequency(caller.heard(t0 + 0.3), 8000) - MOH_HZ) < 10      # music on hold
+        assert worker.leg_query("c1/caller")["connected_to"] is None
+
+        to_agent1 = await offered_leg(worker, "c1/agent1", agent1)
+        senders.append(asyncio.ensure_future(agent1.send_tone(AGENT1_HZ, to_agent1, stop)))
+        assert worker.connect("c1/caller", "c1/agent1") == {"a": "c1/caller", "b": "c1/agent1", "transcoded": False}
+        assert [e["reason"] for e in worker.test_events if e["event"] == "play-done"] == ["connected"]
+        t1 = loop.time()
+        await asyncio.sleep(1.2)
+        assert abs(dominant_frequency(caller.heard(t1 + 0.3), 8000) - AGENT1_HZ) < 10
+        assert abs(dominant_frequency(agent1.heard(t1 + 0.3), 8000) - CALLER_HZ) < 10
+        query = worker.leg_query("c1/caller")
+        assert query["connected_to"] == "c1/agent1" and query["recording"] == str(recording)
+
+        to_agent2 = await offered_leg(worker, "c1/agent2", agent2)
+        senders.append(asyncio.ensure_future(agent2.send_tone(AGENT2_HZ, to_agent2, stop)))
+        await asyncio.sleep(0.3)
+        assert worker.connect("c1/caller", "c1/agent2")["transcoded"] is False     # moved: agent1 left alone
+        t2 = loop.time()
+        await asyncio.sleep(1.2)
+        t3 = loop.time()
+        assert abs(dominant_frequency(caller.heard(t2 + 0.3), 8000) - AGENT2_HZ) < 10
+        assert abs(dominant_frequency(agent2.heard(t2 + 0.3), 8000) - CALLER_HZ) < 10
+        assert agent1.heard(t2 + 0.1).size == 0                                       # nothing more to agent1
+        assert worker.leg_query("c1/agent1")["connected_to"] is None
+        assert worker.leg_query("c1/agent2")["connected_to"] == "c1/caller"
+        done = worker.stop_record("c1/caller")
+        assert done["path"] == str(recording) and done["seconds"] > 3.0
+        stats = worker.leg_close("c1/caller")["stats"]
+        assert stats["packets_in"] > 0
+        assert worker.leg_query("c1/agent2")["connected_to"] is None                 # its partner closed
+    finally:
+        stop.set()
+        await asyncio.gather(*senders, return_exceptions=True)
+        for peer in (caller, agent1, agent2):
+            peer.close()
+    with wave.open(str(recording)) as w:
+        assert w.getnchannels() == 2 and w.getframerate() == 8000
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+    left, right = pcm[:, 0], pcm[:, 1]
+    t = lambda s: int(s * 8000)  # noqa: E731 - seconds from the start of the recording
+    assert abs(dominant_frequency(left[t(0.3):], 8000) - CALLER_HZ) < 10              # what the caller said
+    music_end, agent1_end = t1 - t0, t2 - t0
+    assert abs(dominant_frequency(right[t(0.2):t(music_end - 0.1)], 8000) - MOH_HZ) < 10
+    assert abs(dominant_frequency(right[t(music_end + 0.3):t(agent1_end - 0.2)], 8000) - AGENT1_HZ) < 10
+    assert abs(dominant_frequency(right[t(agent1_end + 0.3):t(t3 - t0 - 0.2)], 8000) - AGENT2_HZ) < 10
+
+
+async def test_hold_reoffer_is_answered_recvonly_and_nothing_is_sent_until_resume(worker: MediaWorker):
+    """(c) a connected leg's re-offer with sendonly (and the legacy c=0.0.0.0) is a hold: our answer says
+    recvonly, the leg is sent nothing while its partner keeps talking; a sendrecv re-offer resumes it."""
+    loop = asyncio.get_running_loop()
+    a, b = await open_peer(), await open_peer()
+    stop = asyncio.Event()
+    sender = None
+    try:
+        await answered_leg(worker, "h/a", a)
+        to_b = await offered_leg(worker, "h/b", b)
+        worker.connect("h/a", "h/b")
+        sender = asyncio.ensure_future(b.send_tone(AGENT1_HZ, to_b, stop))
+        await asyncio.sleep(0.6)
+        assert abs(dominant_frequency(a.heard(loop.time() - 0.4), 8000) - AGENT1_HZ) < 10
+
+        hold = create_offer(HOST, a.port, PCMU_TE, direction="sendonly")
+        info = await worker.leg_remote_offer("h/a", hold.to_bytes())
+        assert info["hold"] is True and info["direction"] == "sendonly" and info["codecs"] == ["pcmu"]
+        answer = worker.leg_create_answer("h/a")
+        assert answer["hold"] is True and answer["direction"] == "recvonly"
+        assert SessionDescription.parse(answer["sdp"]).media[0].direction == "recvonly"
+        assert worker.leg_query("h/a")["hold"] is True
+        held_at = loop.time()
+        await asyncio.sleep(0.8)
+        assert a.heard(held_at + 0.1).size == 0                                  # held: nothing sent to it
+
+        legacy = create_offer("0.0.0.0", a.port, PCMU_TE)                        # RFC 2543 hold
+        assert (await worker.leg_remote_offer("h/a", legacy.to_bytes()))["hold"] is True
+        assert worker.leg_create_answer("h/a")["direction"] == "recvonly"
+
+        resume = create_offer(HOST, a.port, PCMU_TE)
+        assert (await worker.leg_remote_offer("h/a", resume.to_bytes()))["hold"] is False
+        answer = worker.leg_create_answer("h/a")
+        assert answer["hold"] is False and answer["direction"] == "sendrecv"
+        resumed_at = loop.time()
+        await asyncio.sleep(0.8)
+        assert abs(dominant_frequency(a.heard(resumed_at + 0.3), 8000) - AGENT1_HZ) < 10
+
+        # a re-offer that moves the peer: media follows its new address
+        moved = await open_peer()
+        try:
+            await worker.leg_remote_offer("h/a", create_offer(HOST, moved.port, PCMU_TE).to_bytes())
+            worker.leg_create_answer("h/a")
+            moved_at = loop.time()
+            await asyncio.sleep(0.6)
+            assert abs(dominant_frequency(moved.heard(moved_at + 0.2), 8000) - AGENT1_HZ) < 10
+        finally:
+            moved.close()
+    finally:
+        stop.set()
+        if sender is not None:
+            await sender
+        a.close()
+        b.close()
+
+
+async def test_conference_of_legs_from_different_calls_with_a_listener(worker: MediaWorker):
+    """(e) three legs of three calls talk: each hears the other two and not itself; a fourth joins as listen:
+    it hears all three and nobody hears it; the conference lives while it has a member."""
+    loop = asyncio.get_running_loop()
+    freqs = {"call-1/a": 400.0, "call-2/a": 1100.0, "call-3/a": 1700.0, "call-4/sup": 2500.0}
+    peers = {name: await open_peer() for name in freqs}
+    stop = asyncio.Event()
+    senders = []
+    try:
+        for name, peer in peers.items():
+            to = await answered_leg(worker, name, peer)
+            senders.append(asyncio.ensure_future(peer.send_tone(freqs[name], to, stop)))
+        for name in list(freqs)[:3]:
+            worker.conference_join("room-1", name, "talk")
+        joined = worker.conference_join("room-1", "call-4/sup", "listen")
+        assert joined["members"] == {"call-1/a": "talk", "call-2/a": "talk", "call-3/a": "talk", "call-4/sup": "listen"}
+        start = loop.time()
+        await asyncio.sleep(1.5)
+        for name, peer in peers.items():
+            heard = peer.heard(start + 0.4)
+            assert heard.size > 4000, name
+            others = [f for n, f in freqs.items() if n != name and n != "call-4/sup"]
+            for f in others:
+                assert level(heard, f) > 0.15, (name, f, [round(level(heard, g), 3) for g in freqs.values()])
+            assert level(heard, freqs[name]) < 0.02, name                        # not itself
+            if name != "call-4/sup":
+                assert level(heard, freqs["call-4/sup"]) < 0.02, name            # the listener is not heard
+        assert worker.leg_query("call-2/a")["conference"] == "room-1"
+        for name in freqs:
+            worker.conference_leave(name)
+        assert worker.rooms == {}
+    finally:
+        stop.set()
+        await asyncio.gather(*senders, return_exceptions=True)
+        for peer in peers.values():
+            peer.close()
+
+
+async def test_dtmf_on_a_leg_alone_is_reported_with_the_leg_name(worker: MediaWorker):
+    """(f) a parked leg (not connected) reports RFC 4733 digits, and in-band digits when it negotiated no
+    telephone-event, each event naming the leg; ``dtmf`` sends digits to a leg alone in its mode."""
+    a, b = await open_peer(), await open_peer()
+    try:
+        to_a = await answered_leg(worker, "ivr/caller", a)
+        to_b = await answered_leg(worker, "ivr/inband", b, codecs=[("PCMU", 8000)])
+        for i in range(5):
+            a.send(0, b"\xff" * 160, to_a)
+            a.ts += 160
+            await asyncio.sleep(0.02)
+        for tick in packets_for_press("5", 120, a.ts, 8000):
+            for packet in tick:
+                a.send(101, packet.payload, to_a, ts=packet.timestamp, marker=packet.marker)
+            await asyncio.sleep(0.02)
+        keyed = np.concatenate([np.zeros(800, np.int16), dtmf_tone("7", 120), np.zeros(1600, np.int16)])
+        for i in range(keyed.size // 160):
+            b.send(0, g711.ulaw_encode(keyed[i * 160:(i + 1) * 160].astype("<i2").tobytes()), to_b)
+            b.ts += 160
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.4)
+        digits = [e for e in worker.test_events if e["event"] == "dtmf"]
+        assert digits == [
+            {"event": "dtmf", "leg": "ivr/caller", "digit": "5", "duration": 120, "source": "rfc4733"},
+            {"event": "dtmf", "leg": "ivr/inband", "digit": "7", "duration": digits[1]["duration"], "source": "inband"}]
+        assert worker.dtmf("ivr/caller", "12")["mode"] == "rfc4733"
+        assert worker.dtmf("ivr/inband", "3")["mode"] == "inband"
+        await asyncio.sleep(0.6)
+        assert any(p[1] & 0x7F == 101 for _, p in a.received)                 # telephone-events to the caller
+        keys = b.heard(0.0)                                                   # '3' in-band: 697 + 1477 Hz
+        assert keys.size >= 800 and level(keys, 697) > 0.2 and level(keys, 1477) > 0.2
+        assert sorted(e["leg"] for e in worker.test_events if e["event"] == "dtmf-sent") == ["ivr/caller", "ivr/inband"]
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_play_mixed_over_a_connected_call_is_heard_with_the_partner(worker: MediaWorker, tmp_path):
+    """``play`` with ``mix`` on both legs of a connection: each hears the beep and its partner at once."""
+    loop = asyncio.get_running_loop()
+    a, b = await open_peer(), await open_peer()
+    stop = asyncio.Event()
+    senders = []
+    try:
+        to_a = await answered_leg(worker, "m/a", a)
+        to_b = await offered_leg(worker, "m/b", b)
+        worker.connect("m/a", "m/b")
+        senders = [asyncio.ensure_future(a.send_tone(CALLER_HZ, to_a, stop)),
+                   asyncio.ensure_future(b.send_tone(AGENT1_HZ, to_b, stop))]
+        await asyncio.sleep(0.4)
+        for name in ("m/a", "m/b"):
+            await worker.play(name, beep_spec={"freq": 2000, "ms": 1200}, mix=True)
+        start = loop.time()
+        await asyncio.sleep(0.9)
+        for peer, partner in ((a, AGENT1_HZ), (b, CALLER_HZ)):
+            heard = peer.heard(start + 0.2, start + 0.9)
+            assert level(heard, 2000) > 0.15 and level(heard, partner) > 0.15
+        await asyncio.sleep(0.8)
+        assert [e["reason"] for e in worker.test_events if e["event"] == "play-done"] == ["done", "done"]
+        after = loop.time()
+        await asyncio.sleep(0.5)
+        heard = a.heard(after + 0.1)
+        assert level(heard, 2000) < 0.02 and abs(dominant_frequency(heard, 8000) - AGENT1_HZ) < 10
+    finally:
+        stop.set()
+        await asyncio.gather(*senders, return_exceptions=True)
+        a.close()
+        b.close()
+
+
+async def test_leg_errors_are_clear(worker: MediaWorker):
+    a = await open_peer()
+    try:
+        with pytest.raises(MediaError, match="unknown leg 'nope'"):
+            worker.connect("nope", "x")
+        with pytest.raises(MediaError, match="unknown transport"):
+            await worker.leg_offer("x", transport="carrier-pigeon")
+        with pytest.raises(MediaError, match="no remote offer to answer"):
+            await worker.leg_offer("y", transport="rtp")
+            worker.leg_create_answer("y")
+        with pytest.raises(MediaError, match="no negotiated media yet"):
+            await worker.play("y", beep_spec=True)
+        await answered_leg(worker, "z", a)
+        with pytest.raises(MediaError, match="a re-offer cannot change its transport"):
+            await worker.leg_offer("z", transport="webrtc")
+        with pytest.raises(MediaError, match="cannot be connected to itself"):
+            worker.connect("z", "z")
+        with pytest.raises(MediaError, match="whisper needs 'to'"):
+            worker.conference_join("r", "z", "whisper")
+        with pytest.raises(MediaError, match="mode must be talk, listen or whisper"):
+            worker.conference_join("r", "z", "shout")
+        with pytest.raises(MediaError, match="is in no conference"):
+            worker.conference_leave("z")
+        worker.leg_close("y")
+        worker.leg_close("z")
+        assert worker.legs == {} and worker.allocator.in_use == 0
+    finally:
+        a.close()
+
+
+async def test_leg_commands_over_the_control_socket_as_json_lines(tmp_path):
+    """The leg verbs on the wire: raw JSON lines in, replies and an event (with the leg's name) out."""
+    base = free_udp_range(10)
+    worker, server, address = await serve_worker(MediaSettings(bind_host=HOST, rtp_port_min=base,
+                                                               rtp_port_max=base + 9))
+    peer = await open_peer()
+    reader, writer = await asyncio.open_connection(*address)
+    cookie = 0
+
+    async def call(command: str, **args) -> dict:
+        nonlocal cookie
+        cookie += 1
+        writer.write(json.dumps({"id": cookie, "command": command, **args}).encode() + b"\n")
+        await writer.drain()
+        while True:
+            message = json.loads(await asyncio.wait_for(reader.readline(), 5.0))
+            if message.get("id") == cookie:
+                return message
+            events.append(message)
+
+    events: list[dict] = []
+    try:
+        offer = create_offer(HOST, peer.port, PCMU_TE).to_bytes().decode()
+        reply = await call("leg_remote_offer", leg="w/a", sdp=offer)
+        assert reply["result"] == "ok" and reply["codecs"] == ["pcmu"] and reply["hold"] is False
+        reply = await call("leg_create_answer", leg="w/a", prefer="PCMU")
+        assert reply["result"] == "ok" and reply["codec"] == "PCMU" and reply["direction"] == "sendrecv"
+        to_a = (HOST, SessionDescription.parse(reply["sdp"]).media[0].port)
+        reply = await call("leg_offer", leg="w/b", transport="webrtc", codecs=["opus", "PCMU"])
+        assert reply["result"] == "ok" and "UDP/TLS/RTP/SAVPF" in reply["sdp"]
+        assert (await call("play", leg="w/a", beep={"freq": 800, "ms": 100}))["result"] == "ok"
+        query = await call("leg_query", leg="w/a")
+        assert query["result"] == "ok" and query["codec"] == "PCMU" and query["transport"] == "rtp"
+        assert (await call("connect", a="w/a", b="w/b"))["error-reason"] == "leg 'w/b' has no negotiated media yet"
+        for tick in packets_for_press("9", 100, 1000, 8000):
+            for packet in tick:
+                peer.send(101, packet.payload, to_a, ts=packet.timestamp, marker=packet.marker)
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)
+        assert (await call("leg_close", leg="w/b"))["result"] == "ok"
+        closed = await call("leg_close", leg="w/a")
+        assert closed["result"] == "ok" and closed["stats"]["packets_out"] >= 4
+        assert (await call("conference_leave", leg="w/a"))["error-reason"] == "unknown leg 'w/a'"
+    finally:
+        writer.close()
+        await server.close()
+        await worker.close()
+        peer.close()
+    assert {"event": "play-done", "leg": "w/a", "reason": "done"} in events
+    assert {"event": "dtmf", "leg": "w/a", "digit": "9", "duration": 100, "source": "rfc4733"} in events
