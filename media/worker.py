@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import socket
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -37,17 +36,18 @@ import numpy as np
 from . import g711
 from .bridge import FRAME_SAMPLES, PCM_RATE, Bridge, LegCodec, tick_bridges
 from .certificate import DtlsCertificate
+from .calls import CallVerbs
 from .clock import MediaClock
 from .conference import Conferences, Room
-from .dtmf import digit_to_event
 from .jitter import FastJitterBuffer, JitterBuffer
-from .legs import Connection, DtmfSource, LegInput, MediaLeg, Overlay, PromptSource, dtmf_prompt
+from .legs import Connection, LegInput, MediaLeg
 from .negotiation import ICE_PATH, Negotiation, parse_sdp
 from .offload import RelayOffload
+from .playback import LegPlayback
 from .opus import OpusConfig, OpusDecoder, OpusEncoder
-from .player import Player, PlayerError, Prompt, PromptCache, beep
+from .player import PromptCache
 from .ports import PortAllocator
-from .recorder import CallRecorder, RecorderError
+from .recorder import RecorderError
 from .relay import MediaRelay
 from .relay import available as relay_available
 from .sdp_rules import RTP, SDES, TRANSPORT_NAMES, WEBRTC, MediaError, is_webrtc, negotiated_codec
@@ -127,7 +127,7 @@ def _grow_socket_buffers(sock: Any, size: int) -> None:
                 log.debug("socket buffer not set: %s", exc)
 
 
-class MediaWorker(MediaClock, RelayOffload, Negotiation, Conferences):
+class MediaWorker(MediaClock, RelayOffload, Negotiation, Conferences, LegPlayback, CallVerbs):
     """The media plane of one process: browser port, RTP ports, legs, connections, conferences, the clock."""
 
     def __init__(self, settings: MediaSettings, port: WebRtcPort,
@@ -669,194 +669,6 @@ class MediaWorker(MediaClock, RelayOffload, Negotiation, Conferences):
             self._sync_muted(call)
         log.info("leg %s %s", leg.name, "held" if held else "resumed", extra={"call_id": leg.call_id or leg.name})
 
-    # -- prompts, overlays, injected DTMF ---------------------------------------------------------------
-    def _start_source(self, leg: MediaLeg, source: PromptSource | DtmfSource) -> None:
-        """Replace what ``leg`` hears with ``source`` (a running prompt or DTMF on that leg is cut off)."""
-        old = leg.source
-        if old is not None:
-            old.stop()
-            self._end_source(leg, old, "replaced")
-        leg.source = source
-        sender = leg.sender
-        assert sender is not None
-        sender.start_talkspurt()
-        if leg.connection is not None:
-            self._sync_muted(leg.connection)
-        else:
-            self._wake(leg)
-
-    def _end_source(self, leg: MediaLeg, source: PromptSource | DtmfSource, reason: str = "done") -> None:
-        """Give the leg what it heard before back and tell the controller."""
-        if leg.source is not source:
-            return
-        leg.source = None
-        if leg.connection is not None:
-            self._sync_muted(leg.connection)
-        sender = leg.sender
-        if sender is not None:
-            sender.start_talkspurt()
-            # telephone-events were numbered by hand: relayed audio coming back needs a fresh seq/ts mapping
-            sender.forget_relayed_source()
-        self._emit({"event": source.done_event, **leg.ids(), "reason": reason})
-
-    def _end_overlay(self, leg: MediaLeg, overlay: Overlay, reason: str = "done") -> None:
-        if leg.overlay is not overlay:
-            return
-        leg.overlay = None
-        if leg.connection is not None:
-            self._sync_muted(leg.connection)
-        self._emit({"event": overlay.done_event, **leg.ids(), "reason": reason, "mix": True})
-
-    def _end_replacing(self, leg: MediaLeg, reason: str) -> None:
-        """Stop a prompt or injected DTMF that replaces what the leg hears."""
-        source = leg.source
-        if source is not None:
-            source.stop()
-            self._end_source(leg, source, reason)
-
-    async def _load_prompt(self, files: list[str] | None, beep_spec: Any, codec: str | None) -> Prompt:
-        """The prompt of a ``play``: one file, a playlist played as one, or a beep; decoded (and encoded in
-        ``codec``) in an executor, so the 20 ms clock never decodes."""
-        codecs = (codec,) if codec else ()
-        if files and beep_spec not in (None, False):
-            raise MediaError("play: give either files or 'beep', not both")
-        if files:
-            if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
-                raise MediaError("play: 'files' must be a list of paths on the worker's host")
-            try:
-                prompts = [await self._loop.run_in_executor(None, self.prompts.preload, f, codecs) for f in files]
-            except PlayerError as exc:
-                raise MediaError(f"play: {exc}") from None
-            if len(prompts) == 1:
-                return prompts[0]
-            prompt = Prompt.from_samples(np.concatenate([p.samples for p in prompts]), PCM_RATE,
-                                         name=" + ".join(files))
-        elif beep_spec not in (None, False):
-            spec = beep_spec if isinstance(beep_spec, dict) else {}
-            try:
-                prompt = beep(float(spec.get("freq", 1000.0)), int(spec.get("ms", 200)))
-            except (PlayerError, TypeError, ValueError) as exc:
-                raise MediaError(f"play: bad beep {beep_spec!r}: {exc}") from None
-        else:
-            raise MediaError("play: needs 'file' or 'files' (paths on the worker's host) or 'beep'")
-        if codec:
-            try:
-                await self._loop.run_in_executor(None, prompt.frames, codec)
-            except PlayerError as exc:
-                raise MediaError(f"play: {exc}") from None
-        return prompt
-
-    async def play(self, name: str, files: list[str] | None = None, loop: bool = False, mix: bool = False,
-                   beep_spec: Any = None) -> dict[str, Any]:
-        """Play ``files`` (a playlist, any format PyAV reads; ``loop`` for music on hold) or a beep to leg
-        ``name``: instead of what it hears, or with ``mix`` over it. ``play-done`` follows when a prompt that
-        does not loop ends, or is stopped/replaced."""
-        leg = self._ready_leg(name)
-        codec = leg.codec.name  # type: ignore[union-attr]
-        prompt = await self._load_prompt(files, beep_spec, None if mix else codec)
-        leg = self._ready_leg(name)               # the leg may have gone while the prompt loaded
-        if mix:
-            old = leg.overlay
-            if old is not None:
-                old.stop()
-                self._end_overlay(leg, old, "replaced")
-            overlay = leg.overlay = Overlay(prompt, bool(loop))
-            if leg.connection is not None:
-                self._sync_muted(leg.connection)
-            else:
-                self._wake(leg)
-            frames = overlay.player.frame_count
-        else:
-            player = Player(prompt, leg.codec.name, loop=bool(loop))  # type: ignore[union-attr]
-            self._start_source(leg, PromptSource(player))
-            frames = player.frame_count
-        return {"leg": name, "duration": round(prompt.duration, 3), "frames": frames}
-
-    def stop_play(self, name: str) -> dict[str, Any]:
-        """Stop what is played to leg ``name`` (a prompt, injected DTMF, an overlay)."""
-        leg = self._leg(name)
-        stopped = False
-        if leg.source is not None:
-            self._end_replacing(leg, "stopped")
-            stopped = True
-        overlay = leg.overlay
-        if overlay is not None:
-            overlay.stop()
-            self._end_overlay(leg, overlay, "stopped")
-            stopped = True
-        return {"leg": name, "stopped": stopped}
-
-    def dtmf(self, name: str, digits: str, duration_ms: int = 100) -> dict[str, Any]:
-        """Send ``digits`` to leg ``name``: RFC 4733 events if it negotiated telephone-event, else tones."""
-        leg = self._ready_leg(name)
-        codec = leg.codec
-        assert codec is not None
-        if not isinstance(digits, str) or not digits:
-            raise MediaError("dtmf: 'digits' must be a non-empty string of 0-9 * # A-D")
-        try:
-            for digit in digits:
-                digit_to_event(digit)
-        except (KeyError, ValueError):
-            raise MediaError(f"dtmf: {digits!r} is not a string of DTMF digits (0-9 * # A-D)") from None
-        if isinstance(duration_ms, bool) or not isinstance(duration_ms, int) or not 40 <= duration_ms <= 5000:
-            raise MediaError(f"dtmf: duration_ms must be an integer within 40..5000, not {duration_ms!r}")
-        if leg.dtmf_mode == "info":
-            raise MediaError(f"dtmf: leg {name!r} takes DTMF as SIP INFO: send it in the signalling")
-        if codec.event_payload_type is not None:
-            source: PromptSource | DtmfSource = DtmfSource(digits.upper(), duration_ms, codec.event_clock_rate)
-            mode = "rfc4733"
-        else:
-            source = PromptSource(Player(dtmf_prompt(digits.upper(), duration_ms), codec.name), "dtmf-sent")
-            mode = "inband"
-        self._start_source(leg, source)
-        return {"leg": name, "digits": digits, "mode": mode}
-
-    # -- recording ------------------------------------------------------------------------------------
-    def record(self, name: str, path: str) -> dict[str, Any]:
-        """Record leg ``name`` to a two-channel 8 kHz WAV: left what it sends, right what it hears, whatever it
-        is connected to over time (crash-safe: ``CallRecorder``)."""
-        leg = self._ready_leg(name)
-        if leg.recorder is not None:
-            raise MediaError(f"leg {name!r} is already being recorded to {leg.recorder.path}")
-        if not isinstance(path, str) or not path:
-            raise MediaError("record: missing 'path'")
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise MediaError(f"record: directory {directory} does not exist")
-        if leg.connection is not None:
-            self._touch(leg.connection)
-        try:
-            leg.recorder = CallRecorder(path, channels=2, sample_rate=PCM_RATE)
-        except RecorderError as exc:
-            raise MediaError(f"record: {exc}") from None
-        if leg.connection is not None:
-            self._update_capture(leg.connection)
-            self._ticking[leg.connection.call_id] = leg.connection
-        else:
-            self._wake(leg)
-        return {"leg": name, "path": path, "channels": {"left": "sent", "right": "heard"}}
-
-    def stop_record(self, name: str) -> dict[str, Any]:
-        """Finish leg ``name``'s recording (header completed): its path and length."""
-        leg = self._leg(name)
-        if leg.recorder is None:
-            raise MediaError(f"leg {name!r} is not being recorded")
-        return self._stop_recording(leg)
-
-    def _stop_recording(self, leg: MediaLeg) -> dict[str, Any]:
-        recorder = leg.recorder
-        assert recorder is not None
-        leg.recorder = None
-        if leg.connection is not None:
-            self._touch(leg.connection)
-            self._update_capture(leg.connection)
-        try:
-            recorder.close()
-        except RecorderError as exc:
-            log.warning("closing recording %s: %s", recorder.path, exc)
-        seconds = round(recorder.duration, 2)
-        return {"leg": leg.name, "path": recorder.path, "seconds": seconds, "duration": seconds}
-
     # -- legs: query and close --------------------------------------------------------------------------
     def _leg_entry(self, leg: MediaLeg, bridge_stats: dict[str, Any]) -> dict[str, Any]:
         """A leg's statistics: packets, loss, jitter, RTT, its transport's state."""
@@ -939,96 +751,6 @@ class MediaWorker(MediaClock, RelayOffload, Negotiation, Conferences):
         if self.legs.get(leg.name) is leg:
             del self.legs[leg.name]
         self._close_leg(leg)
-
-    # -- the rtpengine-style verbs by Call-ID and tag ---------------------------------------------------
-    def query(self, call_id: str) -> dict[str, Any]:
-        """Per-leg statistics of a call (packets, loss, jitter, RTT) and its mode."""
-        call = self.calls.get(call_id)
-        if call is None:
-            raise MediaError(f"unknown call {call_id!r}")
-        self._touch(call)
-        bridge_stats = call.bridge.stats() if call.bridge is not None else {}
-        legs = {str(leg.tag): self._leg_entry(leg, bridge_stats) for leg in call.legs()}
-        mode = bridge_stats.get("mode", {}).get("passthrough") if bridge_stats else None
-        result: dict[str, Any] = {"call_id": call_id, "passthrough": mode, "legs": legs}
-        if call.members:
-            members: dict[str, Any] = {}
-            for tag, member in call.members.items():
-                jitter = member.jitter.stats
-                entry = {"transport": member.leg.kind, "codec": member.codec.encoding, "mode": member.mode,
-                         "whisper_to": call.leg(member.target).tag if member.target else None,  # type: ignore[arg-type]
-                         "packets_in": jitter.received, "lost": jitter.lost, "late": jitter.late,
-                         "packets_out": member.sender.packets_sent}
-                if member.leg.webrtc is not None:
-                    entry["connected"] = member.leg.webrtc.connected
-                members[tag] = entry
-            result["members"] = members
-        return result
-
-    def transcoded(self, call_id: str) -> bool | None:
-        """Whether the call's bridge transcodes (None: unknown call or not answered yet)."""
-        call = self.calls.get(call_id)
-        if call is None or call.bridge is None:
-            return None
-        return not call.bridge.passthrough
-
-    def _bridged(self, call_id: str) -> Connection:
-        call = self.calls.get(call_id)
-        if call is None:
-            raise MediaError(f"unknown call {call_id!r}")
-        if call.bridge is None:
-            raise MediaError(f"call {call_id!r} is not answered yet (no media bridge)")
-        self._touch(call)
-        self._ticking[call_id] = call             # a command may give the clock work (prompt, recording...)
-        return call
-
-    async def call_play(self, call_id: str, tag: str, file: str | None = None, beep_spec: Any = None,
-                        loop: bool = False) -> dict[str, Any]:
-        """``play`` by Call-ID and tag: a file or a beep to that leg instead of the other party's audio."""
-        leg = self._bridged(call_id).by_tag(tag)
-        result = await self.play(leg.name, [file] if file is not None else None, loop=loop, beep_spec=beep_spec)
-        self._bridged(call_id)
-        return {"tag": tag, "duration": result["duration"], "frames": result["frames"]}
-
-    def call_stop_play(self, call_id: str, tag: str) -> dict[str, Any]:
-        leg = self._bridged(call_id).by_tag(tag)
-        return {"tag": tag, "stopped": self.stop_play(leg.name)["stopped"]}
-
-    def call_dtmf(self, call_id: str, tag: str, digits: str, duration_ms: int = 100) -> dict[str, Any]:
-        leg = self._bridged(call_id).by_tag(tag)
-        result = self.dtmf(leg.name, digits, duration_ms)
-        return {"tag": tag, "digits": digits, "mode": result["mode"]}
-
-    def call_record(self, call_id: str, path: str) -> dict[str, Any]:
-        """``record`` by Call-ID: the caller's leg (left the caller, right what it hears: the callee)."""
-        call = self._bridged(call_id)
-        if call.caller.recorder is not None:
-            raise MediaError(f"call {call_id!r} is already being recorded to {call.caller.recorder.path}")
-        result = self.record(call.caller.name, path)
-        return {"path": result["path"], "channels": {"left": call.caller.tag, "right": call.callee.tag}}
-
-    def call_stop_record(self, call_id: str) -> dict[str, Any]:
-        call = self._bridged(call_id)
-        if call.caller.recorder is None:
-            raise MediaError(f"call {call_id!r} is not being recorded")
-        result = self._stop_recording(call.caller)
-        return {"path": result["path"], "duration": result["duration"]}
-
-    async def delete(self, call_id: str) -> dict[str, Any]:
-        """Tear a call down (DTLS close_notify, RTCP BYE, ports back to the range); returns its final stats."""
-        call = self.calls.get(call_id)
-        if call is None:
-            raise MediaError(f"unknown call {call_id!r}")
-        stats = self.query(call_id)
-        self._drop(call)
-        return stats
-
-    def _drop(self, call: Connection) -> None:
-        self.calls.pop(call.call_id, None)
-        self._unjoin(call)
-        self.connections.pop(call.call_id, None)
-        for leg in call.legs():
-            self._forget_leg(leg)
 
     def status(self) -> dict[str, Any]:
         """Worker-wide figures (for ping/query without a call)."""

@@ -282,6 +282,12 @@ async def test_conference_of_legs_from_different_calls_with_a_listener(worker: M
             if name != "call-4/sup":
                 assert level(heard, freqs["call-4/sup"]) < 0.02, name            # the listener is not heard
         assert worker.leg_query("call-2/a")["conference"] == "room-1"
+        worker.conference_join("room-1", "call-4/sup", "whisper", to="call-1/a")       # coaching call-1's leg
+        start = loop.time()
+        await asyncio.sleep(1.0)
+        assert level(peers["call-1/a"].heard(start + 0.3), freqs["call-4/sup"]) > 0.15
+        for name in ("call-2/a", "call-3/a"):
+            assert level(peers[name].heard(start + 0.3), freqs["call-4/sup"]) < 0.02, name
         for name in freqs:
             worker.conference_leave(name)
         assert worker.rooms == {}
@@ -442,3 +448,62 @@ async def test_leg_commands_over_the_control_socket_as_json_lines(tmp_path):
         peer.close()
     assert {"event": "play-done", "leg": "w/a", "reason": "done"} in events
     assert {"event": "dtmf", "leg": "w/a", "digit": "9", "duration": 100, "source": "rfc4733"} in events
+
+
+async def test_browser_opus_leg_connected_to_a_pcmu_leg_is_transcoded_both_ways(worker: MediaWorker):
+    """(d) an aiortc browser (Opus only) offers its own leg, a plain PCMU leg is rung by the worker's offer;
+    connected, the worker transcodes: each side hears the other's tone."""
+    aiortc = pytest.importorskip("aiortc")
+    from aiortc_peers import Listener, SineTrack
+
+    loop = asyncio.get_running_loop()
+    pc = aiortc.RTCPeerConnection(aiortc.RTCConfiguration(iceServers=[]))
+    transceiver = pc.addTransceiver(SineTrack(CALLER_HZ), direction="sendrecv")
+    caps = aiortc.RTCRtpSender.getCapabilities("audio")
+    transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType.lower() == "audio/opus"])
+    listener = Listener(pc)
+    trunk = await open_peer()
+    stop = asyncio.Event()
+    sender = None
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        info = await worker.leg_remote_offer("web/agent", pc.localDescription.sdp)
+        assert info["transport"] == "webrtc" and info["codecs"] == ["opus"]
+        answer = worker.leg_create_answer("web/agent")
+        assert answer["codec"] == "opus"
+        await pc.setRemoteDescription(aiortc.RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        to_trunk = await offered_leg(worker, "web/trunk", trunk)
+        assert worker.connect("web/agent", "web/trunk")["transcoded"] is True
+        sender = asyncio.ensure_future(trunk.send_tone(AGENT1_HZ, to_trunk, stop))
+        start = loop.time()
+        for _ in range(100):                                   # DTLS first, then media both ways
+            await asyncio.sleep(0.1)
+            if len(listener.frames) >= 80 and trunk.heard(start).size >= 8000 * 1.2:
+                break
+        heard = trunk.heard(start)
+        assert abs(dominant_frequency(heard[-8000:], 8000) - CALLER_HZ) < 15        # the browser, via Opus
+        samples, rate = listener.samples(len(listener.frames) - 50, len(listener.frames))
+        assert abs(dominant_frequency(samples, rate) - AGENT1_HZ) < 15               # the trunk, via Opus
+        query = worker.leg_query("web/agent")
+        assert query["transport"] == "webrtc" and query["transcoded"] is True and query["stats"]["connected"]
+    finally:
+        stop.set()
+        if sender is not None:
+            await sender
+        await pc.close()
+        listener.close()
+        trunk.close()
+
+
+async def test_a_leg_that_gets_no_media_times_out_by_name(worker: MediaWorker):
+    """A leg opened with ``timeout`` raises a timeout event naming it when no RTP comes."""
+    a = await open_peer()
+    try:
+        await answered_leg(worker, "quiet/a", a, timeout=0.3)
+        for _ in range(40):
+            await asyncio.sleep(0.1)
+            if any(e["event"] == "timeout" for e in worker.test_events):
+                break
+        assert [(e["event"], e["leg"]) for e in worker.test_events if e["event"] == "timeout"] == [("timeout", "quiet/a")]
+    finally:
+        a.close()

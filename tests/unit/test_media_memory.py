@@ -179,6 +179,75 @@ async def test_finished_calls_leave_no_state_and_no_cyclic_garbage(c_relay: bool
         await worker.close()
 
 
+
+async def _leg_round(worker: MediaWorker, a: RtpPeer, b: RtpPeer, n: int) -> None:
+    """The leg model once: a caller alone with a beep and a recording, two agents (plain and browser) rung
+    by our offers, connect, re-connect, a conference, DTMF sent, hold, then every leg closed."""
+    caller, agent, browser = f"legs-{n}/caller", f"legs-{n}/agent", f"legs-{n}/web"
+    offer = create_offer(HOST, a.port, [("PCMU", 8000), ("telephone-event", 8000)]).to_bytes()
+    await worker.leg_remote_offer(caller, offer)
+    to_caller = SessionDescription.parse(worker.leg_create_answer(caller)["sdp"])
+    await worker.play(caller, beep_spec={"freq": 500, "ms": 60}, loop=True)
+    worker.record(caller, f"/tmp/callpath-mem-{os.getpid()}.wav")
+    ours = SessionDescription.parse(await worker.leg_offer(agent, transport="rtp"))
+    worker.leg_answer(agent, create_answer(ours, [("PCMU", 8000)], HOST, b.port).to_bytes())
+    await worker.leg_offer(browser, transport="webrtc")
+    for seq in range(2):
+        a.transport.sendto(rtp(seq, 0xA), (HOST, to_caller.media[0].port))
+        b.transport.sendto(rtp(seq, 0xB), (HOST, ours.media[0].port))
+        await asyncio.sleep(0.02)
+    worker.connect(caller, agent)
+    await worker.play(agent, beep_spec={"freq": 900, "ms": 40}, mix=True)
+    worker.dtmf(caller, "1")
+    await asyncio.sleep(0.04)
+    worker.disconnect(agent)
+    worker.conference_join(f"room-{n}", caller, "talk")
+    worker.conference_join(f"room-{n}", agent, "listen")
+    await asyncio.sleep(0.04)
+    await worker.leg_remote_offer(agent, create_offer(HOST, b.port, [("PCMU", 8000)], direction="sendonly").to_bytes())
+    worker.leg_create_answer(agent)
+    worker.connect(caller, agent)
+    for name in (caller, agent, browser):
+        worker.leg_close(name)
+    a.received.clear()
+    b.received.clear()
+
+
+@pytest.mark.parametrize("c_relay", [True, False], ids=["c-data-plane", "python-path"])
+async def test_closed_legs_leave_no_state_and_no_cyclic_garbage(c_relay: bool):
+    """The leg model's objects (legs, connections, conferences, inputs, prompts, recordings) are freed by
+    reference counting when the legs close."""
+    if c_relay and not relay_available():
+        pytest.skip("the C data plane is not built")
+    worker = await _worker(c_relay)
+    a, b = await _peers()
+    try:
+        for n in range(-2, 0):
+            await _leg_round(worker, a, b, n)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        with collector_off():
+            after = []
+            for r in range(3):
+                for n in range(8):
+                    await _leg_round(worker, a, b, 100 * r + n)
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                after.append(media_objects())
+            garbage = cyclic_garbage()
+        assert_worker_empty(worker)
+        assert worker.legs == {} and worker.rooms == {} and worker.connections == {} and worker._solo == {}
+        assert garbage == Counter(), f"closed legs left cyclic garbage: {garbage.most_common(12)}"
+        per_leg = ("Connection", "MediaLeg", "LegInput", "Room", "PromptSource", "Overlay", "CallRecorder",
+                   "PlainRtpPort", "RtpSession", "Bridge", "WebRtcLeg", "Forward", "SessionDescription")
+        assert {name: after[-1][name] for name in per_leg if after[-1][name]} == {}
+        assert after[1] == after[-1], "media objects grew from one round of legs to the next"
+    finally:
+        a.transport.close()
+        b.transport.close()
+        await worker.close()
+
+
 async def test_control_client_and_server_keep_nothing_per_call():
     """The same calls through the control protocol (client and server in this process): the client's pending
     requests and event queue are empty afterwards, errors included, and nothing is left for the cyclic GC."""
