@@ -507,3 +507,40 @@ async def test_a_leg_that_gets_no_media_times_out_by_name(worker: MediaWorker):
         assert [(e["event"], e["leg"]) for e in worker.test_events if e["event"] == "timeout"] == [("timeout", "quiet/a")]
     finally:
         a.close()
+
+
+async def test_sdes_legs_both_ways_are_keyed_and_connected(worker: MediaWorker):
+    """SDES-SRTP legs through the leg verbs: a phone's RTP/SAVP offer is answered with our key; our RTP/SAVP
+    offer to a trunk offers a key per suite and the answered one keys the leg; connected, SRTP both ways."""
+    from media.srtp import AES128_CM_SHA1_80, CryptoAttribute, sdes_context
+
+    phone, trunk = await open_peer(), await open_peer()
+    try:
+        phone_key = CryptoAttribute.generate(AES128_CM_SHA1_80, 1)
+        offer = (f"v=0\r\no=- 1 1 IN IP4 {HOST}\r\ns=-\r\nc=IN IP4 {HOST}\r\nt=0 0\r\n"
+                 f"m=audio {phone.port} RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:{phone_key}\r\n")
+        assert (await worker.leg_remote_offer("s/phone", offer))["transport"] == "sdes"
+        answer = SessionDescription.parse(worker.leg_create_answer("s/phone")["sdp"])
+        assert answer.media[0].proto == "RTP/SAVP"
+        ours = CryptoAttribute.parse(answer.media[0].attributes("crypto")[0])
+        to_trunk = SessionDescription.parse(await worker.leg_offer("s/trunk", transport="sdes", dtmf="inband"))
+        assert to_trunk.media[0].proto == "RTP/SAVP" and len(to_trunk.media[0].attributes("crypto")) >= 2
+        offered = CryptoAttribute.parse(to_trunk.media[0].attributes("crypto")[0])
+        trunk_key = CryptoAttribute.generate(offered.profile, offered.tag)
+        reply = create_answer(to_trunk, [("PCMU", 8000)], HOST, trunk.port)
+        reply.media[0].proto = "RTP/SAVP"
+        reply.media[0].add_attribute("crypto", str(trunk_key))
+        worker.leg_answer("s/trunk", reply.to_bytes())
+        assert worker.connect("s/phone", "s/trunk")["transcoded"] is False
+        phone_ctx, trunk_ctx = sdes_context(phone_key, ours), sdes_context(trunk_key, offered)
+        for i in range(20):
+            phone.transport.sendto(phone_ctx.protect(struct.pack("!BBHII", 0x80, 0, i, 160 * i, 0xAB) + b"\x11" * 160),
+                                   (HOST, answer.media[0].port))
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        relayed = [trunk_ctx.unprotect(p) for _, p in trunk.received]
+        assert len(relayed) == 20 and all(p[12:] == b"\x11" * 160 for p in relayed)
+        assert worker.leg_query("s/trunk")["stats"]["srtp"] == offered.suite
+    finally:
+        phone.close()
+        trunk.close()
