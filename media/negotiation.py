@@ -316,6 +316,7 @@ class Negotiation:
         other = _OPUS if want == "opus" else None
         direction = offered_direction(offer)
         self._touch_leg(leg)
+        previous = leg.local_sdp
         if leg.codec is None:
             local, leg.codec = self._answer_for(leg, offer, first, other, local_preference=bool(first),
                                                 events=leg.dtmf_mode == "rfc4733")
@@ -329,8 +330,9 @@ class Negotiation:
                                                 events=leg.codec.event_payload_type is not None)
                 self._leg_codec(leg, local, codec)
             leg.remote_sdp = offer
+        local = local.copy()
         local.media[0].direction = MIRROR[direction]
-        leg.local_sdp = bump_version(local, leg.local_sdp) if leg.local_sdp is not None else local
+        leg.local_sdp = bump_version(local, previous) if previous is not None else local
         leg.pending = None
         leg.offer = None
         hold = direction in ("sendonly", "inactive")
@@ -345,7 +347,7 @@ class Negotiation:
             self._change_codec(leg.connection, leg, local, codec)
             return
         leg.codec = codec
-        leg.local_sdp = bump_version(local, leg.local_sdp) if leg.local_sdp is not None else local
+        leg.local_sdp = local
         session = leg.session
         if session is not None:
             session.clock_rate = codec.clock_rate

@@ -544,3 +544,28 @@ async def test_sdes_legs_both_ways_are_keyed_and_connected(worker: MediaWorker):
     finally:
         phone.close()
         trunk.close()
+
+
+async def test_a_reoffer_without_the_legs_codec_changes_it_and_the_connection_transcodes(worker: MediaWorker):
+    """A connected leg re-offers PCMA only: answered with PCMA (one version up), the partner keeps PCMU and the
+    connection becomes transcoded on the same streams; a re-offer with the same SDP changes nothing."""
+    a, b = await open_peer(), await open_peer()
+    try:
+        await answered_leg(worker, "r/a", a)
+        await offered_leg(worker, "r/b", b)
+        assert worker.connect("r/a", "r/b")["transcoded"] is False
+        first = worker.legs["r/a"].local_sdp
+        pcma = create_offer(HOST, a.port, [("PCMA", 8000), ("telephone-event", 8000)])
+        assert (await worker.leg_remote_offer("r/a", pcma.to_bytes()))["codecs"] == ["pcma"]
+        answer = worker.leg_create_answer("r/a")
+        sd = SessionDescription.parse(answer["sdp"])
+        assert answer["codec"] == "PCMA" and sd.origin.sess_version == first.origin.sess_version + 1
+        query = worker.leg_query("r/a")
+        assert query["codec"] == "PCMA" and query["transcoded"] is True and query["connected_to"] == "r/b"
+        assert worker.leg_query("r/b")["codec"] == "PCMU"
+        await worker.leg_remote_offer("r/a", pcma.to_bytes())
+        again = SessionDescription.parse(worker.leg_create_answer("r/a")["sdp"])
+        assert again.origin.sess_version == sd.origin.sess_version
+    finally:
+        a.close()
+        b.close()
