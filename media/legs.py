@@ -23,8 +23,15 @@ from sipcore.sdp import SessionDescription
 
 from . import g711
 from .bridge import FRAME_SAMPLES, PCM_RATE, Bridge, LegCodec, Side, fit_frame
-from .dtmf import (DtmfDetector, DtmfDigitEnded, DtmfEventReceiver, DtmfEventSender, decode_telephone_event,
-                   dtmf_tone, encode_telephone_event)
+from .dtmf import (
+    DtmfDetector,
+    DtmfDigitEnded,
+    DtmfEventReceiver,
+    DtmfEventSender,
+    decode_telephone_event,
+    dtmf_tone,
+    encode_telephone_event,
+)
 from .jitter import Frame, JitterBuffer
 from .opus import OpusDecoder, OpusEncoder
 from .player import Player, Prompt

@@ -19,16 +19,46 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sipcore.sdp import SdpError, SessionDescription, bump_version, create_answer, create_offer
+from sipcore.sdp import (
+    SdpError,
+    SessionDescription,
+    bump_version,
+    create_answer,
+    create_offer,
+)
 
 from .bridge import Bridge, LegCodec
 from .legs import Connection, MediaLeg
 from .ports import PortAllocator
 from .rtp_port import PlainRtpPort
 from .sdp_rules import (
-    BROWSER_CODECS, CODEC_RTPMAP, DIRECTIONS, DTMF_MODES, FMTP, MIRROR, OPUS_TRANSCODED_FMTP, RTP, SDES,
-    SDES_PROFILES, TRANSPORT_NAMES, TRANSPORTS, TRUNK_CODECS, WEBRTC, MediaError, is_sdes, keeps_codec, negotiated_codec, offered_codecs, offered_direction, offers, restrict, rtp_address,
-    set_fmtp, set_ice_credentials, transport_of, usable_crypto,
+    BROWSER_CODECS,
+    CODEC_RTPMAP,
+    DIRECTIONS,
+    DTMF_MODES,
+    FMTP,
+    MIRROR,
+    OPUS_TRANSCODED_FMTP,
+    RTP,
+    SDES,
+    SDES_PROFILES,
+    TRANSPORT_NAMES,
+    TRANSPORTS,
+    TRUNK_CODECS,
+    WEBRTC,
+    MediaError,
+    is_sdes,
+    keeps_codec,
+    negotiated_codec,
+    offered_codecs,
+    offered_direction,
+    offers,
+    restrict,
+    rtp_address,
+    set_fmtp,
+    set_ice_credentials,
+    transport_of,
+    usable_crypto,
 )
 from .session import RtpSession
 from .srtp import CryptoAttribute, SrtpError, sdes_context

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sipcore.sdp import Attribute, RtpMap, SessionDescription
 
 from .bridge import LegCodec
-from .srtp import DTLS_SRTP_PROFILES, AES128_CM_SHA1_80, CryptoAttribute, SrtpError
+from .srtp import AES128_CM_SHA1_80, DTLS_SRTP_PROFILES, CryptoAttribute, SrtpError
 
 WEBRTC = "UDP/TLS/RTP/SAVPF"
 RTP = "RTP/AVP"

@@ -35,22 +35,30 @@ import numpy as np
 
 from . import g711
 from .bridge import FRAME_SAMPLES, PCM_RATE, Bridge, LegCodec, tick_bridges
-from .certificate import DtlsCertificate
 from .calls import CallVerbs
+from .certificate import DtlsCertificate
 from .clock import MediaClock
 from .conference import Conferences, Room
 from .jitter import FastJitterBuffer, JitterBuffer
 from .legs import Connection, LegInput, MediaLeg
 from .negotiation import ICE_PATH, Negotiation, parse_sdp
 from .offload import RelayOffload
-from .playback import LegPlayback
 from .opus import OpusConfig, OpusDecoder, OpusEncoder
+from .playback import LegPlayback
 from .player import PromptCache
 from .ports import PortAllocator
 from .recorder import RecorderError
 from .relay import MediaRelay
 from .relay import available as relay_available
-from .sdp_rules import RTP, SDES, TRANSPORT_NAMES, WEBRTC, MediaError, is_webrtc, negotiated_codec
+from .sdp_rules import (
+    RTP,
+    SDES,
+    TRANSPORT_NAMES,
+    WEBRTC,
+    MediaError,
+    is_webrtc,
+    negotiated_codec,
+)
 from .session import MediaTimeout, SessionEvent
 from .session import RtcpReceived as SessionRtcp
 from .webrtc import LegClosed, LegEvent, LegFailed, RtpReceived, WebRtcPort

@@ -13,6 +13,7 @@ import wave
 
 import numpy as np
 import pytest
+from media_ports import free_udp_range
 
 from media import g711
 from media.audio import dominant_frequency, tone
@@ -21,8 +22,6 @@ from media.dtmf import dtmf_tone, packets_for_press
 from media.relay import available as relay_available
 from media.worker import MediaError, MediaSettings, MediaWorker
 from sipcore.sdp import SessionDescription, create_answer, create_offer
-
-from media_ports import free_udp_range
 
 pytestmark = pytest.mark.integration
 
