@@ -485,6 +485,12 @@ async def test_browser_opus_leg_connected_to_a_pcmu_leg_is_transcoded_both_ways(
         assert abs(dominant_frequency(samples, rate) - AGENT1_HZ) < 15               # the trunk, via Opus
         query = worker.leg_query("web/agent")
         assert query["transport"] == "webrtc" and query["transcoded"] is True and query["stats"]["connected"]
+        await pc.close()                                       # the browser goes: DTLS close_notify
+        for _ in range(30):
+            await asyncio.sleep(0.1)
+            if any(e["event"] == "leg-down" for e in worker.test_events):
+                break
+        assert [e["leg"] for e in worker.test_events if e["event"] == "leg-down"] == ["web/agent"]
     finally:
         stop.set()
         if sender is not None:
@@ -568,3 +574,37 @@ async def test_a_reoffer_without_the_legs_codec_changes_it_and_the_connection_tr
     finally:
         a.close()
         b.close()
+
+
+async def test_a_playlist_to_a_leg_alone_plays_in_order_then_reports_done(worker: MediaWorker, tmp_path):
+    """Two prompts as one playlist to a parked leg: heard in order, one ``play-done`` at the end; a looping
+    one stopped reports ``stopped``."""
+    loop = asyncio.get_running_loop()
+    first, second = tmp_path / "first.wav", tmp_path / "second.wav"
+    write_wav(first, 600.0, 0.6)
+    write_wav(second, 900.0, 0.6)
+    a = await open_peer()
+    try:
+        await answered_leg(worker, "p/a", a)
+        start = loop.time()
+        played = await worker.play("p/a", [str(first), str(second)])
+        assert played["frames"] == 60 and played["duration"] == 1.2
+        for _ in range(40):
+            await asyncio.sleep(0.1)
+            if any(e["event"] == "play-done" for e in worker.test_events):
+                break
+        assert [e for e in worker.test_events if e["event"] == "play-done"] == [
+            {"event": "play-done", "leg": "p/a", "reason": "done"}]
+        times = [t for t, p in a.received if p[1] & 0x7F == 0]
+        heard = a.heard(start)
+        assert len(times) == 60
+        assert abs(dominant_frequency(heard[:4000], 8000) - 600) < 10
+        assert abs(dominant_frequency(heard[-4000:], 8000) - 900) < 10
+        await worker.play("p/a", [str(first)], loop=True)
+        assert worker.leg_query("p/a")["playing"] is True
+        await asyncio.sleep(0.3)
+        assert worker.stop_play("p/a") == {"leg": "p/a", "stopped": True}
+        assert worker.test_events[-1] == {"event": "play-done", "leg": "p/a", "reason": "stopped"}
+        assert worker.stop_play("p/a") == {"leg": "p/a", "stopped": False}
+    finally:
+        a.close()
