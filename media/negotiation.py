@@ -246,10 +246,12 @@ class Negotiation:
                                                                    and transport.upper() in TRANSPORT_NAMES else None)
         if kind is None:
             raise MediaError(f"unknown transport {transport!r} (rtp, sdes or webrtc)")
-        names = [str(c).lower() for c in codecs] if codecs else (["opus", "pcmu"] if kind == WEBRTC else ["pcmu", "pcma"])
+        if codecs is not None and (not isinstance(codecs, list) or not all(isinstance(c, str) for c in codecs)):
+            raise MediaError(f"codecs must be a list of codec names (opus, PCMU, PCMA), not {codecs!r}")
+        names = [c.lower() for c in codecs] if codecs else (["opus", "pcmu"] if kind == WEBRTC else ["pcmu", "pcma"])
         unknown = [c for c in names if c not in CODEC_RTPMAP]
-        if unknown or not isinstance(codecs or [], list):
-            raise MediaError(f"codecs must be a list of opus, PCMU, PCMA (not {unknown or codecs!r})")
+        if unknown:
+            raise MediaError(f"codecs must be opus, PCMU or PCMA, not {unknown!r}")
         leg = self._new_leg(name, kind, dtmf, timeout)
         offered: list[Any] = [CODEC_RTPMAP[c] for c in dict.fromkeys(names)]
         if leg.dtmf_mode == "rfc4733":

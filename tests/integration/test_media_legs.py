@@ -608,3 +608,74 @@ async def test_a_playlist_to_a_leg_alone_plays_in_order_then_reports_done(worker
         assert worker.stop_play("p/a") == {"leg": "p/a", "stopped": False}
     finally:
         a.close()
+
+
+async def test_bad_leg_requests_on_the_wire_are_error_replies_not_crashes():
+    """Malformed arguments of every leg verb come back as ``result: error`` with a reason, never an internal
+    error, and the worker serves the next request."""
+    base = free_udp_range(10)
+    worker, server, address = await serve_worker(MediaSettings(bind_host=HOST, rtp_port_min=base,
+                                                               rtp_port_max=base + 9))
+    reader, writer = await asyncio.open_connection(*address)
+    bad = [
+        {"command": "leg_offer", "leg": "x", "codecs": "pcmu"},
+        {"command": "leg_offer", "leg": "x", "codecs": ["g729"]},
+        {"command": "leg_offer", "leg": "x", "transport": 5},
+        {"command": "leg_offer", "leg": "x", "direction": "sideways"},
+        {"command": "leg_offer", "leg": "x", "timeout": "soon"},
+        {"command": "leg_offer", "leg": "x", "dtmf": "smoke"},
+        {"command": "leg_offer", "leg": ""},
+        {"command": "leg_answer", "leg": "nope", "sdp": "v=0"},
+        {"command": "leg_remote_offer", "leg": "y", "sdp": "not sdp"},
+        {"command": "leg_remote_offer", "leg": "y", "sdp": 42},
+        {"command": "leg_create_answer", "leg": "nope"},
+        {"command": "leg_create_answer", "leg": "nope", "prefer": ["opus"]},
+        {"command": "connect", "a": "nope"},
+        {"command": "disconnect"},
+        {"command": "conference_join", "conference": "r", "leg": "nope", "mode": "talk"},
+        {"command": "conference_join", "conference": 3, "leg": "nope"},
+        {"command": "play", "leg": "nope", "files": "moh.wav"},
+        {"command": "play", "leg": "nope", "files": [1, 2]},
+        {"command": "stop_play", "leg": "nope"},
+        {"command": "record", "leg": "nope", "path": "/tmp/x.wav"},
+        {"command": "stop_record", "leg": "nope"},
+        {"command": "dtmf", "leg": "nope", "digits": "12"},
+        {"command": "leg_query", "leg": None},
+        {"command": "leg_close", "leg": "nope"},
+        {"command": "play", "leg": "ok", "files": "moh.wav"},
+        {"command": "play", "leg": "ok", "files": [1, 2]},
+        {"command": "play", "leg": "ok", "files": ["/no/such/file.wav"]},
+        {"command": "play", "leg": "ok", "beep": {"freq": "high"}},
+        {"command": "dtmf", "leg": "ok", "digits": "12x"},
+        {"command": "dtmf", "leg": "ok", "digits": "1", "duration_ms": True},
+        {"command": "record", "leg": "ok", "path": "/no/such/dir/x.wav"},
+        {"command": "stop_record", "leg": "ok"},
+        {"command": "conference_join", "conference": "r", "leg": "ok", "mode": "whisper", "to": "ok"},
+        {"command": "conference_leave", "leg": "ok"},
+        {"command": "connect", "a": "ok", "b": "ok"},
+        {"command": "leg_answer", "leg": "ok", "sdp": "v=0"},
+        {"command": "leg_create_answer", "leg": "ok"},
+        {"command": "leg_remote_offer", "leg": "ok", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+                                                           "m=audio 4000 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 127.0.0.1\r\n"},
+    ]
+    try:
+        offer = create_offer(HOST, 4000, PCMU_TE).to_bytes().decode()
+        for request in ({"command": "leg_remote_offer", "leg": "ok", "sdp": offer},
+                        {"command": "leg_create_answer", "leg": "ok"}):
+            writer.write(json.dumps({"id": "setup", **request}).encode() + b"\n")
+            await writer.drain()
+            assert json.loads(await reader.readline())["result"] == "ok"
+        for n, request in enumerate(bad):
+            writer.write(json.dumps({"id": n, **request}).encode() + b"\n")
+            await writer.drain()
+            reply = json.loads(await asyncio.wait_for(reader.readline(), 5.0))
+            assert reply["id"] == n and reply["result"] == "error", request
+            assert not reply["error-reason"].startswith("internal error"), (request, reply)
+        writer.write(b'{"id": 99, "command": "ping"}\n')
+        await writer.drain()
+        assert json.loads(await reader.readline())["result"] == "pong"
+        assert list(worker.legs) == ["ok"] and worker.allocator.in_use == 1
+    finally:
+        writer.close()
+        await server.close()
+        await worker.close()
