@@ -449,28 +449,38 @@ async def test_leg_commands_over_the_control_socket_as_json_lines(tmp_path):
     assert {"event": "dtmf", "leg": "w/a", "digit": "9", "duration": 100, "source": "rfc4733"} in events
 
 
-async def test_browser_opus_leg_connected_to_a_pcmu_leg_is_transcoded_both_ways(worker: MediaWorker):
-    """(d) an aiortc browser (Opus only) offers its own leg, a plain PCMU leg is rung by the worker's offer;
-    connected, the worker transcodes: each side hears the other's tone."""
+@pytest.mark.parametrize("offerer", ["browser", "worker"])
+async def test_browser_opus_leg_connected_to_a_pcmu_leg_is_transcoded_both_ways(worker: MediaWorker, offerer: str):
+    """(d) an aiortc browser's Opus leg (its own offer, or an agent's browser rung by the worker's offer) and a
+    plain PCMU leg rung by the worker's offer; connected, the worker transcodes: each hears the other's tone."""
     aiortc = pytest.importorskip("aiortc")
     from aiortc_peers import Listener, SineTrack
 
     loop = asyncio.get_running_loop()
     pc = aiortc.RTCPeerConnection(aiortc.RTCConfiguration(iceServers=[]))
-    transceiver = pc.addTransceiver(SineTrack(CALLER_HZ), direction="sendrecv")
-    caps = aiortc.RTCRtpSender.getCapabilities("audio")
-    transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType.lower() == "audio/opus"])
     listener = Listener(pc)
     trunk = await open_peer()
     stop = asyncio.Event()
     sender = None
     try:
-        await pc.setLocalDescription(await pc.createOffer())
-        info = await worker.leg_remote_offer("web/agent", pc.localDescription.sdp)
-        assert info["transport"] == "webrtc" and info["codecs"] == ["opus"]
-        answer = worker.leg_create_answer("web/agent")
-        assert answer["codec"] == "opus"
-        await pc.setRemoteDescription(aiortc.RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        if offerer == "browser":
+            transceiver = pc.addTransceiver(SineTrack(CALLER_HZ), direction="sendrecv")
+            caps = aiortc.RTCRtpSender.getCapabilities("audio")
+            transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType.lower() == "audio/opus"])
+            await pc.setLocalDescription(await pc.createOffer())
+            info = await worker.leg_remote_offer("web/agent", pc.localDescription.sdp)
+            assert info["transport"] == "webrtc" and info["codecs"] == ["opus"]
+            answer = worker.leg_create_answer("web/agent")
+            assert answer["codec"] == "opus"
+            await pc.setRemoteDescription(aiortc.RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        else:
+            offer = await worker.leg_offer("web/agent", transport="webrtc", codecs=["opus"])
+            await pc.setRemoteDescription(aiortc.RTCSessionDescription(sdp=offer, type="offer"))
+            for transceiver in pc.getTransceivers():
+                transceiver.sender.replaceTrack(SineTrack(CALLER_HZ))
+                transceiver.direction = "sendrecv"
+            await pc.setLocalDescription(await pc.createAnswer())
+            assert worker.leg_answer("web/agent", pc.localDescription.sdp)["codec"] == "opus"
         to_trunk = await offered_leg(worker, "web/trunk", trunk)
         assert worker.connect("web/agent", "web/trunk")["transcoded"] is True
         sender = asyncio.ensure_future(trunk.send_tone(AGENT1_HZ, to_trunk, stop))
