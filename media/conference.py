@@ -141,15 +141,18 @@ class Conferences:
         """Every conference's 20 ms: each member's input, the N-1 mix, each member's output (and recording)."""
         for room in list(self.rooms.values()):
             frames: dict[str, np.ndarray | None] = {}
-            for name, leg in room.members.items():
+            members = list(room.members.items())          # an event listener may change the room
+            for name, leg in members:
                 frames[name] = self._input(leg).frame(now)
-                self._report_digits(leg)
             try:
                 out = room.mixer.mix(frames)
             except MixerError:  # pragma: no cover - frames are always one 20 ms int16 frame
                 continue
-            for name, leg in list(room.members.items()):
-                self._leg_output(leg, out.get(name), frames[name], now)
+            for name, leg in members:
+                if leg.room is room:
+                    self._leg_output(leg, out.get(name), frames[name], now)
+            for name, leg in members:
+                self._report_digits(leg)
 
     # -- the per-call mix of the rtpengine-style verbs -----------------------------------------------
     async def mix(self, call_id: str, tag: str, sdp: str | bytes, mode: str = "listen",

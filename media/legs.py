@@ -37,6 +37,7 @@ from .opus import OpusDecoder, OpusEncoder
 from .player import Player, Prompt
 from .recorder import CallRecorder
 from .rtp import RtpError, RtpSender, peek_header, rtp_payload
+from .sdp_rules import MediaError
 from .srtp import CryptoAttribute
 
 if TYPE_CHECKING:
@@ -365,7 +366,6 @@ class Connection:
 
     def by_tag(self, tag: str) -> MediaLeg:
         """The leg with SIP tag ``tag`` (MediaError if neither has it)."""
-        from .sdp_rules import MediaError
         for leg in (self.caller, self.callee):
             if leg.tag == tag:
                 return leg
