@@ -29,11 +29,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("media.worker")
 
+_PLAYLISTS = 16                   # playlists kept encoded (music on hold for every parked caller: encoded once)
+
 
 class LegPlayback:
     """Prompts, overlays, injected DTMF and recordings of legs (mixed into ``MediaWorker``)."""
 
     prompts: PromptCache
+    _playlists: dict[tuple[Prompt, ...], Prompt]
     _ticking: dict[str, Connection]
     _loop: asyncio.AbstractEventLoop
 
@@ -91,14 +94,24 @@ class LegPlayback:
         if files:
             if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
                 raise MediaError("play: 'files' must be a list of paths on the worker's host")
+            single = len(files) == 1
             try:
-                prompts = [await self._loop.run_in_executor(None, self.prompts.preload, f, codecs) for f in files]
+                prompts = tuple([await self._loop.run_in_executor(None, self.prompts.preload, f,
+                                                                  codecs if single else ())
+                                 for f in files])
             except PlayerError as exc:
                 raise MediaError(f"play: {exc}") from None
-            if len(prompts) == 1:
+            if single:
                 return prompts[0]
-            prompt = Prompt.from_samples(np.concatenate([p.samples for p in prompts]), PCM_RATE,
-                                         name=" + ".join(files))
+            playlists = self._playlists
+            cached = playlists.pop(prompts, None)   # the files' prompts (a changed file is a new one) as the key
+            if cached is None:
+                cached = Prompt.from_samples(np.concatenate([p.samples for p in prompts]), PCM_RATE,
+                                             name=" + ".join(files))
+                while len(playlists) >= _PLAYLISTS:
+                    del playlists[next(iter(playlists))]
+            playlists[prompts] = cached              # most recently used last
+            prompt = cached
         elif beep_spec not in (None, False):
             spec = beep_spec if isinstance(beep_spec, dict) else {}
             try:

@@ -162,6 +162,7 @@ class MediaWorker(MediaClock, RelayOffload, Negotiation, Conferences, LegPlaybac
         self._by_webrtc: dict[int, MediaLeg] = {}
         self._loop = asyncio.get_running_loop()
         self.prompts = PromptCache(PCM_RATE)      # decoded prompt files (loaded in an executor, never on the tick)
+        self._playlists: dict[tuple[Any, ...], Any] = {}   # playlists of several files, concatenated and encoded
         self._start_clock(settings.tick_ms, settings.tick_slots)
 
     @classmethod

@@ -610,8 +610,12 @@ async def test_a_playlist_to_a_leg_alone_plays_in_order_then_reports_done(worker
         assert len(times) == 60
         assert abs(dominant_frequency(heard[:4000], 8000) - 600) < 10
         assert abs(dominant_frequency(heard[-4000:], 8000) - 900) < 10
-        await worker.play("p/a", [str(first)], loop=True)
+        cached = list(worker._playlists.values())
+        await worker.play("p/a", [str(first), str(second)])              # the same playlist: encoded once
+        assert list(worker._playlists.values()) == cached and len(cached) == 1
+        await worker.play("p/a", [str(first)], loop=True)                # replaces it
         assert worker.leg_query("p/a")["playing"] is True
+        assert worker.test_events[-1] == {"event": "play-done", "leg": "p/a", "reason": "replaced"}
         await asyncio.sleep(0.3)
         assert worker.stop_play("p/a") == {"leg": "p/a", "stopped": True}
         assert worker.test_events[-1] == {"event": "play-done", "leg": "p/a", "reason": "stopped"}
