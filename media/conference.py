@@ -220,11 +220,8 @@ class Conferences:
 
     def _remix(self, call: Connection) -> None:
         """Who hears the members' conference changed: the bridged audio towards the mixed parties is held
-        back, and given back to those no longer mixed (unless something else is sent to them)."""
-        mixed = call.mixed_sides()
-        for side in list(call.mix_encoders):
-            if side not in mixed:
-                call.mix_encoders.pop(side).close()
+        back (they hear the mix on their own stream, encoded with the leg's encoder), and given back to those
+        no longer mixed (unless something else is sent to them)."""
         self._sync_muted(call)
 
     async def _open_member(self, call: Connection, tag: str, offer: SessionDescription) -> Member:

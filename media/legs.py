@@ -329,7 +329,6 @@ class Connection:
     record_decoders: dict[str, OpusDecoder] = field(default_factory=dict)  # Opus passthrough capture
     members: dict[str, Member] = field(default_factory=dict)   # by tag: legs joined by mix (spy/whisper/speak)
     conference: Any = None                     # mixer.Conference of the parties and members, while there are members
-    mix_encoders: dict[str, OpusEncoder] = field(default_factory=dict)  # an Opus party hearing the conference
     forwards: dict[str, Forward] = field(default_factory=dict)  # by source side: directions forwarded in C
     ng: bool = False                           # made by the rtpengine-style offer/answer
 

@@ -600,9 +600,6 @@ class MediaWorker(MediaClock, RelayOffload, Negotiation, Conferences, LegPlaybac
         call.forwards.clear()
         for tag in list(call.members):
             self._drop_member(call, tag)
-        for encoder in call.mix_encoders.values():
-            encoder.close()
-        call.mix_encoders.clear()
         for decoder in call.record_decoders.values():
             decoder.close()
         call.record_decoders.clear()
