@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from media.sdp import SdpError, SessionDescription
 from sipcore.b2bua import mirror_status
 from sipcore.callcontrol import (
     WEBRTC, AcceptCall, Call, ContactResolver, Decision, ProxyCall, RejectCall, RouteRequest, Target,
 )
-from sipcore.sdp import SdpError, SessionDescription
 
 __all__ = ["ANCHOR_MODES", "PbxRouter", "needs_anchoring"]
 

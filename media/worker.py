@@ -40,8 +40,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sipcore.sdp import Attribute, RtpMap, SdpError, SessionDescription, bump_version, create_answer, create_offer
-
 from . import g711
 from .bridge import FRAME_SAMPLES, PCM_RATE, Bridge, LegCodec, Side, fit_frame, tick_bridges
 from .certificate import DtlsCertificate
@@ -57,6 +55,7 @@ from .relay import fileno
 from .rtp import RtpError, RtpSender, peek_header, rtp_payload
 from .ports import PortAllocator
 from .rtp_port import PlainRtpPort
+from .sdp import Attribute, RtpMap, SdpError, SessionDescription, bump_version, create_answer, create_offer
 from .session import MediaTimeout, RtpSession, SessionEvent
 from .srtp import DTLS_SRTP_PROFILES, AES128_CM_SHA1_80, CryptoAttribute, SrtpError, sdes_context
 from .session import RtcpReceived as SessionRtcp

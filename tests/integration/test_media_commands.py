@@ -14,7 +14,7 @@ from media.audio import dominant_frequency, tone
 from media.control import MediaControlClient, MediaControlError
 from media.dtmf import decode_telephone_event
 from media.worker import MediaSettings
-from sipcore.sdp import SessionDescription, create_answer, create_offer
+from media.sdp import SessionDescription, create_answer, create_offer
 
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from media.control import LineFramer, MediaControlClient, MediaControlError
 from media.webrtc import WebRtcLeg
 from media.ice import IceLiteAgent
 from media.worker import MediaSettings
-from sipcore.sdp import SessionDescription, create_answer, create_offer
+from media.sdp import SessionDescription, create_answer, create_offer
 
 
 pytestmark = pytest.mark.integration

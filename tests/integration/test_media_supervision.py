@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from media_ports import free_udp_range
-from sipcore.sdp import SessionDescription, create_offer
+from media.sdp import SessionDescription, create_offer
 from web.server import Application
 from web.settings import load_settings
 

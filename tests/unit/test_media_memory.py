@@ -25,7 +25,7 @@ from media.dtls import DtlsEndpoint, DtlsFailed, HandshakeComplete
 from media.relay import available as relay_available
 from media.srtp import AES128_CM_SHA1_80, CryptoAttribute, sdes_context
 from media.worker import MediaSettings, MediaWorker
-from sipcore.sdp import SessionDescription, create_answer, create_offer
+from media.sdp import SessionDescription, create_answer, create_offer
 
 from media_ports import free_udp_range
 from rtp_peers import RtpPeer
