@@ -300,8 +300,8 @@ async def _setup(cfg: dict[str, Any], trunk: socket.socket, caller: socket.socke
         from rtpengine_ng import NgClient
         client: Any = NgClient(tuple(cfg["ng"]))
     else:
-        from media.control import MediaControlClient
-        client = await MediaControlClient.connect(cfg["control"], timeout=30.0)
+        from media.client import MediaClient
+        client = await MediaClient.open(cfg["control"], timeout=30.0)
     certificate = None
     if path in ("opus", "srtp"):
         from media.certificate import DtlsCertificate
@@ -345,7 +345,7 @@ async def _setup(cfg: dict[str, Any], trunk: socket.socket, caller: socket.socke
             calls.append((cid, a2b, b2a, None, _port_of(to_b), _port_of(to_a)))
     if cfg.get("record") and path != "rtpengine":     # every call recorded, as a contact center does
         for cid, *_ in calls:
-            await client.record(cid, os.path.join(cfg["record"], f"{cid}.wav"))
+            await client.call_record(cid, os.path.join(cfg["record"], f"{cid}.wav"))
     return calls, client
 
 
