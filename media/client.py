@@ -11,7 +11,7 @@ Two vocabularies are spoken:
 - **legs** (the leg-era worker): ``leg_offer`` / ``leg_answer`` (we offer), ``leg_remote_offer`` /
   ``leg_create_answer`` (they offer), ``leg_close``, ``leg_query``, ``connect`` / ``disconnect``,
   ``conference_join`` / ``conference_leave``, and per leg ``play``, ``stop_play``, ``record``, ``stop_record``,
-  ``dtmf``. Results are small frozen dataclasses (``LegDescription``, ``Negotiated``, ``RemoteOffer``...).
+  ``dtmf``. Results are small frozen dataclasses (``LegDescription``, ``RemoteOffer``...).
 - **ng calls** (rtpengine's verbs, one two-party call per Call-ID, what the B2BUA uses today): ``offer``,
   ``answer`` / ``answer_reply``, ``delete``, ``query``, ``ping``, ``mix`` / ``stop_mix``, and the per-call media
   commands, named ``call_play``, ``call_stop_play``, ``call_record``, ``call_stop_record``, ``call_dtmf`` because
@@ -53,7 +53,6 @@ __all__ = [
     "MediaClient",
     "MediaControlError",
     "MediaPool",
-    "Negotiated",
     "Recording",
     "RemoteOffer",
 ]
@@ -72,21 +71,15 @@ class MediaControlError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class LegDescription:
-    """Our SDP for a leg and what it says: ``leg_offer`` (``codec`` is None until the answer) and
-    ``leg_create_answer``. ``hold``: the remote offer put us on hold (we answer recvonly/inactive)."""
+    """What a leg verb says about a leg (the shape of ``sipcore.callcontrol.LegDescription``): our SDP when it
+    made one (``leg_offer``, ``leg_create_answer``; None for ``leg_answer``), the codec once negotiated (None
+    after a first ``leg_offer``), the direction, and ``hold``: the remote offer put us on hold (we answer
+    recvonly/inactive)."""
 
-    sdp: str
+    sdp: bytes | None = None
     codec: str | None = None
     direction: str = "sendrecv"
     hold: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Negotiated:
-    """What ``leg_answer`` settled from the remote answer to our offer."""
-
-    codec: str
-    direction: str = "sendrecv"
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,14 +247,14 @@ class MediaClient:
             if value is not None:
                 args[name] = value
         reply = await self._request("leg_offer", args)
-        return LegDescription(_required("leg_offer", reply, "sdp"), None,
+        return LegDescription(_required("leg_offer", reply, "sdp").encode(), None,
                               _optional_text(reply, "direction", direction or "sendrecv") or "sendrecv")
 
-    async def leg_answer(self, leg: str, sdp: str | bytes) -> Negotiated:
-        """The remote answer to our offer on ``leg``."""
+    async def leg_answer(self, leg: str, sdp: str | bytes) -> LegDescription:
+        """The remote answer to our offer on ``leg``: the codec it settled and the direction (no SDP)."""
         reply = await self._request("leg_answer", {"leg": leg, "sdp": _sdp_text(sdp)})
-        return Negotiated(_codec_name(_required("leg_answer", reply, "codec", (str, dict))),
-                          _optional_text(reply, "direction", "sendrecv") or "sendrecv")
+        return LegDescription(None, _codec_name(_required("leg_answer", reply, "codec", (str, dict))),
+                              _optional_text(reply, "direction", "sendrecv") or "sendrecv")
 
     async def leg_remote_offer(self, leg: str, sdp: str | bytes, *, dtmf: str | None = None,
                                timeout: float | None = None) -> RemoteOffer:
@@ -284,7 +277,7 @@ class MediaClient:
             args["prefer"] = prefer
         reply = await self._request("leg_create_answer", args)
         codec = reply.get("codec")
-        return LegDescription(_required("leg_create_answer", reply, "sdp"),
+        return LegDescription(_required("leg_create_answer", reply, "sdp").encode(),
                               _codec_name(codec) if codec else None,
                               _optional_text(reply, "direction", "sendrecv") or "sendrecv", bool(reply.get("hold")))
 

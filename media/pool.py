@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .client import Connected, LegDescription, LegState, MediaControlError, Negotiated, Recording, RemoteOffer
+from .client import Connected, LegDescription, LegState, MediaControlError, Recording, RemoteOffer
 from .events import MediaEvent, WorkerLost
 from .sdp import Connection, SdpError, SessionDescription
 
@@ -223,10 +223,10 @@ class MediaPool:
         return await self._opening(leg, index, new, self.clients[index].leg_remote_offer(
             leg, sdp, dtmf=dtmf, timeout=timeout))
 
-    async def leg_answer(self, leg: str, sdp: str | bytes) -> Negotiated:
-        result: Negotiated = await self.client_of(leg).leg_answer(leg, sdp)
+    async def leg_answer(self, leg: str, sdp: str | bytes) -> LegDescription:
+        result: LegDescription = await self.client_of(leg).leg_answer(leg, sdp)
         entry = self.legs.get(leg)
-        if entry is not None:
+        if entry is not None and result.codec:
             entry.codec = result.codec
         return result
 
@@ -357,20 +357,21 @@ class MediaPool:
             raise
         return inner_near, inner_far
 
-    def _loopback(self, sdp: str) -> str:
+    def _loopback(self, sdp: bytes | None) -> bytes:
         """An internal leg's SDP with its addresses set to ``bridge_address`` (the workers meet on loopback)."""
+        if sdp is None:
+            raise MediaControlError("an internal leg's offer/answer came without SDP")
         if not self.bridge_address:
             return sdp
         try:
             description = SessionDescription.parse(sdp)
         except SdpError:
             return sdp
-        connection = Connection.for_address(self.bridge_address)
-        description.connection = connection
+        description.connection = Connection.for_address(self.bridge_address)
         for section in description.media:
             if section.connections:
                 section.connection = Connection.for_address(self.bridge_address)
-        return str(description)
+        return description.to_bytes()
 
     async def _detach(self, leg: str) -> None:
         """Before ``leg`` changes what it is joined to: tear down its bridge, forget its partner or membership."""

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from media.client import (Connected, LegDescription, LegState, MediaClient, MediaControlError, Negotiated, Recording,
-                          RemoteOffer)
+from media.client import Connected, LegDescription, LegState, MediaClient, MediaControlError, Recording, RemoteOffer
 from media.wire import LineFramer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,12 +97,12 @@ def test_leg_verbs_send_the_contract_and_return_dataclasses():
         }
         try:
             assert await client.leg_offer("c1/b", "rtp", codecs=["PCMU", "PCMA"], dtmf="rfc4733", timeout=30) == \
-                LegDescription("v=0 offer")
-            assert await client.leg_answer("c1/b", b"v=0 theirs") == Negotiated("PCMU", "sendrecv")
+                LegDescription(b"v=0 offer")
+            assert await client.leg_answer("c1/b", b"v=0 theirs") == LegDescription(None, "PCMU", "sendrecv")
             assert await client.leg_remote_offer("c1/a", "v=0 browser", dtmf="info") == \
                 RemoteOffer("webrtc", ("opus", "PCMU"), "sendonly", True)
             assert await client.leg_create_answer("c1/a", prefer="PCMU") == \
-                LegDescription("v=0 answer", "opus", "recvonly", True)
+                LegDescription(b"v=0 answer", "opus", "recvonly", True)
             assert await client.connect("c1/a", "c1/b") == Connected("c1/a", "c1/b", True)
             await client.disconnect("c1/a")
             await client.conference_join("room", "c1/a", "whisper", to="c1/b")

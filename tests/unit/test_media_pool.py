@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from media.client import (Connected, LegDescription, LegState, MediaControlError, MediaPool, Negotiated,
+from media.client import (Connected, LegDescription, LegState, MediaControlError, MediaPool,
                           RemoteOffer)
 from media.events import DtmfReceived, LegDown, MediaTimeout, PlayDone, WorkerLost
 from media.sdp import SessionDescription, create_offer
@@ -136,14 +136,14 @@ class FakeLegWorker(FakeWorker):
     async def leg_offer(self, leg, transport=None, *, codecs=None, dtmf=None, direction=None, timeout=None):
         self._check("leg_offer")
         self.legs.setdefault(leg, {"transport": transport, "codec": None, "offered": list(codecs or ["PCMU"])})
-        return LegDescription(self._sdp(*self.legs[leg]["offered"]))
+        return LegDescription(self._sdp(*self.legs[leg]["offered"]).encode())
 
     async def leg_answer(self, leg, sdp):
         self._check("leg_answer", leg)
         self.legs[leg]["remote"] = self._remote(sdp)
         self.legs[leg]["codec"] = SessionDescription.parse(sdp).media[0].rtpmap[
             SessionDescription.parse(sdp).media[0].payload_types[0]].encoding
-        return Negotiated(self.legs[leg]["codec"])
+        return LegDescription(None, self.legs[leg]["codec"])
 
     async def leg_remote_offer(self, leg, sdp, *, dtmf=None, timeout=None):
         self._check("leg_remote_offer")
@@ -157,7 +157,7 @@ class FakeLegWorker(FakeWorker):
         offered = self.legs[leg]["offered"]
         codec = prefer if prefer in offered else offered[0]
         self.legs[leg]["codec"] = codec
-        return LegDescription(self._sdp(codec), codec)
+        return LegDescription(self._sdp(codec).encode(), codec)
 
     def _unjoin(self, leg):
         partner = self.partner.pop(leg, None)
