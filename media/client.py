@@ -125,7 +125,13 @@ class LegState:
 
 
 def _sdp_text(sdp: str | bytes) -> str:
-    return sdp.decode() if isinstance(sdp, bytes) else sdp
+    """An SDP body for a JSON message; MediaControlError (nothing sent) when its bytes are not UTF-8."""
+    if isinstance(sdp, bytes):
+        try:
+            return sdp.decode()
+        except UnicodeDecodeError as exc:
+            raise MediaControlError(f"the SDP is not UTF-8 text: {exc}") from None
+    return sdp
 
 
 def _codec_name(value: Any) -> str:
