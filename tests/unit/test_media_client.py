@@ -186,6 +186,8 @@ def test_errors_timeouts_and_unusable_replies():
                 await client.leg_close("x")
             with pytest.raises(MediaControlError, match="leg_offer: the worker's reply has no usable 'sdp'"):
                 await client.leg_offer("x", "rtp")
+            with pytest.raises(MediaControlError, match="not UTF-8"):
+                await client.leg_answer("x", b"v=0\r\ns=\xff\xfe\r\n")
             with pytest.raises(asyncio.TimeoutError):
                 await client.ping()
             worker.silent = set()
