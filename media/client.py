@@ -114,7 +114,8 @@ class Recording:
 
 @dataclass(frozen=True, slots=True)
 class LegState:
-    """``leg_query``: what the leg negotiated, what it is connected to (a leg, or None), and its stats."""
+    """``leg_query``: what the leg negotiated, what it is connected to (a leg, or None) or the conference it
+    is in, whether the remote holds it, and its stats."""
 
     leg: str
     codec: str | None
@@ -122,6 +123,8 @@ class LegState:
     direction: str | None
     connected: str | None
     stats: dict[str, Any] = field(default_factory=dict)
+    hold: bool = False
+    conference: str | None = None
 
 
 def _sdp_text(sdp: str | bytes) -> str:
@@ -300,7 +303,8 @@ class MediaClient:
         stats = reply.get("stats")
         return LegState(leg, _codec_name(codec) if codec else None, _optional_text(reply, "transport"),
                         _optional_text(reply, "direction"), connected if isinstance(connected, str) else None,
-                        stats if isinstance(stats, dict) else {})
+                        stats if isinstance(stats, dict) else {}, bool(reply.get("hold")),
+                        _optional_text(reply, "conference"))
 
     async def connect(self, a: str, b: str) -> Connected:
         """Join two legs of this worker (passthrough when their codecs match, else transcoded)."""

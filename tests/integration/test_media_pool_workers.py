@@ -78,8 +78,10 @@ async def open_leg(pool: MediaPool, leg: str, group: str, peer: RtpPeer, codec: 
     return answer.effective_connection(0).address, answer.media[0].port
 
 
-async def test_legs_on_two_workers_hear_each_other_through_internal_legs(two_workers):
-    probe = await MediaClient.open(two_workers[0].address)
+async def pool_over(handles) -> tuple[MediaPool, list[MediaClient]]:
+    """A pool over the workers, their events decoded and dispatched as the server does; skips while the
+    worker has no leg commands."""
+    probe = await MediaClient.open(handles[0].address)
     try:
         await probe.leg_query("nobody")
     except MediaControlError as exc:
@@ -87,16 +89,20 @@ async def test_legs_on_two_workers_hear_each_other_through_internal_legs(two_wor
             pytest.skip("this worker has no leg commands yet (they come with the media-legs branch)")
     finally:
         await probe.close()
-
-    pool: MediaPool | None = None
+    pools: list[MediaPool] = []
 
     def route(message: dict) -> None:
         event = decode_event(message)
-        if event is not None and pool is not None:
-            pool.dispatch(event)
+        if event is not None and pools:
+            pools[0].dispatch(event)
 
-    clients = [await handle.client(on_event=route, timeout=10.0) for handle in two_workers]
-    pool = MediaPool(clients)
+    clients = [await handle.client(on_event=route, timeout=10.0) for handle in handles]
+    pools.append(MediaPool(clients))
+    return pools[0], clients
+
+
+async def test_legs_on_two_workers_hear_each_other_through_internal_legs(two_workers):
+    pool, clients = await pool_over(two_workers)
     loop = asyncio.get_running_loop()
     a, b = RtpPeer(), RtpPeer()
     for peer in (a, b):
@@ -145,6 +151,49 @@ async def test_legs_on_two_workers_hear_each_other_through_internal_legs(two_wor
         await pool.leg_close("c1/a")
         await pool.leg_close("c2/b")
         assert pool.load == [0, 0]
+    finally:
+        for peer in (a, b):
+            peer.transport.close()
+        for client in clients:
+            await client.close()
+
+
+async def test_a_conference_takes_a_member_from_the_other_worker(two_workers):
+    """A conference lives on its first member's worker; a leg on the other worker joins it through internal
+    legs, and the two members hear each other; leaving closes the pair."""
+    pool, clients = await pool_over(two_workers)
+    loop = asyncio.get_running_loop()
+    a, b = RtpPeer(), RtpPeer()
+    for peer in (a, b):
+        await loop.create_datagram_endpoint(lambda p=peer: p, local_addr=(HOST, 0))
+    try:
+        to_a = await open_leg(pool, "c1/a", "c1", a, "PCMU", None)
+        to_b = await open_leg(pool, "c2/b", "c2", b, "PCMU", None)
+        home, away = pool.worker_of("c1/a"), pool.worker_of("c2/b")
+        assert home != away
+        await pool.conference_join("room", "c1/a")
+        await pool.conference_join("room", "c2/b")
+        state = await clients[home].leg_query("c1/a")
+        assert state.conference == "room"
+        inner = {leg: pool.worker_of(leg) for leg in pool.legs if leg.startswith(BRIDGE_PREFIX)}
+        assert sorted(inner.values()) == [0, 1]
+        room_side = next(leg for leg, worker in inner.items() if worker == home)
+        assert (await clients[home].leg_query(room_side)).conference == "room"
+
+        await asyncio.gather(send_tone(a, to_a, "PCMU", 440.0, 100, 0xA1A1A1A1),
+                             send_tone(b, to_b, "PCMU", 1000.0, 100, 0xB2B2B2B2))
+        await asyncio.sleep(0.3)
+        b_heard, a_heard = heard(b, "PCMU"), heard(a, "PCMU")
+        assert b_heard.size >= 8000 and a_heard.size >= 8000, (b_heard.size, a_heard.size)
+        assert abs(dominant_frequency(b_heard[-8000:]) - 440.0) < 15
+        assert abs(dominant_frequency(a_heard[-8000:]) - 1000.0) < 15
+
+        await pool.conference_leave("c2/b")
+        assert not [leg for leg in pool.legs if leg.startswith(BRIDGE_PREFIX)]
+        assert (await clients[away].leg_query("c2/b")).connected is None
+        await pool.leg_close("c1/a")
+        await pool.leg_close("c2/b")
+        assert "room" not in pool.conferences and pool.load == [0, 0]
     finally:
         for peer in (a, b):
             peer.transport.close()

@@ -90,8 +90,8 @@ def test_leg_verbs_send_the_contract_and_return_dataclasses():
                                  "hold": True},
             "leg_create_answer": {"sdp": "v=0 answer", "codec": "opus", "direction": "recvonly", "hold": True},
             "leg_close": {"stats": {"rx": 10}},
-            "leg_query": {"codec": "PCMA", "transport": "rtp", "direction": "sendrecv", "connected": "c1/b",
-                          "stats": {"rx": 1}},
+            "leg_query": {"codec": "PCMA", "transport": "rtp", "direction": "recvonly", "connected_to": None,
+                          "conference": "room", "hold": True, "stats": {"rx": 1}},
             "connect": {"transcoded": True},
             "stop_record": {"path": "/r/a.wav", "seconds": 12.5},
         }
@@ -113,7 +113,8 @@ def test_leg_verbs_send_the_contract_and_return_dataclasses():
             await client.record("c1/a", "/r/a.wav")
             assert await client.stop_record("c1/a") == Recording("/r/a.wav", 12.5)
             await client.dtmf("c1/a", "123#", duration_ms=80)
-            assert await client.leg_query("c1/a") == LegState("c1/a", "PCMA", "rtp", "sendrecv", "c1/b", {"rx": 1})
+            assert await client.leg_query("c1/a") == LegState("c1/a", "PCMA", "rtp", "recvonly", None, {"rx": 1},
+                                                             hold=True, conference="room")
             assert await client.leg_close("c1/a") == {"rx": 10}
         finally:
             await client.close()
