@@ -30,11 +30,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from media.sdp import SdpError, SessionDescription
 from sipcore.b2bua import mirror_status
 from sipcore.callcontrol import (
     WEBRTC, AcceptCall, Call, ContactResolver, Decision, ProxyCall, RejectCall, RouteRequest, Target,
 )
-from sipcore.sdp import SdpError, SessionDescription
 
 __all__ = ["ANCHOR_MODES", "PbxRouter", "RingGroup", "needs_anchoring"]
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sipcore.sdp import SessionDescription, bump_version
+from .sdp import SessionDescription, bump_version
 
 from . import g711
 from .bridge import FRAME_SAMPLES, PCM_RATE, fit_frame

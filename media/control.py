@@ -15,23 +15,24 @@ for ping) or ``"result": "error"`` with an ``"error-reason"``. Events are pushed
 
 Commands: ``offer``, ``answer``, ``delete``, ``query`` (a call's stats, or the worker's without ``call_id``),
 ``ping``, and on an answered call ``play``/``stop_play``, ``record``/``stop_record``, ``dtmf``, ``mix``/``stop_mix``
-(docs/media.md). ``LineFramer`` is the sans-IO framing both ends use; ``ControlServer`` (in the worker) and
-``MediaControlClient`` (in the SIP process) are the asyncio adapters. ``start_workers(n, settings)`` spawns one
+(docs/media.md), and the leg commands of docs/callcontrol.md. ``media.wire.LineFramer`` is the sans-IO framing
+both ends use; ``ControlServer`` (here, in the worker) and ``media.client.MediaClient`` (in the SIP process,
+which never imports this module's worker) are the asyncio adapters. ``start_workers(n, settings)`` spawns one
 worker process per core, each serving its own control socket.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
-import json
 import logging
 import multiprocessing
 import os
 import signal
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
+from .client import MediaClient, MediaControlError
+from .wire import ControlProtocolError, LineFramer
 from .worker import MediaError, MediaSettings, MediaWorker
 
 __all__ = [
@@ -47,57 +48,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MAX_LINE = 4 * 1024 * 1024     # an SDP is a few KiB; anything this long is not a control message
-
-
-class ControlProtocolError(ValueError):
-    """A frame that is not a JSON object (or a line over MAX_LINE)."""
-
-
-class MediaControlError(Exception):
-    """The worker answered a request with an error; the message is its error-reason."""
-
-
-# -- sans-IO framing ---------------------------------------------------------------------------------
-
-class LineFramer:
-    """Newline-delimited JSON: ``feed`` bytes, get complete objects (or ControlProtocolError per bad line)."""
-
-    def __init__(self, max_line: int = MAX_LINE) -> None:
-        self.max_line = max_line
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[dict[str, Any] | ControlProtocolError]:
-        """Complete messages in ``data`` (with what was buffered), in order; a bad line yields its error."""
-        buffer = self._buffer
-        buffer += data
-        out: list[dict[str, Any] | ControlProtocolError] = []
-        while True:
-            end = buffer.find(b"\n")
-            if end < 0:
-                if len(buffer) > self.max_line:
-                    buffer.clear()
-                    out.append(ControlProtocolError(f"line longer than {self.max_line} bytes"))
-                return out
-            line = bytes(buffer[:end]).strip()
-            del buffer[:end + 1]
-            if not line:
-                continue
-            try:
-                message = json.loads(line)
-            except (ValueError, UnicodeDecodeError) as exc:
-                out.append(ControlProtocolError(f"bad JSON: {exc}"))
-                continue
-            if not isinstance(message, dict):
-                out.append(ControlProtocolError(f"a message must be a JSON object, not {type(message).__name__}"))
-                continue
-            out.append(message)
-
-    @staticmethod
-    def encode(message: dict[str, Any]) -> bytes:
-        """One message as a line."""
-        return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
 # -- the server (worker side) ------------------------------------------------------------------------
@@ -287,155 +237,11 @@ async def serve_worker(settings: MediaSettings) -> tuple[MediaWorker, ControlSer
     return worker, server, address
 
 
-# -- the client (signalling side) --------------------------------------------------------------------
-
 class MediaControlClient:
-    """The SIP process's handle on one media worker: offer/answer/delete/query/ping, events via ``on_event``."""
+    """The former name of ``media.client.MediaClient``: ``await MediaControlClient.connect(address)`` opens a
+    MediaClient (whose instance method ``connect(a, b)`` joins two legs). New code: ``MediaClient.open``."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 on_event: Callable[[dict[str, Any]], None] | None = None, timeout: float = 5.0) -> None:
-        self._reader = reader
-        self._writer = writer
-        self.on_event = on_event
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()   # used when no on_event is given
-        self.timeout = timeout
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._framer = LineFramer()
-        self._task = asyncio.ensure_future(self._read())
-
-    @classmethod
-    async def connect(cls, address: str | tuple[str, int], *,
-                      on_event: Callable[[dict[str, Any]], None] | None = None,
-                      timeout: float = 5.0) -> MediaControlClient:
-        """Connect to a worker's control socket: a Unix socket path or a (host, port)."""
-        if isinstance(address, str):
-            reader, writer = await asyncio.open_unix_connection(address)
-        else:
-            reader, writer = await asyncio.open_connection(address[0], address[1])
-        return cls(reader, writer, on_event, timeout)
-
-    async def _read(self) -> None:
-        error: Exception = ConnectionError("media worker closed the control connection")
-        try:
-            while data := await self._reader.read(65536):
-                for message in self._framer.feed(data):
-                    if isinstance(message, ControlProtocolError):
-                        log.warning("media control: %s", message)
-                        continue
-                    cookie = message.get("id")
-                    if "event" in message and cookie is None:
-                        if self.on_event is not None:
-                            self.on_event(message)
-                        else:
-                            self.events.put_nowait(message)
-                        continue
-                    future = self._pending.pop(cookie, None) if isinstance(cookie, int) else None
-                    if future is not None and not future.done():
-                        future.set_result(message)
-        except (ConnectionError, OSError) as exc:
-            error = exc
-        finally:
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(error)
-            self._pending.clear()
-
-    async def request(self, command: str, **args: Any) -> dict[str, Any]:
-        """Send one command and wait for its reply; MediaControlError if the worker says error."""
-        if self._task.done():
-            raise ConnectionError("the control connection is closed")
-        cookie = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[cookie] = future
-        self._writer.write(LineFramer.encode({"id": cookie, "command": command, **args}))
-        try:
-            reply = await asyncio.wait_for(future, self.timeout)
-        finally:
-            self._pending.pop(cookie, None)
-        if reply.get("result") == "error":
-            raise MediaControlError(str(reply.get("error-reason", "unknown error")))
-        return reply
-
-    async def offer(self, call_id: str, from_tag: str, sdp: str | bytes, transport: str | None = None) -> str:
-        """The caller's SDP offer -> the SDP to send the callee (``transport``: RTP/AVP, RTP/SAVP or UDP/TLS/RTP/SAVPF)."""
-        args: dict[str, Any] = {"call_id": call_id, "from_tag": from_tag,
-                                "sdp": sdp.decode() if isinstance(sdp, bytes) else sdp}
-        if transport:
-            args["transport"] = transport
-        return (await self.request("offer", **args))["sdp"]
-
-    async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str | bytes) -> str:
-        """The callee's SDP answer -> the SDP to send the caller."""
-        return (await self.answer_reply(call_id, from_tag, to_tag, sdp))["sdp"]
-
-    async def answer_reply(self, call_id: str, from_tag: str, to_tag: str, sdp: str | bytes) -> dict[str, Any]:
-        """``answer``'s whole reply: ``sdp``, and ``transcoded`` (whether the bridge transcodes, which costs
-        the worker about four times a relayed call's CPU)."""
-        return await self.request("answer", call_id=call_id, from_tag=from_tag, to_tag=to_tag,
-                                  sdp=sdp.decode() if isinstance(sdp, bytes) else sdp)
-
-    async def delete(self, call_id: str) -> dict[str, Any]:
-        """Tear the call's media down; returns its per-leg stats."""
-        return (await self.request("delete", call_id=call_id))["stats"]
-
-    async def query(self, call_id: str | None = None) -> dict[str, Any]:
-        """A call's stats, or the worker's figures."""
-        args = {"call_id": call_id} if call_id else {}
-        return (await self.request("query", **args))["stats"]
-
-    async def ping(self) -> dict[str, Any]:
-        """Liveness and load of the worker."""
-        return await self.request("ping")
-
-    async def play(self, call_id: str, tag: str, file: str | None = None, *, beep: bool | dict[str, Any] = False,
-                   loop: bool = False) -> dict[str, Any]:
-        """Play a file on the worker's host (or a beep) to the leg ``tag``, instead of the other party."""
-        args: dict[str, Any] = {"call_id": call_id, "tag": tag, "loop": loop}
-        if file is not None:
-            args["file"] = file
-        if beep:
-            args["beep"] = beep
-        return await self.request("play", **args)
-
-    async def stop_play(self, call_id: str, tag: str) -> dict[str, Any]:
-        """Stop what is played to the leg ``tag``."""
-        return await self.request("stop_play", call_id=call_id, tag=tag)
-
-    async def record(self, call_id: str, path: str) -> dict[str, Any]:
-        """Start recording the call to a two-channel WAV at ``path`` (caller left, callee right)."""
-        return await self.request("record", call_id=call_id, path=path)
-
-    async def stop_record(self, call_id: str) -> dict[str, Any]:
-        """Finish the call's recording; returns its path and duration."""
-        return await self.request("stop_record", call_id=call_id)
-
-    async def mix(self, call_id: str, tag: str, sdp: str | bytes, mode: str = "listen",
-                  whisper_to: str | None = None) -> str:
-        """Join a leg to a bridged call (its offer in, our answer out): ``listen``, ``whisper`` to a tag, ``speak``."""
-        args: dict[str, Any] = {"call_id": call_id, "tag": tag, "mode": mode,
-                                "sdp": sdp.decode() if isinstance(sdp, bytes) else sdp}
-        if whisper_to:
-            args["whisper_to"] = whisper_to
-        return (await self.request("mix", **args))["sdp"]
-
-    async def stop_mix(self, call_id: str, tag: str | None = None) -> dict[str, Any]:
-        """Drop the member leg ``tag`` (default: every leg ``mix`` joined to the call)."""
-        if tag is None:
-            return await self.request("stop_mix", call_id=call_id)
-        return await self.request("stop_mix", call_id=call_id, tag=tag)
-
-    async def dtmf(self, call_id: str, tag: str, digits: str, duration_ms: int = 100) -> dict[str, Any]:
-        """Send DTMF digits to the leg ``tag`` (RFC 4733 if it negotiated telephone-event, else in-band)."""
-        return await self.request("dtmf", call_id=call_id, tag=tag, digits=digits, duration_ms=duration_ms)
-
-    async def close(self) -> None:
-        self._writer.close()
-        self._task.cancel()
-        try:
-            await self._writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
+    connect = staticmethod(MediaClient.open)
 
 
 # -- worker processes --------------------------------------------------------------------------------
@@ -449,9 +255,9 @@ class WorkerProcess:
     settings: MediaSettings
     address: str | tuple[str, int]
 
-    async def client(self, **kwargs: Any) -> MediaControlClient:
+    async def client(self, **kwargs: Any) -> MediaClient:
         """A control connection to this worker."""
-        return await MediaControlClient.connect(self.address, **kwargs)
+        return await MediaClient.open(self.address, **{"name": self.index, **kwargs})
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM (the worker closes its calls and sockets), then wait; kill if it hangs."""

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sipcore.sdp import (
+from .sdp import (
     SdpError,
     SessionDescription,
     bump_version,

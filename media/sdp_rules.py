@@ -6,7 +6,7 @@ the worker (``media/negotiation.py``) applies them to legs.
 """
 from __future__ import annotations
 
-from sipcore.sdp import Attribute, RtpMap, SessionDescription
+from .sdp import Attribute, RtpMap, SessionDescription
 
 from .bridge import LegCodec
 from .srtp import AES128_CM_SHA1_80, DTLS_SRTP_PROFILES, CryptoAttribute, SrtpError

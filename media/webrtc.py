@@ -32,11 +32,10 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sipcore.sdp import Attribute, Connection, MediaDescription, SessionDescription
-
 from .certificate import DtlsCertificate, parse_sdp_fingerprint
 from .dtls import DtlsClosed, DtlsEndpoint, DtlsFailed, DtlsState, HandshakeComplete
 from .ice import CandidateNominated, ConsentExpired, IceEvent, IceLeg, IceLiteAgent
+from .sdp import Attribute, Connection, MediaDescription, SessionDescription
 from .srtp import DTLS_SRTP_PROFILES, SrtpContext, SrtpError, SrtpProfile
 
 __all__ = [

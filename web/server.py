@@ -3,7 +3,7 @@
 `serve(settings)` runs everything in one event loop (uvloop when installed): SIP over UDP/TCP/TLS on
 their own sockets, and the Starlette app (with SIP over WebSocket at /ws) under uvicorn. With
 ``[media] enabled`` it also spawns the media worker processes (media.control.start_workers) and hands
-the B2BUA a ``MediaPool`` over their control connections, so back-to-back calls are media-anchored.
+the B2BUA a ``media.client.MediaPool`` over their control connections, so back-to-back calls are media-anchored.
 """
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ import socket
 import ssl
 import sys
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from media.client import MediaClient, MediaPool
+from media.events import decode_event
 from sipcore.auth import DigestAuthenticator
 from sipcore.cluster import Node, default_node_uri
 from sipcore.limiter import SourceLimiter
@@ -181,98 +182,6 @@ async def _listening(what: str, bind: Any) -> int:
         raise StartupError(f"cannot listen on {what}: {cause.strerror or cause}") from exc
 
 
-class MediaPool:
-    """The B2BUA's media controller over the workers' control clients.
-
-    A new call goes to the worker with the least load this pool has placed on it (ties: the Call-ID's CRC32),
-    and stays there: offer, answer, re-offers and delete of one call meet the same worker state. A call weighs
-    1 until its answer says it is transcoded, then ``TRANSCODED_WEIGHT`` (benchmarks/media/RESULTS.md: a
-    transcoded call costs a worker 3.5-4.6 times the CPU of a relayed one). A command for a call the pool
-    never placed falls back to the CRC32 choice. Failures are exceptions (the B2BUA logs and degrades).
-    """
-
-    TRANSCODED_WEIGHT = 4
-
-    def __init__(self, clients: list[Any]) -> None:
-        if not clients:
-            raise ValueError("a MediaPool needs at least one worker client")
-        self.clients = clients
-        self.owner: dict[str, int] = {}         # call_id -> index of its worker
-        self.weight: dict[str, int] = {}        # call_id -> what it counts in load
-        self.load = [0] * len(clients)          # weights of the calls placed on each worker, not deleted yet
-
-    def client_for(self, call_id: str) -> Any:
-        """The control client of the worker that owns ``call_id``."""
-        index = self.owner.get(call_id)
-        if index is None:
-            index = zlib.crc32(call_id.encode()) % len(self.clients)
-        return self.clients[index]
-
-    def _place(self, call_id: str) -> Any:
-        """The worker for a call's first offer: the least loaded one."""
-        index = self.owner.get(call_id)
-        if index is None:
-            start = zlib.crc32(call_id.encode()) % len(self.clients)
-            order = [(start + i) % len(self.clients) for i in range(len(self.clients))]
-            index = min(order, key=lambda i: self.load[i])
-            self.owner[call_id] = index
-            self.weight[call_id] = 1
-            self.load[index] += 1
-        return self.clients[index]
-
-    async def offer(self, call_id: str, from_tag: str, sdp: bytes, transport: str | None = None) -> str:
-        client = self._place(call_id)
-        try:
-            return await client.offer(call_id, from_tag, sdp, transport)
-        except Exception:
-            if call_id in self.owner and not await self._known(client, call_id):
-                self._forget(call_id)              # the worker did not take the call: do not count it
-            raise
-
-    async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: bytes) -> str:
-        reply = await self.client_for(call_id).answer_reply(call_id, from_tag, to_tag, sdp)
-        index = self.owner.get(call_id)
-        if index is not None and reply.get("transcoded") is not None:
-            weight = self.TRANSCODED_WEIGHT if reply["transcoded"] else 1
-            self.load[index] += weight - self.weight.get(call_id, 1)
-            self.weight[call_id] = weight
-        return reply["sdp"]
-
-    async def delete(self, call_id: str) -> Any:
-        client = self.client_for(call_id)
-        try:
-            return await client.delete(call_id)
-        finally:
-            self._forget(call_id)
-
-    async def _known(self, client: Any, call_id: str) -> bool:
-        try:
-            await client.query(call_id)
-            return True
-        except Exception:  # noqa: BLE001 - unknown call, or the worker is unreachable
-            return False
-
-    def replace(self, index: int, client: Any) -> list[str]:
-        """Worker ``index`` was replaced (it died): new calls may go to ``client``; the calls it held are
-        forgotten (their media died with it) and returned."""
-        lost = [call_id for call_id, owner in self.owner.items() if owner == index]
-        for call_id in lost:
-            self._forget(call_id)
-        self.clients[index] = client
-        return lost
-
-    def _forget(self, call_id: str) -> None:
-        index = self.owner.pop(call_id, None)
-        weight = self.weight.pop(call_id, 1)
-        if index is not None:
-            self.load[index] -= weight
-
-
-def _on_media_event(event: dict[str, Any]) -> None:
-    """Events pushed by the workers (DTMF, media timeouts, browser legs down): logged for now."""
-    log.info("media event %s", event, extra={"call_id": event.get("call_id")})
-
-
 class Application:
     """Everything one callpath process runs, built from Settings."""
 
@@ -296,7 +205,7 @@ class Application:
         self.media_restarts = 0
         self.listening: list[str] = []
         self.media_workers: list[Any] = []      # media.control.WorkerProcess handles
-        self.media_clients: list[Any] = []      # one MediaControlClient per worker
+        self.media_clients: list[Any] = []      # one media.client.MediaClient per worker
         self.media_pool: MediaPool | None = None
         self.media_lines: list[str] = []        # "media worker N on ICE port X, RTP ports A-B"
         self.gc_watch = GcWatch()               # pauses of the cyclic GC (installed by the server's main)
@@ -408,9 +317,17 @@ class Application:
                                     media_timeout=self.settings.media.control_timeout)
             self.proxy.b2bua = self.b2bua
 
+    def _on_media_event(self, message: dict[str, Any]) -> None:
+        """An event a worker pushed (DTMF, play done, media timeout, browser leg down) or a client made (worker
+        lost): logged, decoded and routed by the pool to the owner of its leg."""
+        log.info("media event %s", message, extra={"call_id": message.get("call_id") or message.get("leg")})
+        event = decode_event(message)
+        if event is not None and self.media_pool is not None:
+            self.media_pool.dispatch(event)
+
     async def _start_media(self) -> None:
         """Spawn the media workers (blocking: in a thread) and connect a control client to each."""
-        from media.control import MediaControlClient, start_workers
+        from media.control import start_workers
         from media.worker import MediaSettings as WorkerSettings
 
         s = self.settings
@@ -429,8 +346,8 @@ class Application:
             raise MediaStartError(f"media workers did not start: {exc}") from exc
         try:
             for worker in self.media_workers:
-                client = await asyncio.wait_for(MediaControlClient.connect(
-                    worker.address, on_event=_on_media_event, timeout=m.control_timeout), 10)
+                client = await asyncio.wait_for(MediaClient.open(
+                    worker.address, on_event=self._on_media_event, timeout=m.control_timeout, name=worker.index), 10)
                 self.media_clients.append(client)
                 status = await client.ping()
                 own = worker.settings
@@ -466,14 +383,15 @@ class Application:
 
     async def _replace_worker(self, index: int, worker: Any) -> None:
         """Spawn worker ``index`` again, connect to it, and hand the pool the new client."""
-        from media.control import MediaControlClient, spawn_worker
+        from media.control import spawn_worker
 
         log.error("media worker %d (pid %s) died with exit code %s: starting a new one", index,
                   worker.process.pid, worker.process.exitcode)
         fresh = await asyncio.to_thread(spawn_worker, index, worker.settings)
         try:
-            client = await asyncio.wait_for(MediaControlClient.connect(
-                fresh.address, on_event=_on_media_event, timeout=self.settings.media.control_timeout), 10)
+            client = await asyncio.wait_for(MediaClient.open(
+                fresh.address, on_event=self._on_media_event, timeout=self.settings.media.control_timeout,
+                name=index), 10)
         except BaseException:
             await asyncio.to_thread(fresh.stop)
             raise
@@ -485,11 +403,11 @@ class Application:
         self.media_restarts += 1
         if self.media_pool is None:
             return
-        lost = self.media_pool.replace(index, client)
-        if lost:
-            log.error("media worker %d: the media of %d call(s) was lost with it: %s", index, len(lost),
-                      ", ".join(lost[:20]))
-        for call_id in lost:                      # hang them up rather than leave the parties in silence
+        lost = self.media_pool.replace(index, client)      # the owners of its legs get WorkerLost
+        if lost.calls or lost.legs:
+            log.error("media worker %d: the media of %d call(s) and %d leg(s) was lost with it: %s", index,
+                      len(lost.calls), len(lost.legs), ", ".join((lost.calls + lost.legs)[:20]))
+        for call_id in lost.calls:                # hang them up rather than leave the parties in silence
             if self.b2bua is not None and hasattr(self.b2bua, "media_lost"):
                 self.b2bua.media_lost(call_id)
 

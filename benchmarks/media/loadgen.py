@@ -168,7 +168,7 @@ class WebRtcPeer:
         self.stun_at = 0.0
 
     def offer(self, codecs: list) -> str:
-        from sipcore.sdp import create_offer
+        from media.sdp import create_offer
         offer = create_offer("127.0.0.1", self.port, codecs, proto="UDP/TLS/RTP/SAVPF")
         offer.media[0].add_attribute("mid", "0")
         self.leg.add_transport_attributes(offer, "127.0.0.1", self.port)
@@ -185,7 +185,7 @@ class WebRtcPeer:
         """ICE check with USE-CANDIDATE, then the DTLS handshake as client: SRTP keys."""
         from media.certificate import parse_sdp_fingerprint
         from media.dtls import DtlsEndpoint, DtlsFailed, HandshakeComplete
-        from sipcore.sdp import SessionDescription
+        from media.sdp import SessionDescription
         sd = SessionDescription.parse(answer_sdp)
         sec = sd.media[0]
         self.remote_ufrag = (sec.attribute("ice-ufrag") or sd.attribute("ice-ufrag")).strip()
@@ -243,7 +243,7 @@ def _read_all(sock: socket.socket, fd: int) -> list[tuple[int, bytes, tuple[str,
 
 
 def _pt_of(sdp: str, encoding: str) -> int:
-    from sipcore.sdp import SessionDescription
+    from media.sdp import SessionDescription
     sec = SessionDescription.parse(sdp).media[0]
     for pt, m in sec.rtpmap.items():
         if m.encoding.lower() == encoding:
@@ -252,7 +252,7 @@ def _pt_of(sdp: str, encoding: str) -> int:
 
 
 def _max_playback_rate(sdp: str, pt: int) -> int | None:
-    from sipcore.sdp import SessionDescription
+    from media.sdp import SessionDescription
     fmtp = SessionDescription.parse(sdp).media[0].fmtp.get(pt, "")
     for param in fmtp.split(";"):
         name, _, value = param.strip().partition("=")
@@ -262,17 +262,17 @@ def _max_playback_rate(sdp: str, pt: int) -> int | None:
 
 
 def _port_of(sdp: str) -> int:
-    from sipcore.sdp import SessionDescription
+    from media.sdp import SessionDescription
     return SessionDescription.parse(sdp).media[0].port
 
 
 def _plain_sdp(port: int) -> str:
-    from sipcore.sdp import create_offer
+    from media.sdp import create_offer
     return create_offer("127.0.0.1", port, [("PCMU", 8000), ("telephone-event", 8000)], ptime=20).to_bytes().decode()
 
 
 def _plain_answer(offer: str, port: int) -> str:
-    from sipcore.sdp import SessionDescription, create_answer
+    from media.sdp import SessionDescription, create_answer
     return create_answer(SessionDescription.parse(offer), [("PCMU", 8000), ("telephone-event", 8000)],
                          "127.0.0.1", port).to_bytes().decode()
 
@@ -300,8 +300,8 @@ async def _setup(cfg: dict[str, Any], trunk: socket.socket, caller: socket.socke
         from rtpengine_ng import NgClient
         client: Any = NgClient(tuple(cfg["ng"]))
     else:
-        from media.control import MediaControlClient
-        client = await MediaControlClient.connect(cfg["control"], timeout=30.0)
+        from media.client import MediaClient
+        client = await MediaClient.open(cfg["control"], timeout=30.0)
     certificate = None
     if path in ("opus", "srtp"):
         from media.certificate import DtlsCertificate
@@ -345,7 +345,7 @@ async def _setup(cfg: dict[str, Any], trunk: socket.socket, caller: socket.socke
             calls.append((cid, a2b, b2a, None, _port_of(to_b), _port_of(to_a)))
     if cfg.get("record") and path != "rtpengine":     # every call recorded, as a contact center does
         for cid, *_ in calls:
-            await client.record(cid, os.path.join(cfg["record"], f"{cid}.wav"))
+            await client.call_record(cid, os.path.join(cfg["record"], f"{cid}.wav"))
     return calls, client
 
 

@@ -20,7 +20,7 @@ import pytest
 from media.audio import dominant_frequency
 from media.dtmf import decode_telephone_event, event_to_digit
 from media.worker import MediaSettings, MediaWorker
-from sipcore.sdp import SessionDescription, create_answer
+from media.sdp import SessionDescription, create_answer
 
 from browser_helpers import PAGE, PageServer, TrunkPeer, free_udp_range, pcmu_samples, write_tone_wav
 

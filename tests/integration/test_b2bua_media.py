@@ -24,7 +24,7 @@ import pytest
 from media.audio import as_samples, dominant_frequency, to_bytes, tone
 from media.g711 import ulaw_decode, ulaw_encode
 from sipcore.b2bua import BackToBack
-from sipcore.sdp import SessionDescription, create_answer, create_offer
+from media.sdp import SessionDescription, create_answer, create_offer
 from sipcore.stack import SipStack
 from sipcore.ua import Answered, Confirmed, Ended, Failed, UserAgent
 from sipp_harness import free_udp_port, run_sipp, start_callpath, start_sipp

@@ -26,7 +26,7 @@ from media.dtmf import decode_telephone_event, dtmf_tone, packets_for_press  # n
 from media.rtcp import Bye, SenderReport, parse_compound  # noqa: E402
 from media.webrtc import WebRtcPort  # noqa: E402
 from media.worker import MediaSettings, MediaWorker  # noqa: E402
-from sipcore.sdp import SessionDescription, create_answer  # noqa: E402
+from media.sdp import SessionDescription, create_answer  # noqa: E402
 
 from aiortc_peers import Listener, SineTrack  # noqa: E402
 

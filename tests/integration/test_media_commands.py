@@ -11,10 +11,10 @@ import pytest
 
 from media import g711
 from media.audio import dominant_frequency, tone
-from media.control import MediaControlClient, MediaControlError
+from media.client import MediaClient, MediaControlError
 from media.dtmf import decode_telephone_event
 from media.worker import MediaSettings
-from sipcore.sdp import SessionDescription, create_answer, create_offer
+from media.sdp import SessionDescription, create_answer, create_offer
 
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,7 @@ def decoded(packets: list[bytes], law: str = "ulaw") -> np.ndarray:
 class Call:
     """A call through the worker between two plain-RTP peers (A offers ``a_codecs``, B answers ``b_codecs``)."""
 
-    def __init__(self, client: MediaControlClient, call_id: str) -> None:
+    def __init__(self, client: MediaClient, call_id: str) -> None:
         self.client = client
         self.call_id = call_id
         self.a = Peer()
@@ -108,7 +108,7 @@ class Call:
 PCMU_TE = [("PCMU", 8000), ("telephone-event", 8000)]
 
 
-async def tear_down(stop: asyncio.Event, call: Call, client: MediaControlClient, *peers: Peer) -> None:
+async def tear_down(stop: asyncio.Event, call: Call, client: MediaClient, *peers: Peer) -> None:
     """Stop the tone senders, end the call, close the control connection and the members' sockets."""
     stop.set()
     await call.close()
@@ -137,7 +137,7 @@ async def test_play_file_replaces_what_the_leg_hears(worker_process, tmp_path):
         if event.get("event") == "play-done":
             done.set()
 
-    client = await MediaControlClient.connect(worker_process.address, on_event=on_event)
+    client = await MediaClient.open(worker_process.address, on_event=on_event)
     call = Call(client, "call-play")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -148,7 +148,7 @@ async def test_play_file_replaces_what_the_leg_hears(worker_process, tmp_path):
         before = decoded(call.b.audio(ULAW)[-10:])
         assert abs(dominant_frequency(before, 8000) - 440) < 10        # B hears A
 
-        reply = await client.play("call-play", "b-tag", str(wav))
+        reply = await client.call_play("call-play", "b-tag", str(wav))
         assert reply["frames"] == 30 and reply["tag"] == "b-tag"
         started = loop.time()
         await asyncio.wait_for(done.wait(), 3.0)
@@ -166,10 +166,10 @@ async def test_play_file_replaces_what_the_leg_hears(worker_process, tmp_path):
         assert all((y - x) & 0xFFFF == 1 for x, y in zip(seqs, seqs[1:]))   # one continuous stream
 
         # a looping beep, stopped by stop_play
-        await client.play("call-play", "b-tag", beep={"freq": 800, "ms": 100}, loop=True)
+        await client.call_play("call-play", "b-tag", beep={"freq": 800, "ms": 100}, loop=True)
         await asyncio.sleep(0.4)
-        assert (await client.stop_play("call-play", "b-tag"))["stopped"] is True
-        assert (await client.stop_play("call-play", "b-tag"))["stopped"] is False
+        assert (await client.call_stop_play("call-play", "b-tag"))["stopped"] is True
+        assert (await client.call_stop_play("call-play", "b-tag"))["stopped"] is False
         stop.set()
         await sender
     finally:
@@ -180,7 +180,7 @@ async def test_play_file_replaces_what_the_leg_hears(worker_process, tmp_path):
 
 @pytest.mark.parametrize("mode", ["passthrough", "transcoding"])
 async def test_record_puts_a_left_and_b_right(worker_process, tmp_path, mode):
-    client = await MediaControlClient.connect(worker_process.address)
+    client = await MediaClient.open(worker_process.address)
     call = Call(client, f"call-rec-{mode}")
     stop = asyncio.Event()
     path = tmp_path / "call.wav"
@@ -190,17 +190,17 @@ async def test_record_puts_a_left_and_b_right(worker_process, tmp_path, mode):
         senders = [asyncio.ensure_future(call.a.send_tone(440.0, call.to_a, a_law, a_pt, stop)),
                    asyncio.ensure_future(call.b.send_tone(1000.0, call.to_b, "ulaw", ULAW, stop))]
         await asyncio.sleep(0.2)
-        reply = await client.record(call.call_id, str(path))
+        reply = await client.call_record(call.call_id, str(path))
         assert reply["channels"] == {"left": "a-tag", "right": "b-tag"}
         with pytest.raises(MediaControlError, match="already being recorded"):
-            await client.record(call.call_id, str(path))
+            await client.call_record(call.call_id, str(path))
         await asyncio.sleep(1.0)
-        result = await client.stop_record(call.call_id)
+        result = await client.call_stop_record(call.call_id)
         stop.set()
         await asyncio.gather(*senders)
         assert result["path"] == str(path) and 0.8 <= result["duration"] <= 1.3
         with pytest.raises(MediaControlError, match="not being recorded"):
-            await client.stop_record(call.call_id)
+            await client.call_stop_record(call.call_id)
     finally:
         stop.set()
         await call.close()
@@ -223,14 +223,14 @@ async def test_dtmf_to_a_leg_with_telephone_event(worker_process):
         if event.get("event") == "dtmf-sent":
             sent.set()
 
-    client = await MediaControlClient.connect(worker_process.address, on_event=on_event)
+    client = await MediaClient.open(worker_process.address, on_event=on_event)
     call = Call(client, "call-dtmf")
     stop = asyncio.Event()
     try:
         await call.setup(PCMU_TE, PCMU_TE)
         sender = asyncio.ensure_future(call.a.send_tone(440.0, call.to_a, "ulaw", ULAW, stop))
         await asyncio.sleep(0.2)
-        reply = await client.dtmf("call-dtmf", "b-tag", "12", duration_ms=100)
+        reply = await client.call_dtmf("call-dtmf", "b-tag", "12", duration_ms=100)
         assert reply["mode"] == "rfc4733"
         await asyncio.wait_for(sent.wait(), 3.0)
         await asyncio.sleep(0.2)
@@ -257,11 +257,11 @@ async def test_dtmf_to_a_leg_with_telephone_event(worker_process):
 
 
 async def test_dtmf_in_band_when_the_leg_has_no_telephone_event(worker_process):
-    client = await MediaControlClient.connect(worker_process.address)
+    client = await MediaClient.open(worker_process.address)
     call = Call(client, "call-dtmf-inband")
     try:
         await call.setup(PCMU_TE, [("PCMU", 8000)])             # B negotiated no telephone-event
-        reply = await client.dtmf("call-dtmf-inband", "b-tag", "5", duration_ms=200)
+        reply = await client.call_dtmf("call-dtmf-inband", "b-tag", "5", duration_ms=200)
         assert reply["mode"] == "inband"
         await asyncio.sleep(0.5)
     finally:
@@ -278,37 +278,37 @@ async def test_dtmf_in_band_when_the_leg_has_no_telephone_event(worker_process):
 
 
 async def test_errors_are_clear(worker_process, tmp_path):
-    client = await MediaControlClient.connect(worker_process.address)
+    client = await MediaClient.open(worker_process.address)
     call = Call(client, "call-err")
     try:
         with pytest.raises(MediaControlError, match="unknown call 'nope'"):
-            await client.play("nope", "b-tag", beep=True)
+            await client.call_play("nope", "b-tag", beep=True)
         with pytest.raises(MediaControlError, match="unknown call 'nope'"):
-            await client.record("nope", str(tmp_path / "x.wav"))
+            await client.call_record("nope", str(tmp_path / "x.wav"))
         with pytest.raises(MediaControlError, match="unknown call 'nope'"):
-            await client.dtmf("nope", "b-tag", "1")
+            await client.call_dtmf("nope", "b-tag", "1")
         await call.setup(PCMU_TE, PCMU_TE)
         with pytest.raises(MediaControlError, match="no leg with tag 'zzz'"):
-            await client.play("call-err", "zzz", beep=True)
+            await client.call_play("call-err", "zzz", beep=True)
         with pytest.raises(MediaControlError, match="no leg with tag 'zzz'"):
-            await client.dtmf("call-err", "zzz", "1")
+            await client.call_dtmf("call-err", "zzz", "1")
         with pytest.raises(MediaControlError, match="prompt file not found: .*missing.wav"):
-            await client.play("call-err", "b-tag", str(tmp_path / "missing.wav"))
+            await client.call_play("call-err", "b-tag", str(tmp_path / "missing.wav"))
         with pytest.raises(MediaControlError, match="needs 'file'"):
-            await client.play("call-err", "b-tag")
+            await client.call_play("call-err", "b-tag")
         with pytest.raises(MediaControlError, match="not a string of DTMF digits"):
-            await client.dtmf("call-err", "b-tag", "1x")
+            await client.call_dtmf("call-err", "b-tag", "1x")
         with pytest.raises(MediaControlError, match="duration_ms"):
-            await client.dtmf("call-err", "b-tag", "1", duration_ms=5)
+            await client.call_dtmf("call-err", "b-tag", "1", duration_ms=5)
         with pytest.raises(MediaControlError, match="does not exist"):
-            await client.record("call-err", str(tmp_path / "no" / "such" / "dir.wav"))
+            await client.call_record("call-err", str(tmp_path / "no" / "such" / "dir.wav"))
         with pytest.raises(MediaControlError, match="missing or non-string 'digits'"):
             await client.request("dtmf", call_id="call-err", tag="b-tag")
         # a call that is offered but not answered has no media to play into
         offer = create_offer("127.0.0.1", 9, PCMU_TE)
         await client.offer("call-half", "h-tag", offer.to_bytes(), transport="RTP/AVP")
         with pytest.raises(MediaControlError, match="not answered yet"):
-            await client.play("call-half", "h-tag", beep=True)
+            await client.call_play("call-half", "h-tag", beep=True)
         await client.delete("call-half")
         assert (await client.ping())["result"] == "pong"
     finally:
@@ -326,7 +326,7 @@ def band_level(samples: np.ndarray, freq: float) -> float:
 
 @pytest.mark.parametrize("mode", ["passthrough", "transcoding"])
 async def test_mix_spy_then_whisper(worker_process, mode):
-    client = await MediaControlClient.connect(worker_process.address)
+    client = await MediaClient.open(worker_process.address)
     call = Call(client, "call-mix")
     sup = Peer()
     stop = asyncio.Event()
@@ -377,7 +377,7 @@ async def test_mix_spy_then_whisper(worker_process, mode):
 async def test_mix_speak_makes_a_conference(worker_process, tmp_path, mode):
     """A third party that speaks is heard by both parties and hears them; a listener beside it hears all three;
     the recording keeps A left and everyone A talks with right; dropping the speaker gives the call back."""
-    client = await MediaControlClient.connect(worker_process.address)
+    client = await MediaClient.open(worker_process.address)
     call = Call(client, f"call-conf-{mode}")
     third, spy = Peer(), Peer()
     stop = asyncio.Event()
@@ -390,7 +390,7 @@ async def test_mix_speak_makes_a_conference(worker_process, tmp_path, mode):
         senders = [asyncio.ensure_future(call.a.send_tone(440.0, call.to_a, a_law, a_pt, stop)),
                    asyncio.ensure_future(call.b.send_tone(1000.0, call.to_b, "ulaw", ULAW, stop))]
         await asyncio.sleep(0.2)
-        await client.record(call.call_id, str(path))
+        await client.call_record(call.call_id, str(path))
         offer = create_offer("127.0.0.1", third.port, [("PCMA", 8000)])
         answer = SessionDescription.parse(await client.mix(call.call_id, "third-tag", offer.to_bytes(), "speak"))
         assert answer.media[0].rtpmap[answer.media[0].payload_types[0]].encoding == "PCMA"
@@ -429,7 +429,7 @@ async def test_mix_speak_makes_a_conference(worker_process, tmp_path, mode):
         assert band_level(a_after, 1000) > 0.9 and band_level(a_after, 600) < 0.05
         assert band_level(spy_after, 440) > 0.5 and band_level(spy_after, 1000) > 0.5
         assert band_level(spy_after, 600) < 0.05
-        assert (await client.stop_record(call.call_id))["path"] == str(path)
+        assert (await client.call_stop_record(call.call_id))["path"] == str(path)
         with pytest.raises(MediaControlError, match="no member 'nobody'"):
             await client.stop_mix(call.call_id, "nobody")
         with pytest.raises(MediaControlError, match="mode must be"):
@@ -455,7 +455,7 @@ async def test_mix_speak_makes_a_conference(worker_process, tmp_path, mode):
 async def test_reinvite_changes_a_partys_codec(worker_process):
     """A re-offers with PCMA only (its PCMU is gone): our answer moves A to PCMA, the call goes from passthrough
     to transcoding, both tones still arrive, and B's stream stays one continuous RTP stream."""
-    client = await MediaControlClient.connect(worker_process.address)
+    client = await MediaClient.open(worker_process.address)
     call = Call(client, "call-codec")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -505,7 +505,7 @@ async def test_reinvite_changes_a_partys_codec(worker_process):
 async def test_a_members_reinvite_holds_resumes_and_moves_it(worker_process):
     """A supervisor's phone re-INVITEs: on hold (sendonly) the worker stops sending to it and answers recvonly;
     resumed from a new port, the mix goes there; a re-offer that drops its codec is refused and changes nothing."""
-    client = await MediaControlClient.connect(worker_process.address)
+    client = await MediaClient.open(worker_process.address)
     call = Call(client, "call-member-reinvite")
     sup, moved = Peer(), Peer()
     stop = asyncio.Event()

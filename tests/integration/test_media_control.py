@@ -8,11 +8,12 @@ import struct
 import pytest
 
 from media.certificate import DtlsCertificate
-from media.control import LineFramer, MediaControlClient, MediaControlError
+from media.client import MediaClient, MediaControlError
+from media.wire import LineFramer
 from media.webrtc import WebRtcLeg
 from media.ice import IceLiteAgent
 from media.worker import MediaSettings
-from sipcore.sdp import SessionDescription, create_answer, create_offer
+from media.sdp import SessionDescription, create_answer, create_offer
 
 
 pytestmark = pytest.mark.integration
@@ -31,7 +32,7 @@ def browser_offer() -> str:
 
 
 async def test_offer_answer_delete_round_trip(worker_process):
-    client = await MediaControlClient.connect(worker_process.address)
+    client = await MediaClient.open(worker_process.address)
     try:
         pong = await client.ping()
         assert pong["result"] == "pong" and pong["calls"] == 0
@@ -77,7 +78,7 @@ async def test_offer_answer_delete_round_trip(worker_process):
 
 
 async def test_errors_are_replies_with_a_reason(worker_process):
-    client = await MediaControlClient.connect(worker_process.address)
+    client = await MediaClient.open(worker_process.address)
     try:
         with pytest.raises(MediaControlError, match="unknown call 'nope'"):
             await client.delete("nope")
@@ -138,7 +139,7 @@ async def test_trunk_to_trunk_relay_and_dtmf_event_pushed(worker_process):
         if event.get("event") == "dtmf":
             got_dtmf.set()
 
-    client = await MediaControlClient.connect(worker_process.address, on_event=on_event)
+    client = await MediaClient.open(worker_process.address, on_event=on_event)
     try:
         a_port = a_transport.get_extra_info("sockname")[1]
         b_port = b_transport.get_extra_info("sockname")[1]

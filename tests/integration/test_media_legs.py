@@ -21,7 +21,7 @@ from media.control import serve_worker
 from media.dtmf import dtmf_tone, packets_for_press
 from media.relay import available as relay_available
 from media.worker import MediaError, MediaSettings, MediaWorker
-from sipcore.sdp import SessionDescription, create_answer, create_offer
+from media.sdp import SessionDescription, create_answer, create_offer
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from media import relay as media_relay
 from media.dtmf import packets_for_press
 from media.rtcp import SenderReport, parse_compound
 from media.worker import MediaSettings, MediaWorker
-from sipcore.sdp import SessionDescription
+from media.sdp import SessionDescription
 
 from media_ports import free_udp_range
 from rtp_peers import RtpPeer as Peer

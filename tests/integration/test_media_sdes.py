@@ -18,7 +18,7 @@ from media import g711
 from media.audio import dominant_frequency, tone
 from media.srtp import AES128_CM_SHA1_80, AEAD_AES_128_GCM, CryptoAttribute, sdes_context
 from media.worker import MediaError, MediaSettings, MediaWorker
-from sipcore.sdp import SessionDescription
+from media.sdp import SessionDescription
 
 from media_ports import free_udp_range
 from rtp_peers import RtpPeer as Peer

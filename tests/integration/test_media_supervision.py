@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from media_ports import free_udp_range
-from sipcore.sdp import SessionDescription, create_offer
+from media.sdp import SessionDescription, create_offer
 from web.server import Application
 from web.settings import load_settings
 
@@ -34,7 +34,7 @@ async def test_a_killed_media_worker_is_replaced(tmp_path):
         pool = app.media_pool
         offer = create_offer("127.0.0.1", 4000, [("PCMU", 8000)]).to_bytes()
         SessionDescription.parse(await pool.offer("before", "a-tag", offer))
-        assert pool.owner == {"before": 0}
+        assert pool.calls == {"before": 0}
         first = app.media_workers[0]
         os.kill(first.process.pid, signal.SIGKILL)
         for _ in range(300):
@@ -44,10 +44,10 @@ async def test_a_killed_media_worker_is_replaced(tmp_path):
         assert app.media_restarts == 1
         fresh = app.media_workers[0]
         assert fresh.process.pid != first.process.pid and fresh.process.is_alive()
-        assert fresh.settings.rtp_port_min == low and "before" not in pool.owner and pool.load == [0]
+        assert fresh.settings.rtp_port_min == low and "before" not in pool.calls and pool.load == [0]
         # a new call gets media from the new worker, inside the same RTP range
         sd = SessionDescription.parse(await pool.offer("after", "a-tag", offer, "RTP/AVP"))
-        assert low <= sd.media[0].port <= low + 99 and pool.owner == {"after": 0}
+        assert low <= sd.media[0].port <= low + 99 and pool.calls == {"after": 0}
         assert (await pool.delete("after")) is not None
     finally:
         await app.stop()

@@ -31,7 +31,7 @@ from media.webrtc import (  # noqa: E402
     RtpReceived,
     WebRtcPort,
 )
-from sipcore.sdp import SessionDescription, create_answer  # noqa: E402
+from media.sdp import SessionDescription, create_answer  # noqa: E402
 
 from aiortc_peers import SineTrack  # noqa: E402
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from media.sdp import SessionDescription, create_offer
 from sipcore.b2bua import mirror_status
 from sipcore.callcontrol import (
     CallControl, ChannelAnswered, ChannelEnded, ChannelHeld, ChannelResumed, Contact, DtmfReceived,
     LegDescription, Target,
 )
-from sipcore.sdp import SessionDescription, create_offer
 from sipcore.ua import Answered, Confirmed, Ended, Failed, Ringing, parse_replaces
 from sipcore.uri import SipUri
 

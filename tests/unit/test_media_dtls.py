@@ -24,7 +24,7 @@ from media.webrtc import (
     WebRtcLeg,
     dtls_role_for_remote_setup,
 )
-from sipcore.sdp import SessionDescription, create_answer
+from media.sdp import SessionDescription, create_answer
 
 
 @pytest.fixture(scope="module")

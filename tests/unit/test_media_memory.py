@@ -20,12 +20,13 @@ from collections import Counter
 import pytest
 
 from media.certificate import DtlsCertificate
-from media.control import ControlServer, MediaControlClient, MediaControlError
+from media.client import MediaClient, MediaControlError
+from media.control import ControlServer
 from media.dtls import DtlsEndpoint, DtlsFailed, HandshakeComplete
 from media.relay import available as relay_available
 from media.srtp import AES128_CM_SHA1_80, CryptoAttribute, sdes_context
 from media.worker import MediaSettings, MediaWorker
-from sipcore.sdp import SessionDescription, create_answer, create_offer
+from media.sdp import SessionDescription, create_answer, create_offer
 
 from media_ports import free_udp_range
 from rtp_peers import RtpPeer
@@ -66,7 +67,7 @@ def rtp(seq: int, ssrc: int) -> bytes:
 
 
 class Calls:
-    """Makes call ``n`` through ``api`` (a MediaWorker or a MediaControlClient): offer, answer, some media, delete.
+    """Makes call ``n`` through ``api`` (a MediaWorker or a MediaClient): offer, answer, some media, delete.
     The kind goes round: trunk to trunk, SDES trunk to trunk, browser to trunk, trunk to browser."""
 
     def __init__(self, api, a: RtpPeer, b: RtpPeer) -> None:
@@ -254,7 +255,7 @@ async def test_control_client_and_server_keep_nothing_per_call():
     worker = await _worker(relay_available())
     server = ControlServer(worker)
     address = await server.listen(None, HOST, 0)
-    client = await MediaControlClient.connect(address)
+    client = await MediaClient.open(address)
     a, b = await _peers()
     calls = Calls(client, a, b)
 

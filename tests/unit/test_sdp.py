@@ -1,11 +1,11 @@
-"""Unit tests for sipcore.sdp: parsing/building real-world bodies, errors, RFC 3264 offer/answer, hold."""
+"""Unit tests for media.sdp: parsing/building real-world bodies, errors, RFC 3264 offer/answer, hold."""
 from __future__ import annotations
 
 import textwrap
 
 import pytest
 
-from sipcore.sdp import (
+from media.sdp import (
     STATIC_PAYLOAD_TYPES,
     Attribute,
     Bandwidth,

@@ -8,7 +8,7 @@ from typing import Callable
 import pytest
 
 from sipcore.message import Request, Response, parse_message
-from sipcore.sdp import SessionDescription, create_answer, create_offer
+from media.sdp import SessionDescription, create_answer, create_offer
 from sipcore.stack import SipStack
 from sipcore.transaction import Flow
 from sipcore.ua import (

@@ -16,8 +16,6 @@ Typical use::
 """
 from __future__ import annotations
 
-from .uri import is_digits
-
 import copy
 import ipaddress
 import re
@@ -55,6 +53,11 @@ _LINE_SPLIT = re.compile(r"\r\n|\n|\r")
 _SESSION_ONLY_TYPES = frozenset("vosuepzrt")
 _AUXILIARY_ENCODINGS = frozenset({"telephone-event", "cn", "red", "rtx", "ulpfec", "flexfec-03"})
 _LEGACY_HOLD_ADDRESSES = frozenset({"0.0.0.0", "::"})
+
+
+def is_digits(text: str) -> bool:
+    """ASCII digits only (str.isdigit() also accepts '²' and other scripts' digits)."""
+    return text.isascii() and text.isdigit()
 
 
 class SdpError(ValueError):
