@@ -357,6 +357,11 @@ class Negotiation:
         else:
             if keeps_codec(offer, leg.codec):
                 local = restrict(leg.local_sdp, leg.codec)  # type: ignore[arg-type]
+                if leg.kind == WEBRTC and leg.webrtc is not None:
+                    # our last SDP may have been our offer (a=setup:actpass): an answer names the DTLS role
+                    # settled since (RFC 5763 §5), as any answer of ours does
+                    local = local.copy()
+                    leg.webrtc.add_transport_attributes(local, self.address, self.port.port)
             else:
                 local, codec = self._answer_for(leg, offer, first, other, local_preference=bool(first),
                                                 events=leg.codec.event_payload_type is not None)

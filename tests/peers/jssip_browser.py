@@ -288,6 +288,18 @@ class JsSipBrowser:
     def hangup(self) -> None:
         self.send("hangup")
 
+    def hold(self) -> None:
+        """Put the current call on hold (re-INVITE with sendonly)."""
+        self.send("hold")
+
+    def unhold(self) -> None:
+        self.send("unhold")
+
+    def refer(self, target: str, session: int = 0, replaces: int | None = None) -> None:
+        """Transfer this agent's call number ``session`` (0: its first) to ``target``: blind, or attended
+        with ``replaces`` naming the agent's consultation call (REFER with Replaces in the Refer-To)."""
+        self.send("refer", target=target, session=session, replaces=replaces)
+
     def measure(self, seconds: float = 1.0, timeout: float = 15.0) -> dict[str, Any]:
         """What the agent hears now: ``{"hz": median dominant frequency, "db": strongest bin (dBFS),
         "peaks": [...], "inbound": {...packetsReceived...}}``, measured by WebAudio over ``seconds``."""
