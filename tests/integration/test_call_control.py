@@ -22,6 +22,7 @@ import pytest
 
 from media.audio import dominant_frequency
 from peers.baresip import SAMPLE_RATE, BaresipPhone, account_line, baresip_phones, write_tone  # noqa: F401
+from peers.jssip_browser import jssip_browsers  # noqa: F401  (fixture)
 from sipp_harness import callpath_factory  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -189,7 +190,6 @@ def test_three_phones_in_a_conference_room_each_hear_the_other_two(callpath_fact
 
 
 # -- transfers and hold from a browser (JsSIP in headless Chromium) -----------------------------------------
-from peers.jssip_browser import jssip_browsers  # noqa: E402,F401  (fixture)
 
 DAVE = ("dave", "davepw", "1004")         # a browser agent
 DAVE_HZ = 500.0
