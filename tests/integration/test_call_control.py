@@ -276,3 +276,38 @@ def test_hold_from_jssip_plays_music_to_the_phone(callpath_factory, baresip_phon
     heard = loud_windows(alice.heard())
     assert sum(1 for f in heard if near(f, MUSIC_HZ)) >= 3, f"alice heard no music on hold: {heard}"
     assert near(heard[-1], DAVE_HZ), f"alice did not hear dave again: {heard}"
+
+
+# -- late offer ---------------------------------------------------------------------------------------------
+def write_ulaw_wav(path: Path, frequency: float, seconds: float = 20.0) -> Path:
+    """A WAV of 8-bit µ-law samples (format tag 7), what SIPp's rtp_stream plays as PCMU."""
+    import struct
+
+    from media.audio import tone
+    from media.g711 import ulaw_encode
+
+    data = bytes(ulaw_encode(tone(frequency, SAMPLE_RATE, seconds, 0.5).astype("<i2").tobytes()))
+    fmt = struct.pack("<HHIIHH", 7, 1, SAMPLE_RATE, SAMPLE_RATE, 1, 8)
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE"
+                     + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data)
+    return path
+
+
+def test_a_late_offer_invite_gets_our_offer_and_its_answer_in_the_ack(callpath_factory, baresip_phones, tmp_path):
+    """SIPp calls with an INVITE without SDP (anchored: `anchor = "always"`), takes callpath's offer from the
+    200 and answers in the ACK, then streams a 1000 Hz tone: the callee (baresip) hears it."""
+    from sipp_harness import free_udp_port, run_sipp, scenario_path
+
+    server = callpath_factory(users=[ALICE, BOB], calls={"anchor": "always"})
+    bob = phone(baresip_phones, BOB, server, BOB_HZ, params=";answermode=auto")
+    bob.wait_registered()
+    tone_file = write_ulaw_wav(tmp_path / "tone-ulaw.wav", 1000.0)
+    result = run_sipp(scenario_path("uac_late_offer.xml"), server.target, local_port=free_udp_port(),
+                      users_csv=[(ALICE[0], ALICE[1])], service=BOB[2], duration_ms=3000, timeout=30,
+                      keys=server.sipp_keys(), extra_args=["-mp", str(free_udp_port())],
+                      workdir=tmp_path)
+    result.check(calls=1)
+    ok = next(m for m in result.log.split("-----") if "SIP/2.0 200 OK" in m and "m=audio" in m)
+    assert "RTP/AVP" in ok                 # callpath's offer, in the 200
+    bob.wait_closed()
+    assert abs(bob.heard_tone() - 1000.0) < TOLERANCE_HZ
