@@ -16,7 +16,7 @@ import pytest
 import sipcore.transaction as transaction
 from dns_server import DnsTestServer, ThreadedDnsServer
 from sipcore.locator import ServerLocator
-from sipcore.sdp import create_offer
+from media.sdp import create_offer
 from sipcore.stack import SipStack
 from sipcore.ua import Answered, Ended, Ringing, UserAgent
 from sipp_harness import free_udp_port, run_sipp, start_callpath, start_sipp
