@@ -308,6 +308,7 @@ class Channel:
         self.transferring = False         # a transfer moves its partner: its end must not hang the partner up
         self.request: Request | None = None   # inbound: its INVITE
         self.room: str | None = None      # the conference it is in
+        self.negotiated: asyncio.Future | None = None   # inbound late offer: resolved when the ACK's answer is in
 
     def __repr__(self) -> str:
         return f"<Channel {self.leg} {'in' if self.inbound else 'out'} {self.label}>"
@@ -398,6 +399,8 @@ class Call:
         if a.inbound and not a.answered:
             sdp = await self._inbound_sdp(a, prefer=channel.codec)
             self._answer_inbound(a, sdp)
+        for ch in (a, channel):
+            await self._negotiated(ch)
         await self._link(a, channel)
 
     async def play(self, files: Sequence[str], *, channel: Channel | None = None, loop: bool = False,
@@ -478,10 +481,20 @@ class Call:
             desc = await self._media("offer", media.leg_offer(
                 ch.leg, group=self.id, transport=ch.transport, owner=self._media_owner(ch)), ch)
             ch.media_open = True
+            ch.negotiated = asyncio.get_running_loop().create_future()   # the answer comes in the ACK
         ch.codec = desc.codec or ch.codec
         if desc.sdp is None:
             raise CallControlError("the media plane gave no SDP")
         return desc.sdp
+
+    async def _negotiated(self, ch: Channel) -> None:
+        """Wait until a late-offer channel's ACK brought the answer (media cannot flow before)."""
+        if ch.negotiated is None or ch.negotiated.done() and ch.negotiated.exception() is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(ch.negotiated), self.control.ua.offer_timeout)
+        except asyncio.TimeoutError:
+            raise CallControlError(f"{ch!r}: no ACK with the answer to our offer") from None
 
     def _answer_inbound(self, ch: Channel, sdp: bytes) -> None:
         sip = ch.sip
@@ -639,9 +652,18 @@ class Call:
         elif isinstance(ev, Answered):
             await self._on_answered(ch, ev)
         elif isinstance(ev, Confirmed):
-            if ev.sdp and ch.inbound and ch.request is not None and not ch.request.body and ch.media_open:
-                desc = await self._media("answer", self.control.media.leg_answer(ch.leg, ev.sdp), ch)
-                ch.codec = desc.codec or ch.codec
+            if ch.negotiated is not None and not ch.negotiated.done():
+                if ev.sdp and ch.media_open:
+                    try:
+                        desc = await self._media("answer", self.control.media.leg_answer(ch.leg, ev.sdp), ch)
+                        ch.codec = desc.codec or ch.codec
+                        ch.negotiated.set_result(None)
+                    except CallControlError as exc:
+                        ch.negotiated.set_exception(exc)
+                        self._end_channel(ch, 488)
+                else:
+                    ch.negotiated.set_exception(CallControlError("the ACK carried no answer to our offer"))
+                    self._end_channel(ch, 488)
         elif isinstance(ev, Failed):
             ch.ended = True
             ch.failure = (ev.status, ev.reason)
@@ -838,6 +860,9 @@ class Call:
         if ch.reported:
             return
         ch.reported = True
+        if ch.negotiated is not None and not ch.negotiated.done():
+            ch.negotiated.set_exception(CallControlError(f"{ch!r} ended before its answer came"))
+            ch.negotiated.exception()      # retrieved: nobody may be waiting for it
         await self._close_leg(ch)
         if ch.answered or ch.inbound:
             self._emit(ChannelEnded(ch, by, reason))
