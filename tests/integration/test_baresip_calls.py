@@ -2,9 +2,9 @@
 
 Each phone's "microphone" is a tone (alice 700 Hz, bob 1100 Hz, played by aufile); each records what it
 hears (sndfile). alice dials bob's extension, bob is told to accept (or auto-answers), both talk for a few
-seconds, alice hangs up, and an FFT of each recording must show the other's tone. Today the call is proxied
-(RTP flows phone to phone); with ``[calls] anchor = "always"`` the same call must run through callpath's
-media plane (xfail until issue 9's media legs land: the phones' RTP must then come from callpath's ports).
+seconds, alice hangs up, and an FFT of each recording must show the other's tone. By default the call is
+proxied (two SIP phones with G.711 in common: RTP flows phone to phone); with ``[calls] anchor = "always"``
+the same call runs through callpath's media plane (the phones' RTP comes from callpath's ports).
 
 The account lines have exactly the README quick start's shape (``<sip:alice@127.0.0.1>;auth_pass=secret``)
 plus the server's free port (and ``;transport=tcp`` over TCP), so the quick start is proven as written.
@@ -89,7 +89,6 @@ def test_baresip_calls_a_username_and_the_callee_auto_answers(callpath_factory, 
         raise
 
 
-@pytest.mark.xfail(strict=False, reason="anchoring needs the media legs of issue 9 call control")
 def test_two_baresip_phones_call_each_other_anchored_through_callpath(callpath_factory, baresip_phones):
     """With ``[calls] anchor = "always"`` the same call runs through callpath's media plane: each phone
     receives its RTP from the media workers' port range, and the tones still cross both ways."""

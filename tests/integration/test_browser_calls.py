@@ -5,10 +5,9 @@
   hears the other's (WebAudio FFT in the page). Until call control's media legs land the call is proxied and
   DTLS-SRTP runs browser to browser; once the router anchors browser calls, each browser talks DTLS-SRTP to
   the media plane instead; the checks hold either way.
-- A baresip phone calls the browser's extension, and the browser calls the phone: these need callpath to
-  anchor the call through its media bridge (plain RTP on the phone's side, WebRTC on the browser's), which
-  issue 9's call control builds; until then they are expected failures (xfail, not strict) and turn green
-  when it lands.
+- A baresip phone calls the browser's extension, and the browser calls the phone: the default router
+  anchors these calls through the media plane (plain RTP on the phone's side, WebRTC on the browser's,
+  Opus or PCMU transcoded or passed through), as Kamailio + rtpengine deployments do.
 """
 from __future__ import annotations
 
@@ -28,7 +27,6 @@ ALICE = ("alice", "secret", "1001")          # baresip phone
 CAROL_HZ, DAVE_HZ, ALICE_HZ = 500.0, 900.0, 700.0
 #: WebAudio's analyser at 48 kHz with 8192 points: 5.9 Hz bins (interpolated), Opus/G.711 in between
 TOLERANCE_HZ = 20.0
-ANCHORING = "anchoring of phone<->browser calls: issue 9 call control"
 
 
 def assert_browser_hears(agent: JsSipBrowser, frequency: float) -> None:
@@ -92,7 +90,6 @@ def test_two_browsers_call_each_other_with_tones_both_ways(callpath_factory, jss
     _with_server_log(server, check)
 
 
-@pytest.mark.xfail(strict=False, reason=ANCHORING)
 def test_a_baresip_phone_calls_a_browser_by_extension(callpath_factory, jssip_browsers, baresip_phones):
     """alice (baresip, plain RTP) dials carol's extension; carol (Chromium) answers; tones both ways."""
     server = callpath_factory(users=[ALICE, CAROL], sip_trace=True)
@@ -117,7 +114,6 @@ def test_a_baresip_phone_calls_a_browser_by_extension(callpath_factory, jssip_br
     _with_server_log(server, check)
 
 
-@pytest.mark.xfail(strict=False, reason=ANCHORING)
 def test_a_browser_calls_a_baresip_phone_by_extension(callpath_factory, jssip_browsers, baresip_phones):
     """carol (Chromium) dials alice's extension; alice (baresip) auto-answers; tones both ways."""
     server = callpath_factory(users=[ALICE, CAROL], sip_trace=True)
