@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from media.sdp import SdpError, SessionDescription
+from sipcore.uri import SipUri
 from sipcore.b2bua import mirror_status
 from sipcore.callcontrol import (
-    WEBRTC, AcceptCall, Call, ContactResolver, Decision, ProxyCall, RejectCall, RouteRequest, Target,
+    RTP, WEBRTC, AcceptCall, Call, ContactResolver, Decision, ProxyCall, RejectCall, RouteRequest, Target,
 )
 
 __all__ = ["ANCHOR_MODES", "PbxRouter", "RingGroup", "needs_anchoring"]
@@ -92,7 +93,7 @@ class PbxRouter:
     def __init__(self, contacts: ContactResolver, *, anchor: str = "auto", ring_timeout: float = 60.0,
                  media: bool = True, accounts: Callable[[str], Awaitable[Any]] | None = None,
                  trunks: Any = None, inbound_target: str = "", groups: Sequence[RingGroup] = (),
-                 conferences: Sequence[str] = ()) -> None:
+                 conferences: Sequence[str] = (), numbers: dict[str, str] | None = None) -> None:
         if anchor not in ANCHOR_MODES:
             raise ValueError(f"anchor must be one of {', '.join(ANCHOR_MODES)}, not {anchor!r}")
         self.contacts = contacts
@@ -104,6 +105,7 @@ class PbxRouter:
         self.inbound_target = inbound_target
         self.groups = {g.number: g for g in groups}
         self.conferences = frozenset(conferences)
+        self.numbers = dict(numbers or {})    # [[sip.b2bua]]: number -> the SIP URI it calls, anchored
         self.stats = {"proxied": 0, "anchored": 0, "rejected": 0, "from_trunks": 0, "to_trunks": 0,
                       "groups": 0, "conferences": 0}
 
@@ -137,7 +139,11 @@ class PbxRouter:
         return AcceptCall(self.ring_user(callee.username))
 
     def _service(self, number: str) -> Decision | None:
-        """A ring group or conference number: answered by call control (503 without a media plane)."""
+        """A ring group, conference or back-to-back number: answered by call control (503 without media)."""
+        target = self.numbers.get(number)
+        if target is not None:
+            self.stats["anchored"] += 1
+            return AcceptCall(self.ring_uri(target))
         group = self.groups.get(number)
         if group is None and number not in self.conferences:
             return None
@@ -190,6 +196,21 @@ class PbxRouter:
             finally:
                 if trunk is not None:
                     trunk.release()
+
+        return handler
+
+    def ring_uri(self, target: str) -> Callable[[Call], Awaitable[None]]:
+        """A handler calling a fixed SIP URI (a [[sip.b2bua]] number's target), offering WebRTC to a
+        ``;transport=ws|wss`` target and RTP to the others."""
+        transport = WEBRTC if SipUri.parse(target).transport in ("ws", "wss") else RTP
+
+        async def handler(call: Call) -> None:
+            result = await call.ring([Target.uri(target, transport=transport)], timeout=self.ring_timeout)
+            if result.channel is None:
+                if not call.is_over:
+                    call.reject(mirror_status(result.status))
+                return
+            await call.ended()
 
         return handler
 

@@ -309,12 +309,13 @@ class Application:
                                 inbound_target=s.calls.inbound_target,
                                 groups=[RingGroup(g.number, tuple(g.members), g.strategy, g.ring_timeout, g.park)
                                         for g in s.calls.groups],
-                                conferences=[c.number for c in s.calls.conferences])
+                                conferences=[c.number for c in s.calls.conferences],
+                                numbers={e.number: e.target for e in s.sip.b2bua} if legs is not None else {})
         self.proxy.router = self.router
         numbers = {e.number: e.target for e in self.settings.sip.b2bua}
-        if numbers:
-            self.b2bua = BackToBack(self.ua, numbers, media=self.media_pool,
-                                    media_timeout=self.settings.media.control_timeout)
+        if numbers and legs is None:
+            # without a media plane a [[sip.b2bua]] number is relayed by the signalling-only B2BUA
+            self.b2bua = BackToBack(self.ua, numbers)
             self.proxy.b2bua = self.b2bua
 
     def _on_media_event(self, message: dict[str, Any]) -> None:
