@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from media.sdp import SdpError, SessionDescription
-from sipcore.uri import SipUri
 from sipcore.b2bua import mirror_status
-from sipcore.callcontrol import (
-    RTP, WEBRTC, AcceptCall, Call, ContactResolver, Decision, ProxyCall, RejectCall, RouteRequest, Target,
+from sipcore.callcontrol import Call
+from sipcore.routing import (
+    RTP, WEBRTC, AcceptCall, ContactResolver, Decision, ProxyCall, RejectCall, RouteRequest, Target,
 )
+from sipcore.uri import SipUri
 
 __all__ = ["ANCHOR_MODES", "PbxRouter", "RingGroup", "needs_anchoring"]
 

@@ -71,7 +71,7 @@ class MediaControlError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class LegDescription:
-    """What a leg verb says about a leg (the shape of ``sipcore.callcontrol.LegDescription``): our SDP when it
+    """What a leg verb says about a leg (the shape of ``sipcore.routing.LegDescription``): our SDP when it
     made one (``leg_offer``, ``leg_create_answer``; None for ``leg_answer``), the codec once negotiated (None
     after a first ``leg_offer``), the direction, and ``hold``: the remote offer put us on hold (we answer
     recvonly/inactive)."""

@@ -1,4 +1,7 @@
-"""Call control: the router interface and the per-call object the ACD drives (docs/callcontrol.md).
+"""Call control: the per-call object the ACD drives and the service that makes them (docs/callcontrol.md).
+
+The router interface, targets and the media contract are in `sipcore.routing`; the parties (`Channel`) and
+the events reported about them in `sipcore.channel`.
 
 sipcore offers mechanism, not policy. For each new INVITE the proxy asks a `Router` what the call becomes:
 `ProxyCall()` (stateful proxying to the callee's contacts, as without a router), `AcceptCall(handler)`
@@ -39,284 +42,24 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any
 
+from .channel import (
+    CallControlError, CallControlEvent, Channel, ChannelAnswered, ChannelEnded, ChannelFailed, ChannelHeld,
+    ChannelResumed, ChannelRinging, DtmfReceived, RingResult, better_failure, info_digit,
+)
 from .message import Request
-from .transaction import Flow, ServerTransaction
+from .routing import FATAL_MEDIA_EVENTS, Contact, ContactResolver, LegMedia, Target, media_transport_for
+from .transaction import ServerTransaction
 from .ua import (
-    Answered, CallState, Confirmed, Ended, Failed, IncomingCall, InfoReceived, OutgoingCall, ReferReceived,
+    Answered, CallState, Confirmed, Ended, Failed, IncomingCall, InfoReceived, ReferReceived,
     ReinviteReceived, Ringing, UserAgent, parse_replaces,
 )
 from .uri import NameAddr, SipUri
 
-__all__ = [
-    "AcceptCall", "Call", "CallControl", "CallControlError", "Channel", "ChannelAnswered", "ChannelEnded",
-    "ChannelFailed", "ChannelHeld", "ChannelResumed", "ChannelRinging", "Contact", "ContactResolver",
-    "Decision", "DtmfReceived", "FATAL_MEDIA_EVENTS", "LegDescription", "LegMedia", "ProxyCall", "RejectCall",
-    "RTP", "RingResult", "RouteRequest", "Router", "SDES", "Target", "WEBRTC", "media_transport_for",
-]
+__all__ = ["Call", "CallControl"]
 
 log = logging.getLogger("callpath.sip.callcontrol")
-
-RTP = "rtp"            # plain RTP/AVP (phones, trunks)
-SDES = "sdes"          # RTP/SAVP keyed by a=crypto
-WEBRTC = "webrtc"      # ICE-lite + DTLS-SRTP (browsers)
-FATAL_MEDIA_EVENTS = frozenset({"MediaTimeout", "LegDown", "WorkerLost"})
-
-
-class CallControlError(RuntimeError):
-    """A call-control verb could not be carried out (the call is over, the media plane failed...)."""
-
-
-# -- the media contract ------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class LegDescription:
-    """What a media verb says about a leg: our SDP (when it made one), the codec, the direction, hold."""
-
-    sdp: bytes | None = None
-    codec: str | None = None
-    direction: str = "sendrecv"
-    hold: bool = False
-
-
-class LegMedia(Protocol):
-    """The media verbs call control needs (docs/callcontrol.md; implemented by media.client.MediaPool).
-
-    ``group`` keeps the legs of one call on one worker; ``owner`` receives the leg's media events.
-    Any exception (or a reply slower than ``CallControl.media_timeout``) is a failure of that verb.
-    """
-
-    def leg_offer(self, leg: str, *, group: str, transport: str | None = None, direction: str = "sendrecv",
-                  owner: Callable[[Any], None] | None = None, codecs: Sequence[str] | None = None,
-                  dtmf: str | None = None) -> Awaitable[LegDescription]: ...
-
-    def leg_answer(self, leg: str, sdp: bytes) -> Awaitable[LegDescription]: ...
-
-    def leg_remote_offer(self, leg: str, sdp: bytes, *, group: str,
-                         owner: Callable[[Any], None] | None = None) -> Awaitable[LegDescription]: ...
-
-    def leg_create_answer(self, leg: str, *, prefer: str | None = None) -> Awaitable[LegDescription]: ...
-
-    def leg_close(self, leg: str) -> Awaitable[Any]: ...
-
-    def connect(self, a: str, b: str) -> Awaitable[Any]: ...
-
-    def disconnect(self, leg: str) -> Awaitable[Any]: ...
-
-    def play(self, leg: str, files: list[str], *, loop: bool = False, mix: bool = False) -> Awaitable[Any]: ...
-
-    def stop_play(self, leg: str) -> Awaitable[Any]: ...
-
-    def conference_join(self, conference: str, leg: str, mode: str = "talk",
-                        to: str | None = None) -> Awaitable[Any]: ...
-
-    def conference_leave(self, leg: str) -> Awaitable[Any]: ...
-
-
-def media_transport_for(sip_transport: str) -> str:
-    """The media a contact reached over ``sip_transport`` can take: WebRTC over WebSocket, else plain RTP."""
-    return WEBRTC if sip_transport.lower() in ("ws", "wss") else RTP
-
-
-# -- routing -------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class RouteRequest:
-    """A new INVITE as the router sees it, after authentication and the callee lookup."""
-
-    request: Request
-    flow: Flow
-    caller: Any = None          # the authenticated account (username, extension), or None
-    callee: Any = None          # the local account the Request-URI names, or None
-    source_trunk: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyCall:
-    """Proxy the INVITE statefully to the callee's registered contacts (what happens without a router)."""
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptCall:
-    """Answer as a B2BUA: ``handler(call)`` runs in its own task with the new `Call`."""
-
-    handler: Callable[["Call"], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class RejectCall:
-    """Refuse the INVITE with a final status."""
-
-    status: int = 404
-    reason: str | None = None
-
-
-Decision = Union[ProxyCall, AcceptCall, RejectCall]
-
-
-class Router(Protocol):
-    """Decides what each new INVITE becomes (the ACD's router, or a PBX's default one)."""
-
-    def route(self, request: RouteRequest) -> Awaitable[Decision]: ...
-
-
-# -- targets -------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Contact:
-    """One place to send an INVITE for a target: a registered contact (with its flow and Path) or a URI."""
-
-    uri: SipUri
-    aor: str                              # what goes in the To header
-    flow: Flow | None = None              # the registration's connection / NAT address; None: resolve the URI
-    path: tuple[str, ...] = ()            # Path (RFC 3327): the route to reach it
-    transport: str = RTP                  # the media to offer: RTP, SDES or WEBRTC
-    credentials: tuple[str, str] | None = None   # for a 401/407 (trunks)
-    codecs: tuple[str, ...] = ()          # codecs to offer, in order (a trunk's); empty: the media plane's
-    dtmf: str | None = None               # rfc4733 | inband | info (a trunk's); None: the media plane's
-    from_uri: str | None = None           # the From to present (a trunk's caller id); None: the caller's, at our domain
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Whom to ring: a local user (all its contacts), a SIP URI, or explicit contacts (a trunk's)."""
-
-    kind: str                             # "user" | "uri" | "contacts"
-    value: Any
-    timeout: float | None = None          # seconds this target rings (sequential: each its own)
-    label: str = ""
-    headers: tuple[tuple[str, str], ...] = ()   # extra INVITE headers (Replaces for an attended transfer)
-
-    @classmethod
-    def user(cls, name: str, timeout: float | None = None, headers: Sequence[tuple[str, str]] = ()) -> Target:
-        return cls("user", name, timeout, name, tuple(headers))
-
-    @classmethod
-    def uri(cls, uri: str, timeout: float | None = None, transport: str = RTP,
-            headers: Sequence[tuple[str, str]] = ()) -> Target:
-        return cls("uri", (uri, transport), timeout, uri, tuple(headers))
-
-    @classmethod
-    def contacts(cls, contacts: Sequence[Contact], timeout: float | None = None, label: str = "") -> Target:
-        return cls("contacts", tuple(contacts), timeout, label or ",".join(str(c.uri) for c in contacts))
-
-
-class ContactResolver(Protocol):
-    """Turns a local username or extension into its reachable contacts ([] when none: 480)."""
-
-    def contacts_of(self, user: str) -> Awaitable[list[Contact]]: ...
-
-
-# -- events to the application ---------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class ChannelRinging:
-    channel: "Channel"
-    status: int
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelAnswered:
-    channel: "Channel"
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelFailed:
-    """An outbound channel was not answered: its final status (408 no answer, 486 busy, 487 cancelled...)."""
-
-    channel: "Channel"
-    status: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelEnded:
-    """A channel is over: ``by`` is "local", "remote", "timeout" or "media"."""
-
-    channel: "Channel"
-    by: str
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelHeld:
-    channel: "Channel"
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelResumed:
-    channel: "Channel"
-
-
-@dataclass(frozen=True, slots=True)
-class DtmfReceived:
-    """A digit from a channel: ``source`` is "info" (SIP INFO) or the media's (rfc4733, inband)."""
-
-    channel: "Channel"
-    digit: str
-    source: str
-
-
-CallControlEvent = Union[ChannelRinging, ChannelAnswered, ChannelFailed, ChannelEnded, ChannelHeld,
-                         ChannelResumed, DtmfReceived]
-
-
-@dataclass(frozen=True, slots=True)
-class RingResult:
-    """What `Call.ring` came to: the answering channel, or None with the most telling failure status."""
-
-    channel: "Channel | None"
-    status: int = 200
-    reason: str = ""
-
-
-def _better_failure(a: tuple[int, str] | None, b: tuple[int, str]) -> tuple[int, str]:
-    """RFC 3261 §16.7-like choice among failures: 6xx wins, then the lowest class, 408/487 last."""
-    if a is None:
-        return b
-    def rank(x: tuple[int, str]) -> tuple[int, int]:
-        status = x[0]
-        if 600 <= status < 700:
-            return (0, status)
-        if status in (408, 487):
-            return (3, status)
-        return (1 if status < 500 else 2, status)
-    return b if rank(b) < rank(a) else a
-
-
-# -- channels ----------------------------------------------------------------------------------------------
-class Channel:
-    """One party of a call: a SIP dialog and its media leg."""
-
-    def __init__(self, call: "Call", sip: IncomingCall | OutgoingCall | None, leg: str, *, inbound: bool,
-                 label: str = "", transport: str = RTP) -> None:
-        self.call = call
-        self.sip = sip
-        self.leg = leg
-        self.inbound = inbound
-        self.label = label
-        self.transport = transport
-        self.partner: Channel | None = None
-        self.codec: str | None = None
-        self.held = False
-        self.answered = False             # 2xx sent (inbound) / received (outbound)
-        self.ended = False                # its dialog is over (or never began)
-        self.reported = False             # ...and the call has dealt with it (leg closed, partner told)
-        self.failure: tuple[int, str] | None = None   # outbound: the final status it failed with
-        self.early_media = False          # outbound: its 183 SDP was taken
-        self.media_open = False
-        self.playing = False              # something was played to it that a connect must stop
-        self.early_sdp: bytes | None = None   # outbound: the 183's SDP; inbound: our answer sent in a 183
-        self.rung_for: Channel | None = None  # outbound: the party it was rung for
-        self.transferring = False         # a transfer moves its partner: its end must not hang the partner up
-        self.request: Request | None = None   # inbound: its INVITE
-        self.room: str | None = None      # the conference it is in
-        self.negotiated: asyncio.Future | None = None   # inbound late offer: resolved when the ACK's answer is in
-
-    def __repr__(self) -> str:
-        return f"<Channel {self.leg} {'in' if self.inbound else 'out'} {self.label}>"
-
-    @property
-    def sip_call_id(self) -> str:
-        return self.sip.call_id if self.sip is not None else ""
-
 
 class Call:
     """The control object of one call: its inbound channel, the channels rung for it, and the verbs."""
@@ -383,7 +126,7 @@ class Call:
                 if connect:
                     await self.connect(result.channel, party)
                 return result
-            failure = _better_failure(failure, (result.status, result.reason))
+            failure = better_failure(failure, (result.status, result.reason))
             if party.ended:
                 break
         status, reason = failure or (480, "Temporarily Unavailable")
@@ -516,7 +259,7 @@ class Call:
                 log.warning("target %s: %s", target.label, exc, extra={"call_id": self.id})
                 found = []
             if not found:
-                failure = _better_failure(failure, (480, f"{target.label}: not reachable"))
+                failure = better_failure(failure, (480, f"{target.label}: not reachable"))
             contacts += [(target, c) for c in found]
         if not contacts:
             status, reason = failure or (480, "Temporarily Unavailable")
@@ -544,7 +287,7 @@ class Call:
                 self._ring_waiters.discard(waiter)
         for ch in channels:
             self._end_channel(ch, 487)
-            failure = _better_failure(failure, ch.failure or (480, "no answer"))
+            failure = better_failure(failure, ch.failure or (480, "no answer"))
         status, reason = failure or (480, "no answer")
         return RingResult(None, status, reason)
 
@@ -678,7 +421,7 @@ class Call:
         elif isinstance(ev, ReferReceived):
             self._on_refer(ch, ev)
         elif isinstance(ev, InfoReceived):
-            digit = _info_digit(ev.body, ev.content_type)
+            digit = info_digit(ev.body, ev.content_type)
             if digit:
                 self._emit(DtmfReceived(ch, digit, "info"))
         self._wake_ring()
@@ -691,7 +434,10 @@ class Call:
             return
         if ev.sdp and not ch.early_media and not any(c.early_media for c in self.channels):
             # early media (183 + SDP): take the callee's answer and give the caller ours, connected
-            desc = await self._media("early answer", self.control.media.leg_answer(ch.leg, ev.sdp), ch)
+            try:
+                desc = await self._media("early answer", self.control.media.leg_answer(ch.leg, ev.sdp), ch)
+            except CallControlError:
+                return            # unusable early SDP: the caller hears its own ringback until the 2xx
             ch.codec = desc.codec or ch.codec
             ch.early_media = True
             ch.early_sdp = ev.sdp
@@ -709,7 +455,14 @@ class Call:
             self._end_channel(ch, 487)        # rung for a party that is gone: its 2xx crossed our CANCEL
             return
         if ev.sdp and ev.sdp != ch.early_sdp:    # (a 2xx SDP different from the 183's is the new answer)
-            desc = await self._media("answer", self.control.media.leg_answer(ch.leg, ev.sdp), ch)
+            try:
+                desc = await self._media("answer", self.control.media.leg_answer(ch.leg, ev.sdp), ch)
+            except CallControlError as exc:
+                # an answer the media plane cannot use (no common codec, a broken WebRTC answer): the
+                # channel is no use, it counts as a 488 and is hung up
+                ch.failure = (488, f"Not Acceptable Here ({exc})")
+                self._end_channel(ch, 488)
+                return
             ch.codec = desc.codec or ch.codec
         ch.answered = True
         self._emit(ChannelAnswered(ch))
@@ -959,19 +712,6 @@ class _MediaEvent:
     event: Any
 
 
-def _info_digit(body: bytes, content_type: str | None) -> str | None:
-    """The digit of an INFO: application/dtmf-relay (``Signal=5``) or application/dtmf (``5``)."""
-    ctype = (content_type or "").lower()
-    text = body.decode("utf-8", "replace").strip()
-    if "dtmf-relay" in ctype:
-        for line in text.splitlines():
-            key, _, value = line.partition("=")
-            if key.strip().lower() == "signal" and value.strip():
-                return value.strip()[:1].upper()
-        return None
-    if "dtmf" in ctype and text:
-        return text[:1].upper()
-    return None
 
 
 # -- the service ---------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from .ua import parse_replaces
-from .callcontrol import AcceptCall, CallControl, Contact, RejectCall, RouteRequest, Router, media_transport_for
+from .callcontrol import CallControl
+from .routing import AcceptCall, Contact, RejectCall, RouteRequest, Router, media_transport_for
 from .cluster import Node
 from .auth import HA1, AuthReason, DigestAuthenticator, ephemeral_password, parse_credentials, AuthError
 from .errors import SipParseError

@@ -208,16 +208,16 @@ class TrunkRoute:
         return self.request_uri.split(";", 1)[0]
 
     def contact(self) -> Any:
-        """This route as a `sipcore.callcontrol.Contact` (plain RTP media, the trunk's From and credentials)."""
-        from .callcontrol import RTP, Contact
+        """This route as a `sipcore.routing.Contact` (plain RTP media, the trunk's From and credentials)."""
+        from .routing import RTP, Contact
         from .uri import SipUri
 
         return Contact(SipUri.parse(self.request_uri), self.to_uri, self.flow, (), RTP, self.credentials,
                        codecs=tuple(self.codecs), dtmf=self.dtmf, from_uri=self.from_uri)
 
     def target(self, timeout: float | None = None) -> Any:
-        """This route as a one-contact `sipcore.callcontrol.Target` for ``Call.ring`` (label ``trunk:NAME``)."""
-        from .callcontrol import Target
+        """This route as a one-contact `sipcore.routing.Target` for ``Call.ring`` (label ``trunk:NAME``)."""
+        from .routing import Target
 
         return Target.contacts([self.contact()], timeout, label=f"trunk:{self.name}")
 

@@ -187,6 +187,9 @@ def callpath(tmp_path, request) -> Iterator[Callable[..., CallpathServer]]:
     servers: list[CallpathServer] = []
 
     def start(**settings: Any) -> CallpathServer:
+        # JsSIP runs under Node here: SIP over WebSocket without a WebRTC stack, so its SDP passes through a
+        # proxied call (anchor "never"); calls with browser media are tests/integration/test_browser_calls.py
+        settings.setdefault("calls", {"anchor": "never"})
         server = start_callpath(tmp_path / f"callpath{len(servers)}", users=[ALICE, BOB], sip_trace=True,
                                 **settings)
         servers.append(server)

@@ -281,22 +281,22 @@ class RecordingMedia:
 
     async def leg_offer(self, leg, *, group, transport=None, direction="sendrecv", owner=None, codecs=None,
                         dtmf=None):
-        from sipcore.callcontrol import LegDescription
+        from sipcore.routing import LegDescription
         self.log.append(("leg_offer", leg, transport, tuple(codecs or ()), dtmf))
         return LegDescription(SDP, "PCMA", direction)
 
     async def leg_answer(self, leg, sdp):
-        from sipcore.callcontrol import LegDescription
+        from sipcore.routing import LegDescription
         self.log.append(("leg_answer", leg))
         return LegDescription(None, "PCMA")
 
     async def leg_remote_offer(self, leg, sdp, *, group, owner=None):
-        from sipcore.callcontrol import LegDescription
+        from sipcore.routing import LegDescription
         self.log.append(("leg_remote_offer", leg))
         return LegDescription(None, "PCMA")
 
     async def leg_create_answer(self, leg, *, prefer=None):
-        from sipcore.callcontrol import LegDescription
+        from sipcore.routing import LegDescription
         self.log.append(("leg_create_answer", leg))
         return LegDescription(SDP, "PCMA")
 

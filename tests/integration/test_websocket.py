@@ -561,7 +561,10 @@ async def call_over_udp(server: CallpathServer, caller: tuple[str, str, str], ta
 
 @pytest.fixture
 def server(tmp_path, request):
-    srv = start_callpath(tmp_path, users=[ALICE, BOB], sip={"auth": True}, sip_trace=True)
+    # these peers speak SIP over WebSocket with plain-RTP SDP and no WebRTC stack: the proxy path is under test
+    # (Via/Record-Route over WS), so calls stay proxied; anchored browser calls: test_browser_calls.py
+    srv = start_callpath(tmp_path, users=[ALICE, BOB], sip={"auth": True}, calls={"anchor": "never"},
+                         sip_trace=True)
     yield srv
     srv.stop()
     report = getattr(request.node, "rep_call", None)

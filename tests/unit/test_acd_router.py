@@ -10,7 +10,7 @@ import pytest
 from acd.moh import music_on_hold
 from acd.router import PbxRouter, needs_anchoring, offer_traits
 from media.sdp import create_offer
-from sipcore.callcontrol import RTP, WEBRTC, AcceptCall, Contact, ProxyCall, RejectCall, RouteRequest
+from sipcore.routing import RTP, WEBRTC, AcceptCall, Contact, ProxyCall, RejectCall, RouteRequest
 from sipcore.message import Request
 from sipcore.transaction import Flow
 from sipcore.uri import SipUri

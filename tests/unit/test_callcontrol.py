@@ -13,10 +13,9 @@ import pytest
 
 from media.sdp import SessionDescription, create_offer
 from sipcore.b2bua import mirror_status
-from sipcore.callcontrol import (
-    CallControl, ChannelAnswered, ChannelEnded, ChannelHeld, ChannelResumed, Contact, DtmfReceived,
-    LegDescription, Target,
-)
+from sipcore.callcontrol import CallControl
+from sipcore.channel import ChannelAnswered, ChannelEnded, ChannelHeld, ChannelResumed, DtmfReceived
+from sipcore.routing import Contact, LegDescription, Target
 from sipcore.ua import Answered, Confirmed, Ended, Failed, Ringing, parse_replaces
 from sipcore.uri import SipUri
 
@@ -549,3 +548,23 @@ async def test_conference_of_two_callers_and_a_trunk_contact_offers_its_codecs(s
     await expect(inc, Confirmed)
     out.hangup()
     await expect(inc, Ended)
+
+
+async def test_an_answer_the_media_plane_refuses_fails_that_channel_with_488(setup):
+    s = setup
+    results = []
+
+    async def handler(call):
+        result = await call.ring([Target.user("agent0")])
+        results.append(result)
+        call.reject(mirror_status(result.status))
+
+    s.handler = handler
+    s.media.fail.add("leg_answer")
+    out = s.dial()
+    inc = await s.incoming(0)
+    inc.answer(ANSWER)
+    await expect(inc, Confirmed)
+    assert (await expect(inc, Ended)).reason == "BYE"      # the unusable callee is hung up
+    failed = await expect(out, Failed)
+    assert failed.status == 488 and results[0].status == 488

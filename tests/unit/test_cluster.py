@@ -161,7 +161,7 @@ async def test_every_contact_gets_its_own_branch(cluster) -> None:
 
 async def test_call_control_gets_contacts_through_their_node(cluster) -> None:
     """contacts_of (the call control's resolver): a browser on node a is a WebRTC contact reached via a."""
-    from sipcore.callcontrol import WEBRTC
+    from sipcore.routing import WEBRTC
 
     a, b, store = cluster
     await store.save(AOR, [ws_binding(a, 5)])
