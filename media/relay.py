@@ -382,7 +382,7 @@ class TranscodeTick:
         c.ssrc = sender.ssrc
         c.sequence = sender.sequence
         c.timestamp = sender.timestamp
-        c.marker_next = int(sender._marker_next)
+        c.marker_next = int(sender.marker_next)
         c.frame_samples = sender.frame_samples
         c.packets_sent = sender.packets_sent
         c.octets_sent = sender.octets_sent
@@ -415,7 +415,7 @@ class TranscodeTick:
         stats.decode_errors += decode_errors + encode_errors
         sender.sequence = c.sequence
         sender.timestamp = c.timestamp
-        sender._marker_next = bool(c.marker_next)
+        sender.marker_next = bool(c.marker_next)
         sender.packets_sent = c.packets_sent
         sender.octets_sent = c.octets_sent
         if sent:

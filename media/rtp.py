@@ -233,7 +233,7 @@ class RtpSender:
         self.octets_sent = 0                       # payload octets, as RTCP SR counts them
         self.last_timestamp: int | None = None     # RTP timestamp of the last packet sent
         self.last_sent_at: float | None = None     # `now` of the last packet sent
-        self._marker_next = True                   # the first packet starts a talkspurt
+        self.marker_next = True                   # the first packet starts a talkspurt
         self._source: int | None = None            # SSRC being relayed
         self._previous: tuple[int, int, int] | None = None   # (ssrc, seq offset, ts offset) it replaced
         self._seq_offset = 0
@@ -242,7 +242,7 @@ class RtpSender:
 
     def start_talkspurt(self) -> None:
         """Mark the next packet (first after silence/DTX) with the marker bit."""
-        self._marker_next = True
+        self.marker_next = True
 
     def forget_relayed_source(self) -> None:
         """Packets we numbered ourselves were sent: a relayed source coming back gets a fresh seq/ts mapping."""
@@ -251,8 +251,8 @@ class RtpSender:
     def packetize(self, payload: bytes, now: float | None = None, *, samples: int | None = None,
                   marker: bool = False) -> bytes:
         """Build the next packet of the stream for a frame we produced, then advance seq and timestamp."""
-        m = marker or self._marker_next
-        self._marker_next = False
+        m = marker or self.marker_next
+        self.marker_next = False
         seq, ts = self.sequence, self.timestamp
         data = _pack_hdr(0x80, (0x80 if m else 0) | self.payload_type, seq, ts, self.ssrc) + payload
         self.sequence = (seq + 1) & 0xFFFF
@@ -264,7 +264,7 @@ class RtpSender:
     def skip(self, samples: int | None = None) -> None:
         """Advance the timestamp for a frame not sent (silence/DTX) so the timeline stays real time."""
         self.timestamp = (self.timestamp + (self.frame_samples if samples is None else samples)) & 0xFFFFFFFF
-        self._marker_next = True
+        self.marker_next = True
 
     def relay(self, data: bytes, now: float | None = None, pt: int | None = None) -> bytes:
         """Rewrite a received packet onto this stream: our SSRC, seq/ts continuous across source changes; PT kept."""
@@ -335,7 +335,7 @@ class RtpSender:
         self._seq_offset = (self.sequence - seq) & 0xFFFF
         self._ts_offset = (next_ts - ts) & 0xFFFFFFFF
         self._highest_out_seq = None
-        self._marker_next = False
+        self.marker_next = False
 
     def _account(self, ts: int, payload_len: int, now: float | None) -> None:
         """Count a sent packet for RTCP sender info."""

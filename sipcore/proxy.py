@@ -263,7 +263,7 @@ class Proxy:
             out = flow_hint or self._flow_for_uri(target)
             if out is None:
                 return
-            req.add("Via", f"{self.stack._via_for(out)};branch={self._ack_branch(req)}", first=True)
+            req.add("Via", f"{self.stack.via_for(out)};branch={self._ack_branch(req)}", first=True)
             self.stack.send_stateless(req, out)
         except SipParseError as exc:
             log.debug("dropped ACK: %s", exc.reason)

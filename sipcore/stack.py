@@ -76,7 +76,7 @@ class SipStack:
         self.hep = hep
         self.clock = clock
         self.listeners: dict[str, Listener] = {}
-        self.layer = TransactionLayer(self._via_for)
+        self.layer = TransactionLayer(self.via_for)
         self.tu: TransactionUser | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._conns: dict[int, "StreamConnection"] = {}
@@ -253,7 +253,8 @@ class SipStack:
                 pass
 
     # -- addresses ---------------------------------------------------------------------------------
-    def _via_for(self, flow: Flow) -> str:
+    def via_for(self, flow: Flow) -> str:
+        """Our Via value (without branch) for a request leaving on ``flow``: its transport and our listener."""
         lst = self.listeners.get(flow.transport) or self.listeners.get("udp")
         t = flow.transport.upper()
         if lst is None:

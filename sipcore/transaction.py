@@ -200,7 +200,7 @@ class ClientTransaction(Transaction):
         hs.append(["cseq", "CSeq", f"{req.cseq.seq} CANCEL"])
         return cancel
 
-    def _ack_for(self, resp: Response) -> Request:
+    def ack_for(self, resp: Response) -> Request:
         """ACK for a non-2xx final response (§17.1.1.3): same branch, To from the response."""
         req = self.request
         ack = Request("ACK", req.uri)
@@ -240,7 +240,7 @@ class ClientTransaction(Transaction):
                     self.final_response = resp
                     self.state = "Completed"
                     self._stop("A", "B")
-                    ack = self._ack_for(resp).to_bytes()
+                    ack = self.ack_for(resp).to_bytes()
                     self.last_bytes = ack
                     layer._send(ack, self.flow)
                     layer._emit(ResponseReceived(self, resp))  # before TransactionTerminated: always the last

@@ -329,5 +329,5 @@ class OutgoingCall(Call):
         else:
             tx = self.invite_tx
             if tx is not None:  # its transaction is gone: ACK the non-2xx ourselves (§17.1.1.3)
-                self.ua.stack.send_stateless(tx._ack_for(resp), tx.flow)
+                self.ua.stack.send_stateless(tx.ack_for(resp), tx.flow)
             self._on_failure(resp)

@@ -176,8 +176,8 @@ def test_c_tick_sends_what_the_python_tick_sends(pair, seed: int, mode: str, out
     assert fast.stats() == ref.stats()
     for side in ("a", "b"):
         r, f = ref.senders[side], fast.senders[side]
-        assert (f.sequence, f.timestamp, f.packets_sent, f.octets_sent, f.last_timestamp, f._marker_next) == \
-            (r.sequence, r.timestamp, r.packets_sent, r.octets_sent, r.last_timestamp, r._marker_next)
+        assert (f.sequence, f.timestamp, f.packets_sent, f.octets_sent, f.last_timestamp, f.marker_next) == \
+            (r.sequence, r.timestamp, r.packets_sent, r.octets_sent, r.last_timestamp, r.marker_next)
         rp, fp = ref.paths[side], fast.paths[side]
         assert (fp.loss_ticks, fp.loss_mark, fp.plc_gain) == (rp.loss_ticks, rp.loss_mark, rp.plc_gain)
         assert (fp.last_pcm is None) == (rp.last_pcm is None)
