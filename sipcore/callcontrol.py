@@ -217,12 +217,13 @@ class Call:
         if offer is not None:
             if not ch.media_open:
                 await self._media("remote offer", media.leg_remote_offer(
-                    ch.leg, offer, group=self.id, owner=self._media_owner(ch)), ch)
+                    ch.leg, offer, group=self.id, owner=self._media_owner(ch), **self._leg_options()), ch)
                 ch.media_open = True
             desc = await self._media("answer", media.leg_create_answer(ch.leg, prefer=prefer), ch)
         else:
             desc = await self._media("offer", media.leg_offer(
-                ch.leg, group=self.id, transport=ch.transport, owner=self._media_owner(ch)), ch)
+                ch.leg, group=self.id, transport=ch.transport, owner=self._media_owner(ch), **self._leg_options()),
+                ch)
             ch.media_open = True
             ch.negotiated = asyncio.get_running_loop().create_future()   # the answer comes in the ACK
         ch.codec = desc.codec or ch.codec
@@ -298,7 +299,7 @@ class Call:
         ch.rung_for = party
         self.channels.append(ch)
         try:
-            extra: dict[str, Any] = {}
+            extra = self._leg_options()
             if contact.codecs:
                 extra["codecs"] = list(contact.codecs)
             if contact.dtmf:
@@ -666,6 +667,10 @@ class Call:
             await self._quiet("close", self.control.media.leg_close(ch.leg))
 
     # -- small helpers ---------------------------------------------------------------------------------
+    def _leg_options(self) -> dict[str, Any]:
+        """What every leg of the call is opened with: the RTP timeout, when one is set."""
+        return {"timeout": self.control.rtp_timeout} if self.control.rtp_timeout else {}
+
     def _next_leg(self) -> str:
         return f"{self.id}/{next(self._legs)}"
 
@@ -720,7 +725,7 @@ class CallControl:
 
     def __init__(self, ua: UserAgent, media: LegMedia, contacts: ContactResolver, *, domain: str,
                  media_timeout: float = 2.0, music_on_hold: Sequence[str] = (), transfer_timeout: float = 60.0,
-                 is_local: Callable[[SipUri], bool] | None = None) -> None:
+                 is_local: Callable[[SipUri], bool] | None = None, rtp_timeout: float = 0.0) -> None:
         self.ua = ua
         self.media = media
         self.resolver = contacts
@@ -728,6 +733,7 @@ class CallControl:
         self.media_timeout = media_timeout
         self.music_on_hold = list(music_on_hold)
         self.transfer_timeout = transfer_timeout
+        self.rtp_timeout = rtp_timeout        # seconds without RTP before a leg's channel is hung up (0: never)
         self.is_local = is_local or (lambda uri: uri.host.lower() == domain.lower())
         self.calls: dict[str, Call] = {}
         self._tasks: set[asyncio.Task] = set()

@@ -44,18 +44,19 @@ class LegDescription:
 class LegMedia(Protocol):
     """The media verbs call control needs (docs/callcontrol.md; implemented by media.client.MediaPool).
 
-    ``group`` keeps the legs of one call on one worker; ``owner`` receives the leg's media events.
+    ``group`` keeps the legs of one call on one worker; ``owner`` receives the leg's media events; a leg
+    opened with ``timeout`` raises MediaTimeout after that many seconds without RTP (not while on hold).
     Any exception (or a reply slower than ``CallControl.media_timeout``) is a failure of that verb.
     """
 
     def leg_offer(self, leg: str, *, group: str, transport: str | None = None, direction: str = "sendrecv",
                   owner: Callable[[Any], None] | None = None, codecs: Sequence[str] | None = None,
-                  dtmf: str | None = None) -> Awaitable[LegDescription]: ...
+                  dtmf: str | None = None, timeout: float | None = None) -> Awaitable[LegDescription]: ...
 
     def leg_answer(self, leg: str, sdp: bytes) -> Awaitable[LegDescription]: ...
 
-    def leg_remote_offer(self, leg: str, sdp: bytes, *, group: str,
-                         owner: Callable[[Any], None] | None = None) -> Awaitable[LegDescription]: ...
+    def leg_remote_offer(self, leg: str, sdp: bytes, *, group: str, owner: Callable[[Any], None] | None = None,
+                         timeout: float | None = None) -> Awaitable[LegDescription]: ...
 
     def leg_create_answer(self, leg: str, *, prefer: str | None = None) -> Awaitable[LegDescription]: ...
 

@@ -302,7 +302,8 @@ class Application:
         if legs is not None:
             self.callcontrol = CallControl(
                 self.ua, legs, self.proxy, domain=s.sip.realm, media_timeout=s.media.control_timeout,
-                music_on_hold=music_on_hold(s.calls.music_on_hold, s.data_path))
+                music_on_hold=music_on_hold(s.calls.music_on_hold, s.data_path), rtp_timeout=s.calls.rtp_timeout,
+                is_local=self.proxy.is_local_domain)
             self.proxy.callcontrol = self.callcontrol
         self.router = PbxRouter(self.proxy, anchor=s.calls.anchor, ring_timeout=s.calls.ring_timeout,
                                 media=legs is not None, accounts=self.proxy.account_of,

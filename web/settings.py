@@ -210,6 +210,8 @@ class CallsSettings:
 
     anchor: str = _setting("auto", help="media anchoring of calls to local users: auto | always | never")
     ring_timeout: float = _setting(60.0, help="seconds a call to a local user rings before the caller gets 480")
+    rtp_timeout: float = _setting(
+        60.0, help="seconds without RTP (not on hold) before an anchored call is hung up; 0 disables")
     inbound_target: str = _setting(
         "", help="extension or username that trunk calls whose DID is no local user ring; empty -> 404")
     music_on_hold: list[str] = _setting(
@@ -566,6 +568,8 @@ def _validate_calls(c: CallsSettings) -> None:
         raise SettingsError(f"calls.anchor must be auto, always or never, got {c.anchor!r}")
     if not c.ring_timeout > 0:
         raise SettingsError(f"calls.ring_timeout must be positive, got {c.ring_timeout}")
+    if c.rtp_timeout < 0:
+        raise SettingsError(f"calls.rtp_timeout must be 0 (off) or positive, got {c.rtp_timeout}")
     for path in c.music_on_hold:
         if not Path(path).expanduser().is_file():
             raise SettingsError(f"calls.music_on_hold: {path} is not a file")

@@ -280,7 +280,7 @@ class RecordingMedia:
         self.log: list[tuple] = []
 
     async def leg_offer(self, leg, *, group, transport=None, direction="sendrecv", owner=None, codecs=None,
-                        dtmf=None):
+                        dtmf=None, timeout=None):
         from sipcore.routing import LegDescription
         self.log.append(("leg_offer", leg, transport, tuple(codecs or ()), dtmf))
         return LegDescription(SDP, "PCMA", direction)
@@ -290,7 +290,7 @@ class RecordingMedia:
         self.log.append(("leg_answer", leg))
         return LegDescription(None, "PCMA")
 
-    async def leg_remote_offer(self, leg, sdp, *, group, owner=None):
+    async def leg_remote_offer(self, leg, sdp, *, group, owner=None, timeout=None):
         from sipcore.routing import LegDescription
         self.log.append(("leg_remote_offer", leg))
         return LegDescription(None, "PCMA")

@@ -31,6 +31,7 @@ class FakeMedia:
         self.fail: set[str] = set()
         self._ports = iter(range(30000, 40000, 2))
         self.hold_next = False
+        self.timeouts: dict[str, float | None] = {}   # leg -> the RTP timeout it was opened with
 
     def _sdp(self, leg: str, direction: str = "sendrecv") -> bytes:
         sd = create_offer("127.0.0.1", next(self._ports), CODECS, username="callpath", session_id="7")
@@ -44,9 +45,10 @@ class FakeMedia:
             raise RuntimeError(f"{verb} failed (test)")
 
     async def leg_offer(self, leg, *, group, transport=None, direction="sendrecv", owner=None, codecs=None,
-                        dtmf=None):
+                        dtmf=None, timeout=None):
         self._check("leg_offer")
         self.log.append(("leg_offer", leg, transport) + ((tuple(codecs), dtmf) if codecs or dtmf else ()))
+        self.timeouts[leg] = timeout
         if owner is not None:
             self.owners[leg] = owner
         return LegDescription(self._sdp(leg, direction), "PCMU", direction)
@@ -56,9 +58,10 @@ class FakeMedia:
         self.log.append(("leg_answer", leg))
         return LegDescription(None, "PCMU")
 
-    async def leg_remote_offer(self, leg, sdp, *, group, owner=None):
+    async def leg_remote_offer(self, leg, sdp, *, group, owner=None, timeout=None):
         self._check("leg_remote_offer")
         self.log.append(("leg_remote_offer", leg))
+        self.timeouts.setdefault(leg, timeout)
         if owner is not None:
             self.owners[leg] = owner
         direction = SessionDescription.parse(sdp).media[0].direction
@@ -131,7 +134,8 @@ async def setup():
     for i, ep in enumerate(callees):
         contacts.users[f"agent{i}"] = [Contact(SipUri.parse(f"sip:agent{i}@127.0.0.1:{ep.port}"),
                                                f"sip:agent{i}@example.test")]
-    control = CallControl(middle.ua, media, contacts, domain="example.test", music_on_hold=["moh.wav"])
+    control = CallControl(middle.ua, media, contacts, domain="example.test", music_on_hold=["moh.wav"],
+                          rtp_timeout=60.0)
     s = Setup(caller, middle, callees, control, media, contacts)
 
     def on_invite(tx, request):
@@ -187,6 +191,7 @@ async def test_park_with_music_then_the_first_of_parallel_agents_is_connected(se
     await asyncio.wait_for(call.ended(), T)
     closed = {e[1] for e in s.media.verbs("leg_close")}
     assert {leg_a, leg_1} <= closed and not s.control.calls
+    assert s.media.timeouts[leg_a] == s.media.timeouts[leg_1] == 60.0     # every leg has the RTP timeout
 
 
 async def test_ring_before_answer_like_a_pbx(setup):
