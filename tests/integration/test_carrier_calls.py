@@ -1,0 +1,167 @@
+"""Kamailio (Debian) plays the carrier for a real `callpath run` (issue 9, "Proof"), with audio checked by content.
+
+The carrier (tests/integration/kamailio/carrier.cfg) hosts the trunk account callpath registers with digest auth
+and a "PSTN subscriber": a Debian baresip phone registered at Kamailio with a phone number as its user. On the
+callpath side, a baresip phone is a local user. Every phone's microphone is a tone; an FFT of what each heard
+must show the other's.
+
+1. DID inbound: the subscriber dials the DID at the carrier; Kamailio forwards the call to the Contact callpath
+   registered (the To keeps the DID, ``did_source = "to"``); callpath's default router sends it to the local
+   user whose extension is the DID, anchored through the media plane; that phone auto-answers; tones both ways.
+2. Outbound with failover: the local phone dials the subscriber's number; the first trunk's carrier answers 503,
+   callpath fails over to the second carrier, which relays to the subscriber (auto-answer); the carrier sees the
+   trunk's caller id in From; tones both ways; /api/v1/status shows both trunks' channels back to 0.
+
+Both trunks' carriers run on 127.0.0.1, like the phones: ``inbound_hosts`` is set to an address nobody uses,
+otherwise every loopback phone would count as the carrier (docs/trunks.md); a DID call is recognised by the
+``line`` token of the registration Contact instead.
+"""
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from kamailio_harness import carrier_factory, require_kamailio  # noqa: F401 - fixture
+from media.audio import tone_to_noise_db
+from peers.baresip import SAMPLE_RATE, BaresipPhone, PhoneEvent, account_line, baresip_phones  # noqa: F401 - fixture
+from sipp_harness import CallpathServer, callpath_factory  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.integration
+
+TRUNK_USER, TRUNK_PASSWORD = "acme", "s3cret"
+SUBSCRIBER, SUBSCRIBER_PASSWORD = "3225550199", "pstn"   # carrier.cfg's default subscriber password
+DID = "3225550100"
+CALLER_ID = "+3225550000"
+NOBODY = ["192.0.2.1"]      # inbound_hosts: no phone on loopback may pass as the carrier
+CARRIER_HZ, LOCAL_HZ = 700.0, 1100.0
+TOLERANCE_HZ = 10.0
+TALK_SECONDS = 3.0
+
+
+def status(server: CallpathServer) -> dict[str, Any]:
+    with urllib.request.urlopen(server.web_url + "/api/v1/status", timeout=5) as response:
+        return json.load(response)
+
+
+def trunk_status(server: CallpathServer) -> dict[str, dict[str, Any]]:
+    return {t["name"]: t for t in status(server)["trunks"]}
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` (a generous timeout: the machine may be loaded); its truthy value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def assert_hears(phone: BaresipPhone, frequency: float) -> None:
+    """The phone heard ``frequency``, dominant and clean."""
+    heard = phone.heard_tone(seconds=1.0)
+    assert abs(heard - frequency) < TOLERANCE_HZ, f"{phone.name} heard {heard:.1f} Hz, wanted {frequency} Hz"
+    assert tone_to_noise_db(phone.heard()[SAMPLE_RATE // 2:], SAMPLE_RATE, frequency) > 15.0
+
+
+def talk_and_hang_up(caller: BaresipPhone, callee: BaresipPhone) -> PhoneEvent:
+    """Both sides established (the callee auto-answers), a few seconds of tones, the caller hangs up; the
+    callee's CALL_ESTABLISHED event (its ``peer`` is the From the callee got)."""
+    caller.wait_established(timeout=30)
+    answered = callee.wait_established(timeout=30)
+    time.sleep(TALK_SECONDS)
+    caller.hangup()
+    caller.wait_closed(timeout=30)
+    callee.wait_closed(timeout=30)
+    return answered
+
+
+def assert_anchored(server: CallpathServer, *phones: BaresipPhone) -> None:
+    """Each phone's RTP came from callpath's media ports (the call went through the media plane)."""
+    low, high = server.settings["media"]["rtp_port_min"], server.settings["media"]["rtp_port_max"]
+    for phone in phones:
+        source = phone.rtp_source()
+        assert source is not None and low <= source[1] <= high, f"{phone.name}: RTP from {source}"
+
+
+def trunk(carrier, name: str, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "host": carrier.address, "username": TRUNK_USER, "password": TRUNK_PASSWORD,
+            "inbound_hosts": NOBODY, **kw}
+
+
+def subscriber(baresip_phones, carrier, tone_hz: float, *, auto_answer: bool = False) -> BaresipPhone:
+    """A phone on the carrier's network, number SUBSCRIBER, registered at Kamailio with digest auth."""
+    return baresip_phones("pstn", account_line(SUBSCRIBER, "127.0.0.1", SUBSCRIBER_PASSWORD, port=carrier.port,
+                                               params=";answermode=auto" if auto_answer else ""), tone_hz=tone_hz)
+
+
+def test_did_call_from_the_carrier_reaches_a_local_phone_with_audio_both_ways(
+        carrier_factory, callpath_factory, baresip_phones):
+    require_kamailio()
+    carrier = carrier_factory(user=TRUNK_USER, password=TRUNK_PASSWORD)
+    server = callpath_factory(users=[("bob", "secret", DID)], sip_trace=True, trunks=[
+        trunk(carrier, "carrier", register=True, did_source="to", max_channels=2)])
+    try:
+        wait_until(lambda: trunk_status(server)["carrier"]["registration"]["state"] == "registered",
+                   what="the trunk registered at Kamailio (digest)")
+        bob = baresip_phones("bob", account_line("bob", "127.0.0.1", "secret", port=server.sip_port,
+                                                 params=";answermode=auto"), tone_hz=LOCAL_HZ)
+        pstn = subscriber(baresip_phones, carrier, CARRIER_HZ)
+        bob.wait_registered()
+        pstn.wait_registered()
+
+        pstn.dial(DID)
+        answered = talk_and_hang_up(pstn, bob)
+        assert_hears(bob, CARRIER_HZ)
+        assert_hears(pstn, LOCAL_HZ)
+
+        assert f"DID call {DID} forwarded to sip:{TRUNK_USER}@" in carrier.log()
+        assert_anchored(server, bob, pstn)
+        assert answered.peer == f"sip:{SUBSCRIBER}@127.0.0.1", answered   # the caller's number reaches bob
+        channels = wait_until(lambda: (c := trunk_status(server)["carrier"]["channels"])["in_use"] == 0 and c,
+                              what="the trunk's channel released")
+        assert channels["total"] == 1, channels
+    except AssertionError:
+        print(f"--- callpath ---\n{server.output()[-30000:]}")
+        raise
+
+
+def test_outbound_call_fails_over_to_the_second_carrier_with_audio_both_ways(
+        carrier_factory, callpath_factory, baresip_phones):
+    require_kamailio()
+    failing = carrier_factory(user=TRUNK_USER, password=TRUNK_PASSWORD, reject_all=True)
+    working = carrier_factory(user=TRUNK_USER, password=TRUNK_PASSWORD)
+    server = callpath_factory(users=[("alice", "secret", "1001")], sip_trace=True, trunks=[
+        trunk(failing, "primary", priority=1),
+        trunk(working, "backup", priority=2, caller_id=f"ACME <{CALLER_ID}>", max_channels=1),
+    ])
+    try:
+        alice = baresip_phones("alice", account_line("alice", "127.0.0.1", "secret", port=server.sip_port),
+                               tone_hz=LOCAL_HZ)
+        far = subscriber(baresip_phones, working, CARRIER_HZ, auto_answer=True)
+        alice.wait_registered()
+        far.wait_registered()
+
+        alice.dial(SUBSCRIBER)
+        answered = talk_and_hang_up(alice, far)
+        assert_hears(far, LOCAL_HZ)
+        assert_hears(alice, CARRIER_HZ)
+        assert_anchored(server, alice, far)
+
+        # the carrier sees the trunk's caller id, not alice
+        assert answered.peer == f"sip:{CALLER_ID}@127.0.0.1", answered
+        assert f"call from sip:{CALLER_ID}@127.0.0.1 to {SUBSCRIBER} relayed to subscriber" in working.log()
+        assert "relayed" not in failing.log()                  # the primary answered 503 (REJECT_ALL)
+        trunks = wait_until(lambda: (t := trunk_status(server))["backup"]["channels"]["in_use"] == 0 and t,
+                            what="the backup trunk's channel released")
+        assert trunks["primary"]["channels"]["in_use"] == 0 and trunks["primary"]["channels"]["total"] == 1
+        assert trunks["backup"]["channels"]["total"] == 1, trunks["backup"]
+    except AssertionError:
+        print(f"--- callpath ---\n{server.output()[-30000:]}")
+        raise
