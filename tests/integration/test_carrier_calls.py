@@ -24,11 +24,17 @@ import urllib.request
 from typing import Any
 
 import pytest
-
 from kamailio_harness import carrier_factory, require_kamailio  # noqa: F401 - fixture
+from peers.baresip import (  # noqa: F401 - fixture
+    SAMPLE_RATE,
+    BaresipPhone,
+    PhoneEvent,
+    account_line,
+    baresip_phones,
+)
+from sipp_harness import CallpathServer, callpath_factory, free_udp_port  # noqa: F401 - fixture
+
 from media.audio import tone_to_noise_db
-from peers.baresip import SAMPLE_RATE, BaresipPhone, PhoneEvent, account_line, baresip_phones  # noqa: F401 - fixture
-from sipp_harness import CallpathServer, callpath_factory  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 
@@ -70,11 +76,11 @@ def assert_hears(phone: BaresipPhone, frequency: float) -> None:
     assert tone_to_noise_db(phone.heard()[SAMPLE_RATE // 2:], SAMPLE_RATE, frequency) > 15.0
 
 
-def talk_and_hang_up(caller: BaresipPhone, callee: BaresipPhone) -> PhoneEvent:
+def talk_and_hang_up(caller: BaresipPhone, callee: BaresipPhone, timeout: float = 30) -> PhoneEvent:
     """Both sides established (the callee auto-answers), a few seconds of tones, the caller hangs up; the
     callee's CALL_ESTABLISHED event (its ``peer`` is the From the callee got)."""
-    caller.wait_established(timeout=30)
-    answered = callee.wait_established(timeout=30)
+    caller.wait_established(timeout=timeout)
+    answered = callee.wait_established(timeout=timeout)
     time.sleep(TALK_SECONDS)
     caller.hangup()
     caller.wait_closed(timeout=30)
@@ -101,12 +107,17 @@ def subscriber(baresip_phones, carrier, tone_hz: float, *, auto_answer: bool = F
                                                params=";answermode=auto" if auto_answer else ""), tone_hz=tone_hz)
 
 
+@pytest.mark.parametrize("route", ["extension", "inbound_target"])
 def test_did_call_from_the_carrier_reaches_a_local_phone_with_audio_both_ways(
-        carrier_factory, callpath_factory, baresip_phones):
+        carrier_factory, callpath_factory, baresip_phones, route):
+    """``extension``: bob's extension is the DID; ``inbound_target``: the DID is nobody's, [calls]
+    inbound_target = "bob" takes it."""
     require_kamailio()
     carrier = carrier_factory(user=TRUNK_USER, password=TRUNK_PASSWORD)
-    server = callpath_factory(users=[("bob", "secret", DID)], sip_trace=True, trunks=[
-        trunk(carrier, "carrier", register=True, did_source="to", max_channels=2)])
+    extra: dict[str, Any] = {"calls": {"inbound_target": "bob"}} if route == "inbound_target" else {}
+    server = callpath_factory(users=[("bob", "secret", DID if route == "extension" else "1002")], sip_trace=True,
+                              trunks=[trunk(carrier, "carrier", register=True, did_source="to", max_channels=2)],
+                              **extra)
     try:
         wait_until(lambda: trunk_status(server)["carrier"]["registration"]["state"] == "registered",
                    what="the trunk registered at Kamailio (digest)")
@@ -132,16 +143,34 @@ def test_did_call_from_the_carrier_reaches_a_local_phone_with_audio_both_ways(
         raise
 
 
+@pytest.mark.parametrize("primary", ["503", "silent", "down"])
 def test_outbound_call_fails_over_to_the_second_carrier_with_audio_both_ways(
-        carrier_factory, callpath_factory, baresip_phones):
+        carrier_factory, callpath_factory, baresip_phones, primary):
+    """The first trunk fails, the second carries the call.
+
+    ``503``: the first carrier (Kamailio, REJECT_ALL) answers 503 to the INVITE -> next trunk at once.
+    ``silent``: nothing listens at the first trunk's address and it has no qualify: the INVITE is retransmitted
+    until Timer B (32 s), a 408 -> next trunk (the caller hears ringing meanwhile; an ICMP port unreachable
+    is not taken as a transport failure).
+    ``down``: the same dead address with ``qualify_interval = 1``: two unanswered OPTIONS make the trunk
+    down, and the call goes straight to the second trunk (the first never gets the INVITE).
+    """
     require_kamailio()
-    failing = carrier_factory(user=TRUNK_USER, password=TRUNK_PASSWORD, reject_all=True)
     working = carrier_factory(user=TRUNK_USER, password=TRUNK_PASSWORD)
+    if primary == "503":
+        failing = carrier_factory(user=TRUNK_USER, password=TRUNK_PASSWORD, reject_all=True)
+        first = trunk(failing, "primary", priority=1)
+    else:
+        failing = None
+        first = trunk(working, "primary", priority=1, host=f"127.0.0.1:{free_udp_port()}",
+                      qualify_interval=1 if primary == "down" else 0)
     server = callpath_factory(users=[("alice", "secret", "1001")], sip_trace=True, trunks=[
-        trunk(failing, "primary", priority=1),
-        trunk(working, "backup", priority=2, caller_id=f"ACME <{CALLER_ID}>", max_channels=1),
+        first, trunk(working, "backup", priority=2, caller_id=f"ACME <{CALLER_ID}>", max_channels=1),
     ])
     try:
+        if primary == "down":
+            wait_until(lambda: trunk_status(server)["primary"]["qualify"]["state"] == "down",
+                       what="the dead primary trunk qualified down")
         alice = baresip_phones("alice", account_line("alice", "127.0.0.1", "secret", port=server.sip_port),
                                tone_hz=LOCAL_HZ)
         far = subscriber(baresip_phones, working, CARRIER_HZ, auto_answer=True)
@@ -149,7 +178,7 @@ def test_outbound_call_fails_over_to_the_second_carrier_with_audio_both_ways(
         far.wait_registered()
 
         alice.dial(SUBSCRIBER)
-        answered = talk_and_hang_up(alice, far)
+        answered = talk_and_hang_up(alice, far, timeout=90 if primary == "silent" else 30)
         assert_hears(far, LOCAL_HZ)
         assert_hears(alice, CARRIER_HZ)
         assert_anchored(server, alice, far)
@@ -157,11 +186,16 @@ def test_outbound_call_fails_over_to_the_second_carrier_with_audio_both_ways(
         # the carrier sees the trunk's caller id, not alice
         assert answered.peer == f"sip:{CALLER_ID}@127.0.0.1", answered
         assert f"call from sip:{CALLER_ID}@127.0.0.1 to {SUBSCRIBER} relayed to subscriber" in working.log()
-        assert "relayed" not in failing.log()                  # the primary answered 503 (REJECT_ALL)
+        if failing is not None:
+            assert "relayed" not in failing.log()              # the primary answered 503 (REJECT_ALL)
         trunks = wait_until(lambda: (t := trunk_status(server))["backup"]["channels"]["in_use"] == 0 and t,
                             what="the backup trunk's channel released")
-        assert trunks["primary"]["channels"]["in_use"] == 0 and trunks["primary"]["channels"]["total"] == 1
+        assert trunks["primary"]["channels"]["in_use"] == 0
+        assert trunks["primary"]["channels"]["total"] == (0 if primary == "down" else 1), trunks["primary"]
         assert trunks["backup"]["channels"]["total"] == 1, trunks["backup"]
+        tried = [line for line in server.output().splitlines() if "failed with" in line and "trying the next" in line]
+        assert [("trunk primary failed with " + ("408" if primary == "silent" else "503")) in line
+                for line in tried] == ([] if primary == "down" else [True]), tried
     except AssertionError:
         print(f"--- callpath ---\n{server.output()[-30000:]}")
         raise
