@@ -76,13 +76,14 @@ def assert_hears(phone: BaresipPhone, frequency: float) -> None:
     assert tone_to_noise_db(phone.heard()[SAMPLE_RATE // 2:], SAMPLE_RATE, frequency) > 15.0
 
 
-def talk_and_hang_up(caller: BaresipPhone, callee: BaresipPhone, timeout: float = 30) -> PhoneEvent:
-    """Both sides established (the callee auto-answers), a few seconds of tones, the caller hangs up; the
-    callee's CALL_ESTABLISHED event (its ``peer`` is the From the callee got)."""
+def talk_and_hang_up(caller: BaresipPhone, callee: BaresipPhone, timeout: float = 30,
+                     by_callee: bool = False) -> PhoneEvent:
+    """Both sides established (the callee auto-answers), a few seconds of tones, the caller (or the callee)
+    hangs up; the callee's CALL_ESTABLISHED event (its ``peer`` is the From the callee got)."""
     caller.wait_established(timeout=timeout)
     answered = callee.wait_established(timeout=timeout)
     time.sleep(TALK_SECONDS)
-    caller.hangup()
+    (callee if by_callee else caller).hangup()
     caller.wait_closed(timeout=30)
     callee.wait_closed(timeout=30)
     return answered
@@ -110,8 +111,8 @@ def subscriber(baresip_phones, carrier, tone_hz: float, *, auto_answer: bool = F
 @pytest.mark.parametrize("route", ["extension", "inbound_target"])
 def test_did_call_from_the_carrier_reaches_a_local_phone_with_audio_both_ways(
         carrier_factory, callpath_factory, baresip_phones, route):
-    """``extension``: bob's extension is the DID; ``inbound_target``: the DID is nobody's, [calls]
-    inbound_target = "bob" takes it."""
+    """``extension``: bob's extension is the DID (bob hangs up); ``inbound_target``: the DID is nobody's,
+    [calls] inbound_target = "bob" takes it (the carrier's caller hangs up)."""
     require_kamailio()
     carrier = carrier_factory(user=TRUNK_USER, password=TRUNK_PASSWORD)
     extra: dict[str, Any] = {"calls": {"inbound_target": "bob"}} if route == "inbound_target" else {}
@@ -128,7 +129,7 @@ def test_did_call_from_the_carrier_reaches_a_local_phone_with_audio_both_ways(
         pstn.wait_registered()
 
         pstn.dial(DID)
-        answered = talk_and_hang_up(pstn, bob)
+        answered = talk_and_hang_up(pstn, bob, by_callee=route == "extension")
         assert_hears(bob, CARRIER_HZ)
         assert_hears(pstn, LOCAL_HZ)
 
@@ -153,7 +154,8 @@ def test_outbound_call_fails_over_to_the_second_carrier_with_audio_both_ways(
     until Timer B (32 s), a 408 -> next trunk (the caller hears ringing meanwhile; an ICMP port unreachable
     is not taken as a transport failure).
     ``down``: the same dead address with ``qualify_interval = 1``: two unanswered OPTIONS make the trunk
-    down, and the call goes straight to the second trunk (the first never gets the INVITE).
+    down, and the call goes straight to the second trunk (the first never gets the INVITE); the far end
+    hangs up this time.
     """
     require_kamailio()
     working = carrier_factory(user=TRUNK_USER, password=TRUNK_PASSWORD)
@@ -178,7 +180,8 @@ def test_outbound_call_fails_over_to_the_second_carrier_with_audio_both_ways(
         far.wait_registered()
 
         alice.dial(SUBSCRIBER)
-        answered = talk_and_hang_up(alice, far, timeout=90 if primary == "silent" else 30)
+        answered = talk_and_hang_up(alice, far, timeout=90 if primary == "silent" else 30,
+                                    by_callee=primary == "down")
         assert_hears(far, LOCAL_HZ)
         assert_hears(alice, CARRIER_HZ)
         assert_anchored(server, alice, far)
@@ -196,6 +199,35 @@ def test_outbound_call_fails_over_to_the_second_carrier_with_audio_both_ways(
         tried = [line for line in server.output().splitlines() if "failed with" in line and "trying the next" in line]
         assert [("trunk primary failed with " + ("408" if primary == "silent" else "503")) in line
                 for line in tried] == ([] if primary == "down" else [True]), tried
+    except AssertionError:
+        print(f"--- callpath ---\n{server.output()[-30000:]}")
+        raise
+
+
+def test_did_call_cancelled_by_the_carrier_while_ringing_releases_the_channel(
+        carrier_factory, callpath_factory, baresip_phones):
+    """The carrier's caller gives up while bob's phone rings (CANCEL through Kamailio): bob stops ringing,
+    the trunk's channel is released."""
+    require_kamailio()
+    carrier = carrier_factory(user=TRUNK_USER, password=TRUNK_PASSWORD)
+    server = callpath_factory(users=[("bob", "secret", DID)], sip_trace=True, trunks=[
+        trunk(carrier, "carrier", register=True, did_source="to", max_channels=1)])
+    try:
+        wait_until(lambda: trunk_status(server)["carrier"]["registration"]["state"] == "registered",
+                   what="the trunk registered at Kamailio")
+        bob = baresip_phones("bob", account_line("bob", "127.0.0.1", "secret", port=server.sip_port),
+                             tone_hz=LOCAL_HZ)
+        pstn = subscriber(baresip_phones, carrier, CARRIER_HZ)
+        bob.wait_registered()
+        pstn.wait_registered()
+        pstn.dial(DID)
+        bob.wait_incoming(timeout=30)
+        assert trunk_status(server)["carrier"]["channels"]["in_use"] == 1
+        pstn.hangup()
+        pstn.wait_closed(timeout=30)
+        bob.wait_closed(timeout=30)
+        wait_until(lambda: trunk_status(server)["carrier"]["channels"]["in_use"] == 0,
+                   what="the trunk's channel released")
     except AssertionError:
         print(f"--- callpath ---\n{server.output()[-30000:]}")
         raise
