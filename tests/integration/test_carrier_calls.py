@@ -108,16 +108,18 @@ def subscriber(baresip_phones, carrier, tone_hz: float, *, auto_answer: bool = F
                                                params=";answermode=auto" if auto_answer else ""), tone_hz=tone_hz)
 
 
-@pytest.mark.parametrize("route", ["extension", "inbound_target"])
+@pytest.mark.parametrize("route", ["extension", "inbound_target", "tcp"])
 def test_did_call_from_the_carrier_reaches_a_local_phone_with_audio_both_ways(
         carrier_factory, callpath_factory, baresip_phones, route):
     """``extension``: bob's extension is the DID (bob hangs up); ``inbound_target``: the DID is nobody's,
-    [calls] inbound_target = "bob" takes it (the carrier's caller hangs up)."""
+    [calls] inbound_target = "bob" takes it (the carrier's caller hangs up); ``tcp``: as ``extension`` with
+    the trunk (registration and the DID call) over TCP."""
     require_kamailio()
     carrier = carrier_factory(user=TRUNK_USER, password=TRUNK_PASSWORD)
     extra: dict[str, Any] = {"calls": {"inbound_target": "bob"}} if route == "inbound_target" else {}
-    server = callpath_factory(users=[("bob", "secret", DID if route == "extension" else "1002")], sip_trace=True,
-                              trunks=[trunk(carrier, "carrier", register=True, did_source="to", max_channels=2)],
+    server = callpath_factory(users=[("bob", "secret", "1002" if route == "inbound_target" else DID)],
+                              sip_trace=True, trunks=[trunk(carrier, "carrier", register=True, did_source="to",
+                                                            max_channels=2, transport="udp" if route != "tcp" else "tcp")],
                               **extra)
     try:
         wait_until(lambda: trunk_status(server)["carrier"]["registration"]["state"] == "registered",
@@ -129,11 +131,21 @@ def test_did_call_from_the_carrier_reaches_a_local_phone_with_audio_both_ways(
         pstn.wait_registered()
 
         pstn.dial(DID)
-        answered = talk_and_hang_up(pstn, bob, by_callee=route == "extension")
+        answered = talk_and_hang_up(pstn, bob, by_callee=route != "inbound_target")
         assert_hears(bob, CARRIER_HZ)
         assert_hears(pstn, LOCAL_HZ)
 
-        assert f"DID call {DID} forwarded to sip:{TRUNK_USER}@" in carrier.log()
+        forwarded = [line for line in carrier.log().splitlines() if f"DID call {DID} forwarded to" in line]
+        assert len(forwarded) == 1 and f"sip:{TRUNK_USER}@" in forwarded[0], forwarded
+        assert ("transport=tcp" in forwarded[0]) == (route == "tcp"), forwarded
+        trace = server.output().splitlines()
+        received = [trace[i] for i in range(len(trace) - 1)
+                    if trace[i].startswith("<<< ") and trace[i + 1].startswith(f"INVITE sip:{TRUNK_USER}@")]
+        transport = "tcp" if route == "tcp" else "udp"
+        # over UDP from the carrier's port; over TCP Kamailio opens its own connection to our Contact
+        assert len(received) == 1 and received[0].split()[2] == transport, received
+        if transport == "udp":
+            assert f" 127.0.0.1:{carrier.port} -> " in received[0], received
         assert_anchored(server, bob, pstn)
         assert answered.peer == f"sip:{SUBSCRIBER}@127.0.0.1", answered   # the caller's number reaches bob
         channels = wait_until(lambda: (c := trunk_status(server)["carrier"]["channels"])["in_use"] == 0 and c,
@@ -228,6 +240,32 @@ def test_did_call_cancelled_by_the_carrier_while_ringing_releases_the_channel(
         bob.wait_closed(timeout=30)
         wait_until(lambda: trunk_status(server)["carrier"]["channels"]["in_use"] == 0,
                    what="the trunk's channel released")
+    except AssertionError:
+        print(f"--- callpath ---\n{server.output()[-30000:]}")
+        raise
+
+
+def test_busy_callee_behind_a_trunk_stops_the_failover(carrier_factory, callpath_factory, baresip_phones):
+    """503 from the first trunk fails over; the second carrier's 486 (the callee is busy) reaches the caller and
+    the third trunk is not tried: the callee would be as busy through it."""
+    require_kamailio()
+    failing = carrier_factory(user=TRUNK_USER, password=TRUNK_PASSWORD, reject_all=True)
+    working = carrier_factory(user=TRUNK_USER, password=TRUNK_PASSWORD)
+    server = callpath_factory(users=[("alice", "secret", "1001")], sip_trace=True, trunks=[
+        trunk(failing, "primary", priority=1), trunk(working, "backup", priority=2),
+        trunk(working, "spare", priority=3)])
+    try:
+        alice = baresip_phones("alice", account_line("alice", "127.0.0.1", "secret", port=server.sip_port),
+                               tone_hz=LOCAL_HZ)
+        alice.wait_registered()
+        alice.dial("486123")
+        closed = alice.wait_closed(timeout=30)
+        assert "486" in (closed.param or ""), closed
+        assert "call from sip:acme@127.0.0.1 to 486123: busy" in working.log()
+        trunks = wait_until(lambda: (t := trunk_status(server))["backup"]["channels"]["in_use"] == 0 and t,
+                            what="the channels released")
+        assert [trunks[name]["channels"]["total"] for name in ("primary", "backup", "spare")] == [1, 1, 0], trunks
+        assert all(t["channels"]["in_use"] == 0 for t in trunks.values()), trunks
     except AssertionError:
         print(f"--- callpath ---\n{server.output()[-30000:]}")
         raise
