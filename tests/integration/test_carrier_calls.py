@@ -97,6 +97,18 @@ def assert_anchored(server: CallpathServer, *phones: BaresipPhone) -> None:
         assert source is not None and low <= source[1] <= high, f"{phone.name}: RTP from {source}"
 
 
+def sent_offers(server: CallpathServer, request_line: str) -> list[str]:
+    """The payload types of the audio m= line of every request callpath sent (its --sip-trace) whose request
+    line starts with ``request_line``."""
+    trace = server.output().splitlines()
+    offers = []
+    for i, line in enumerate(trace[:-1]):
+        if line.startswith(">>> ") and trace[i + 1].startswith(request_line):
+            body = next(t for t in trace[i + 1:] if t.startswith("m=audio "))
+            offers.append(" ".join(body.split()[3:]))
+    return offers
+
+
 def trunk(carrier, name: str, **kw: Any) -> dict[str, Any]:
     return {"name": name, "host": carrier.address, "username": TRUNK_USER, "password": TRUNK_PASSWORD,
             "inbound_hosts": NOBODY, **kw}
@@ -179,7 +191,8 @@ def test_outbound_call_fails_over_to_the_second_carrier_with_audio_both_ways(
         first = trunk(working, "primary", priority=1, host=f"127.0.0.1:{free_udp_port()}",
                       qualify_interval=1 if primary == "down" else 0)
     server = callpath_factory(users=[("alice", "secret", "1001")], sip_trace=True, trunks=[
-        first, trunk(working, "backup", priority=2, caller_id=f"ACME <{CALLER_ID}>", max_channels=1),
+        first, trunk(working, "backup", priority=2, caller_id=f"ACME <{CALLER_ID}>", max_channels=1,
+                     codecs=["PCMA"] if primary == "503" else ["PCMA", "PCMU"]),
     ])
     try:
         if primary == "down":
@@ -203,6 +216,9 @@ def test_outbound_call_fails_over_to_the_second_carrier_with_audio_both_ways(
         assert f"call from sip:{CALLER_ID}@127.0.0.1 to {SUBSCRIBER} relayed to subscriber" in working.log()
         if failing is not None:
             assert "relayed" not in failing.log()              # the primary answered 503 (REJECT_ALL)
+        # the trunk's codec list, in order, is what the carrier is offered (with PCMA only, nothing else)
+        offers = sent_offers(server, f"INVITE sip:{SUBSCRIBER}@{working.address}")
+        assert offers and set(offers) == {"8 101" if primary == "503" else "8 0 101"}, offers
         trunks = wait_until(lambda: (t := trunk_status(server))["backup"]["channels"]["in_use"] == 0 and t,
                             what="the backup trunk's channel released")
         assert trunks["primary"]["channels"]["in_use"] == 0
