@@ -232,10 +232,10 @@ def test_outbound_call_fails_over_to_the_second_carrier_with_audio_both_ways(
         raise
 
 
-def test_did_call_cancelled_by_the_carrier_while_ringing_releases_the_channel(
-        carrier_factory, callpath_factory, baresip_phones):
-    """The carrier's caller gives up while bob's phone rings (CANCEL through Kamailio): bob stops ringing,
-    the trunk's channel is released."""
+def test_did_call_unanswered_or_cancelled_releases_the_channel(carrier_factory, callpath_factory, baresip_phones):
+    """A DID call for a user with no phone registered gets 480 back through the carrier; then the carrier's
+    caller gives up while bob's phone rings (CANCEL through Kamailio): bob stops ringing. Each time the trunk's
+    channel is released."""
     require_kamailio()
     carrier = carrier_factory(user=TRUNK_USER, password=TRUNK_PASSWORD)
     server = callpath_factory(users=[("bob", "secret", DID)], sip_trace=True, trunks=[
@@ -243,16 +243,24 @@ def test_did_call_cancelled_by_the_carrier_while_ringing_releases_the_channel(
     try:
         wait_until(lambda: trunk_status(server)["carrier"]["registration"]["state"] == "registered",
                    what="the trunk registered at Kamailio")
+        pstn = subscriber(baresip_phones, carrier, CARRIER_HZ)
+        pstn.wait_registered()
+        pstn.dial(DID)
+        closed = pstn.wait_closed(timeout=30)
+        assert "480" in (closed.param or ""), closed
+        channels = wait_until(lambda: (c := trunk_status(server)["carrier"]["channels"])["in_use"] == 0 and c,
+                              what="the trunk's channel released after the 480")
+        assert channels["total"] == 1, channels
+
         bob = baresip_phones("bob", account_line("bob", "127.0.0.1", "secret", port=server.sip_port),
                              tone_hz=LOCAL_HZ)
-        pstn = subscriber(baresip_phones, carrier, CARRIER_HZ)
         bob.wait_registered()
-        pstn.wait_registered()
+        mark = len(pstn.events)
         pstn.dial(DID)
         bob.wait_incoming(timeout=30)
         assert trunk_status(server)["carrier"]["channels"]["in_use"] == 1
         pstn.hangup()
-        pstn.wait_closed(timeout=30)
+        pstn.wait_event("CALL_CLOSED", start=mark, timeout=30)
         bob.wait_closed(timeout=30)
         wait_until(lambda: trunk_status(server)["carrier"]["channels"]["in_use"] == 0,
                    what="the trunk's channel released")
