@@ -11,6 +11,10 @@ must show the other's.
 2. Outbound with failover: the local phone dials the subscriber's number; the first trunk's carrier answers 503,
    callpath fails over to the second carrier, which relays to the subscriber (auto-answer); the carrier sees the
    trunk's caller id in From; tones both ways; /api/v1/status shows both trunks' channels back to 0.
+   Also: a first trunk that never answers (408 at Timer B) or that qualify marked down, and a busy callee (486)
+   that stops the failover.
+3. The DID over a TCP trunk, via ``[calls] inbound_target``, for a user with no phone (480 back), and cancelled
+   by the carrier's caller while ringing: the channel is released each time.
 
 Both trunks' carriers run on 127.0.0.1, like the phones: ``inbound_hosts`` is set to an address nobody uses,
 otherwise every loopback phone would count as the carrier (docs/trunks.md); a DID call is recognised by the
