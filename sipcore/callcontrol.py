@@ -316,7 +316,8 @@ class Call:
         try:
             sip = self.control.ua.invite(
                 contact.uri, from_na, desc.sdp, flow=contact.flow, route=contact.path, ring_timeout=timeout,
-                credentials=contact.credentials, to=contact.aor or None, headers=target.headers)
+                credentials=contact.credentials, to=contact.aor or None, headers=target.headers,
+                response_timeout=contact.response_timeout)
         except Exception as exc:  # noqa: BLE001 - an unroutable contact fails this channel only
             log.warning("cannot call %s: %s", contact.uri, exc, extra={"call_id": self.id})
             await self._close_leg(ch)

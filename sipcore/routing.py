@@ -136,6 +136,7 @@ class Contact:
     codecs: tuple[str, ...] = ()          # codecs to offer, in order (a trunk's); empty: the media plane's
     dtmf: str | None = None               # rfc4733 | inband | info (a trunk's); None: the media plane's
     from_uri: str | None = None           # the From to present (a trunk's caller id); None: the caller's, at our domain
+    response_timeout: float | None = None  # no response at all (not even 100) within it: failed with 408
 
 
 @dataclass(frozen=True, slots=True)

@@ -162,6 +162,11 @@ class Transaction:
         self.timers.clear()
         self.layer._remove(self)
 
+    def abandon(self) -> None:
+        """Stop at once (no more retransmissions, no timeout event): the TU has given up on it."""
+        if self.state != "Terminated":
+            self._terminate()
+
     @property
     def call_id(self) -> str:
         """Call-ID of the transaction's request (for logs)."""

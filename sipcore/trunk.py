@@ -76,6 +76,7 @@ class TrunkConfig:
     dtmf: str = "rfc4733"
     qualify_interval: int = 0
     priority: int = 0
+    response_timeout: float = 5.0               # seconds an INVITE may get no response at all before failover
 
     def __post_init__(self) -> None:
         problem = validate_trunk_config(self)
@@ -124,6 +125,8 @@ def validate_trunk_config(c: Any) -> str | None:
         return f"dtmf must be one of {', '.join(TRUNK_DTMF_MODES)}, got {c.dtmf!r}"
     if c.qualify_interval < 0:
         return f"qualify_interval must be 0 (off) or positive seconds, got {c.qualify_interval}"
+    if not 0 < c.response_timeout <= 32:
+        return f"response_timeout must be above 0 and at most 32 seconds, got {c.response_timeout}"
     for key in ("username", "auth_username", "from_user"):
         value = getattr(c, key)
         if any(ch in value for ch in ' <>@";\r\n'):
@@ -213,7 +216,8 @@ class TrunkRoute:
         from .uri import SipUri
 
         return Contact(SipUri.parse(self.request_uri), self.to_uri, self.flow, (), RTP, self.credentials,
-                       codecs=tuple(self.codecs), dtmf=self.dtmf, from_uri=self.from_uri)
+                       codecs=tuple(self.codecs), dtmf=self.dtmf, from_uri=self.from_uri,
+                       response_timeout=self.trunk.config.response_timeout)
 
     def target(self, timeout: float | None = None) -> Any:
         """This route as a one-contact `sipcore.routing.Target` for ``Call.ring`` (label ``trunk:NAME``)."""

@@ -215,6 +215,7 @@ class UserAgent:
                headers: Iterable[tuple[str, str]] = (), flow: Flow | None = None, route: Iterable[str] = (),
                credentials: tuple[str, str] | None = None, content_type: str = "application/sdp",
                require_100rel: bool = False, ring_timeout: float | None = None, to: str | None = None,
+               response_timeout: float | None = None,
                on_event: Callable[[CallEvent], None] | None = None) -> OutgoingCall:
         """Place a call: INVITE `target_uri` from `from_uri` with `sdp_offer` (None: a late-offer INVITE).
 
@@ -258,7 +259,8 @@ class UserAgent:
         if sdp_offer:
             req.set("Content-Type", content_type)
             req.body = sdp_offer
-        call = OutgoingCall(self, req, flow, on_event=on_event, credentials=credentials, ring_timeout=ring_timeout)
+        call = OutgoingCall(self, req, flow, on_event=on_event, credentials=credentials, ring_timeout=ring_timeout,
+                            response_timeout=response_timeout)
         self.calls[(call_id, tag)] = call
         call.log_event(logging.INFO, "calling %s via %s", target, flow or f"{hop.host} (locating)")
         if flow is None:

@@ -35,7 +35,7 @@ class OutgoingCall(Call):
 
     def __init__(self, ua: "UserAgent", invite: Request, flow: Flow | None, *,
                  on_event: Callable[[CallEvent], None] | None, credentials: tuple[str, str] | None,
-                 ring_timeout: float | None) -> None:
+                 ring_timeout: float | None, response_timeout: float | None = None) -> None:
         super().__init__(ua, invite.call_id, invite.from_.tag or "", flow, on_event)  # type: ignore[arg-type]
         if credentials is not None:
             self.credentials = credentials
@@ -48,6 +48,7 @@ class OutgoingCall(Call):
         self.cancel_requested = False
         self.cancel_sent = False
         self._ring_timeout = ring_timeout
+        self._response_timeout = response_timeout
         self._invite = invite
         self._next_targets: list[Flow] = []    # RFC 3263 §4.3: where the INVITE goes if this target fails
         self.locating: asyncio.Task | None = None
@@ -60,6 +61,8 @@ class OutgoingCall(Call):
         self.invite_ctx.sdp = self.local_sdp
         if self._ring_timeout:
             self._later(self._ring_timeout, self._on_ring_timeout)
+        if self._response_timeout:
+            self._later(self._response_timeout, self._on_response_timeout)
 
     def release(self) -> None:
         super().release()
@@ -117,6 +120,18 @@ class OutgoingCall(Call):
         new = self._send(req, flow, None, old.future, self._invite_response)
         new.sdp = old.sdp
         self._on_resent(old, new)
+
+    def _on_response_timeout(self) -> None:
+        """Nothing at all came back (not even 100 Trying): the next hop is not there. Give up now rather
+        than at Timer B (32 s), so a caller's failover to another trunk is quick (Kamailio's fr_timer)."""
+        if self.state is CallState.CALLING and not self.trying_seen and not self.provisional_seen:
+            self.log_event(logging.INFO, "no response within %.0f s: giving up", self._response_timeout)
+            tx = self.invite_tx
+            if tx is not None:
+                tx.abandon()
+            self._finish(CallState.FAILED)
+            self._emit(Failed(408, f"Request Timeout (no response within {self._response_timeout:g} s)"))
+            self.ua.flush()
 
     def _on_ring_timeout(self) -> None:
         if self.state in (CallState.CALLING, CallState.EARLY):

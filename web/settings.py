@@ -686,6 +686,9 @@ class TrunkSettings:
     dtmf: str = _setting("rfc4733", help="rfc4733 | inband | info")
     qualify_interval: int = _setting(0, help="seconds between OPTIONS pings; 0: off")
     priority: int = _setting(0, help="failover order: lower first (ties: file order)")
+    response_timeout: float = _setting(
+        5.0, help="seconds an INVITE through the trunk may get no response at all (not even 100) before the "
+                  "next trunk is tried")
 
     def to_config(self) -> Any:
         """The sipcore.trunk.TrunkConfig of this table."""

@@ -573,3 +573,31 @@ async def test_an_answer_the_media_plane_refuses_fails_that_channel_with_488(set
     assert (await expect(inc, Ended)).reason == "BYE"      # the unusable callee is hung up
     failed = await expect(out, Failed)
     assert failed.status == 488 and results[0].status == 488
+
+
+async def test_a_contact_that_never_responds_fails_with_408_after_its_response_timeout(setup):
+    """A dead trunk (nothing answers, not even 100 Trying) fails in its response_timeout, not at Timer B."""
+    import socket
+
+    s = setup
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))                     # bound, never read: the INVITE goes nowhere
+    port = dead.getsockname()[1]
+    results = []
+
+    async def handler(call):
+        contact = Contact(SipUri.parse(f"sip:555@127.0.0.1:{port}"), "sip:555@carrier.test", response_timeout=0.3)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        results.append((await call.ring([Target.contacts([contact])]), loop.time() - start))
+        call.reject(mirror_status(results[0][0].status))
+
+    s.handler = handler
+    try:
+        out = s.dial()
+        failed = await expect(out, Failed)
+        result, elapsed = results[0]
+        assert result.status == 408 and "no response" in result.reason
+        assert elapsed < 2.0 and failed.status == 408
+    finally:
+        dead.close()
