@@ -118,6 +118,12 @@ class MediaPool:
         self._bridge_ids = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
 
+    def status(self) -> dict[str, Any]:
+        """What the pool holds now (for /api/v1/status): open legs, their groups, bridges, ng calls, load."""
+        return {"legs": len(self.legs), "groups": len(self.groups), "bridges": len(self._bridges) // 2,
+                "conferences": len(self.conferences), "calls": len(self.calls),
+                "load": [round(x, 1) for x in self.load]}
+
     # -- placement -----------------------------------------------------------------------------------
     def _least_loaded(self, name: str) -> int:
         start = zlib.crc32(name.encode()) % len(self.clients)

@@ -657,6 +657,9 @@ class Call:
     async def _finish(self) -> None:
         for ch in self.channels:
             await self._close_leg(ch)
+            ch.partner = None
+            if ch.sip is not None:
+                ch.sip.on_event = _discard      # the UA keeps its calls a while: they must not keep this one
         self._wake_ring()
         if not self._done.done():
             self._done.set_result(None)
@@ -709,6 +712,10 @@ class Call:
             await self._media(what, op)
         except CallControlError:
             pass
+
+
+def _discard(event: Any) -> None:
+    """Events of a SIP call whose Call is over: nobody listens any more."""
 
 
 @dataclass(frozen=True, slots=True)

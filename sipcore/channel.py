@@ -3,6 +3,7 @@ reports about them to the application (docs/callcontrol.md)."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
@@ -106,7 +107,7 @@ class Channel:
 
     def __init__(self, call: "Call", sip: IncomingCall | OutgoingCall | None, leg: str, *, inbound: bool,
                  label: str = "", transport: str = RTP) -> None:
-        self.call = call
+        self._call = weakref.ref(call)    # weak: Call -> channels -> call would be a cycle per call (tune_gc)
         self.sip = sip
         self.leg = leg
         self.inbound = inbound
@@ -128,6 +129,14 @@ class Channel:
         self.request: Request | None = None   # inbound: its INVITE
         self.room: str | None = None      # the conference it is in
         self.negotiated: asyncio.Future | None = None   # inbound late offer: resolved when the ACK's answer is in
+
+    @property
+    def call(self) -> "Call":
+        """The call this channel belongs to (alive as long as anyone uses the channel for that call)."""
+        call = self._call()
+        if call is None:
+            raise ReferenceError(f"the call of {self.leg} is gone")
+        return call
 
     def __repr__(self) -> str:
         return f"<Channel {self.leg} {'in' if self.inbound else 'out'} {self.label}>"

@@ -74,6 +74,7 @@ def build_app(application: "Application") -> Starlette:
             "calls": {"routed": application.router.stats if application.router else {},
                       "active": len(application.callcontrol.calls) if application.callcontrol else 0,
                       "anchoring": application.callcontrol is not None},
+            "media": application.media_pool.status() if application.media_pool is not None else {},
             "trunks": application.trunks.status(time.monotonic()) if application.trunks is not None else [],
             "dns": application.proxy.locator.status() if application.proxy and application.proxy.locator else {},
             "process": {"rss_bytes": rss_bytes(), "loop_lag_30s": stack.lag_summary(30.0),

@@ -7,6 +7,7 @@ integration tests.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -74,6 +75,7 @@ class FakeMedia:
 
     async def leg_close(self, leg):
         self.log.append(("leg_close", leg))
+        self.owners.pop(leg, None)                      # a closed leg has no owner (as in media.pool)
 
     async def connect(self, a, b):
         self._check("connect")
@@ -601,3 +603,72 @@ async def test_a_contact_that_never_responds_fails_with_408_after_its_response_t
         assert elapsed < 2.0 and failed.status == 408
     finally:
         dead.close()
+
+
+
+async def test_finished_calls_leave_no_cyclic_garbage():
+    """Parked, rung, connected, held, transferred, cancelled and busy calls are freed by reference counting once
+    the UAs forget them: the server collects the old generation rarely (web/runtime.py tune_gc), so a cycle per
+    call would grow memory by its size until then (tests/integration/test_soak.py caught 37 KB per call)."""
+    from gc_checks import collector_off, cyclic_garbage, live
+    from sipcore.call import Call as UaCall
+    from sipcore.callcontrol import Call
+    from sipcore.channel import Channel
+    from test_memory import expire_transactions
+
+    caller, middle = await make_endpoint(linger=0.01), await make_endpoint(linger=0.01)
+    callees = [await make_endpoint(linger=0.01) for _ in range(2)]
+    media, contacts = FakeMedia(), Contacts()
+    for i, ep in enumerate(callees):
+        contacts.users[f"agent{i}"] = [Contact(SipUri.parse(f"sip:agent{i}@127.0.0.1:{ep.port}"),
+                                               f"sip:agent{i}@example.test")]
+    control = CallControl(middle.ua, media, contacts, domain="example.test", music_on_hold=["moh.wav"])
+
+    async def handler(call):
+        await call.answer()
+        await call.play(["moh.wav"], loop=True)
+        result = await call.ring([Target.user("agent0"), Target.user("agent1")])
+        if result.channel is not None:
+            await call.ended()
+
+    middle.ua.on_invite = lambda tx, request: control.accept(tx, request, handler)
+    eps = [caller, middle, *callees]
+    try:
+        with collector_off():
+            for n in range(12):
+                out = caller.ua.invite(f"sip:100@127.0.0.1:{middle.port}", "<sip:alice@127.0.0.1>", OFFER)
+                await expect(out, Answered)
+                a0, a1 = await asyncio.wait_for(callees[0].ua.incoming.get(), T), \
+                    await asyncio.wait_for(callees[1].ua.incoming.get(), T)
+                if n % 3 == 0:                      # agent 1 answers, agent 0 is cancelled; hold, then the caller ends
+                    a1.answer(ANSWER)
+                    await expect(a1, Confirmed)
+                    await expect(a0, Ended)
+                    await asyncio.wait_for(a1.reinvite(ANSWER.replace(b"a=sendrecv", b"a=sendonly")), T)
+                    out.hangup()
+                    await expect(a1, Ended)
+                elif n % 3 == 1:                    # both busy: the parked caller is hung up... by the handler end
+                    a0.reject(486)
+                    a1.reject(486)
+                    out.hangup()
+                else:                               # agent 0 answers then transfers the caller to agent... itself gone
+                    a0.answer(ANSWER)
+                    await expect(a0, Confirmed)
+                    await expect(a1, Ended)
+                    a0.hangup()
+                    await expect(out, Ended)
+                await until(lambda: not control.calls)
+            for ep in eps:
+                ep.sent.clear()
+            await asyncio.sleep(0.05)
+            expire_transactions(*(ep.stack for ep in eps))
+            await until(lambda: all(not ep.ua.calls for ep in eps))
+            del out, a0, a1
+            assert live(Call, Channel, UaCall) == 0
+            garbage = cyclic_garbage()
+            assert garbage == Counter(), garbage.most_common(12)
+    finally:
+        await control.close()
+        for ep in eps:
+            ep.ua.close()
+            await ep.stack.close()
