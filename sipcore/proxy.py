@@ -523,7 +523,7 @@ class Proxy:
         if self.b2bua is not None and self.b2bua.handles_number(uri.user):
             if self.config.auth and not self.from_trunk(tx, req) and not await self._authorize_caller(tx, req):
                 return
-            if self.max_calls and self.ua is not None and len(self.ua.calls) >= self.max_calls:
+            if self.max_calls and self.ua is not None and self.ua.active_calls >= self.max_calls:
                 self.stats["rejected_at_cap"] += 1
                 self._refuse(tx, "too many calls")
                 return
@@ -571,7 +571,7 @@ class Proxy:
             if self.callcontrol is None or self.ua is None:
                 log.error("router accepted a call but no call control is wired", extra={"call_id": req.call_id})
                 tx.reply(500)
-            elif self.max_calls and len(self.ua.calls) >= self.max_calls:
+            elif self.max_calls and self.ua.active_calls >= self.max_calls:
                 self.stats["rejected_at_cap"] += 1
                 self._refuse(tx, "too many calls")
             else:

@@ -304,6 +304,11 @@ class UserAgent:
             return fallback
         return as_flow(loc.targets[0]) if loc.targets else fallback
 
+    @property
+    def active_calls(self) -> int:
+        """Calls not over yet (a finished call lingers in ``calls`` for late retransmissions: not counted)."""
+        return len(self.calls) - len(self._retiring)
+
     # -- helpers -----------------------------------------------------------------------------------
     def contact_for(self, transport: str, user: str | None) -> str:
         """Our Contact value on a transport (a URI at our listener for it)."""

@@ -543,3 +543,14 @@ async def test_cancel_routed_like_the_proxy_does(pair):
     assert (await expect(call, Failed)).status == 487
     assert (await expect(inc, Ended)).reason == "CANCEL"
     assert seen == [True] and b.count("SIP/2.0 200") == 1 and b.count("SIP/2.0 487") == 1
+
+
+async def test_active_calls_leave_out_the_lingering_finished_ones(pair):
+    """max_calls counts calls in progress: a finished call lingers 32 s for retransmissions, uncounted."""
+    a, b = pair
+    call, inc = await setup_call(a, b)
+    assert a.ua.active_calls == 1 and b.ua.active_calls == 1
+    call.hangup()
+    await expect(inc, Ended)
+    await until(lambda: a.ua.active_calls == 0 and b.ua.active_calls == 0)
+    assert len(a.ua.calls) == 1 and len(b.ua.calls) == 1     # still there for late retransmissions
