@@ -321,10 +321,12 @@ AGENT = ("agent", "agentpw", "1005")      # a desk phone that does attended tran
 AGENT_HZ = 500.0
 
 
-def test_attended_transfer_from_a_linphone_phone(callpath_factory, baresip_phones, linphone_phones):
-    """alice calls the agent (Linphone), who answers, holds her, calls bob (consultation) and transfers alice
-    to bob with a REFER whose Refer-To carries Replaces naming callpath's dialog with the agent's second call.
-    Both of the agent's calls end; alice and bob end up talking to each other."""
+@pytest.mark.parametrize("refer_on", ["held call", "consultation call"])
+def test_attended_transfer_from_a_linphone_phone(callpath_factory, baresip_phones, linphone_phones, refer_on):
+    """alice calls the agent (Linphone), who answers, holds her, calls bob (consultation) and transfers: a REFER
+    on one of its calls whose Refer-To carries Replaces naming callpath's dialog of the other (on the held call:
+    alice is the transferee; on the consultation call: bob is). Both of the agent's calls end; alice and bob end
+    up talking to each other."""
     server = callpath_factory(users=[ALICE, BOB, AGENT], calls={"anchor": "always"})
     agent = linphone_phones("agent", server, AGENT[0], AGENT[1], tone_hz=AGENT_HZ)
     alice = phone(baresip_phones, ALICE, server, ALICE_HZ)
@@ -344,7 +346,10 @@ def test_attended_transfer_from_a_linphone_phone(callpath_factory, baresip_phone
     bob.wait_established(timeout=15)
     agent.wait_streams_running(second)
     time.sleep(1.5)
-    agent.transfer_to_call(first, second)
+    if refer_on == "held call":
+        agent.transfer_to_call(first, second)
+    else:
+        agent.transfer_to_call(second, first)
     agent.wait_ended(first, timeout=15)   # both of the transferor's calls end
     agent.wait_ended(second, timeout=15)
     time.sleep(2.5)
