@@ -9,7 +9,8 @@
 - A blind transfer from a phone (baresip's REFER): the caller ends up talking with the transfer target.
 - A conference room: three phones from three calls, each hearing the other two.
 - Transfers from Linphone (Debian's linphonec, a phone that can do an attended transfer): the agent holds the
-  caller, calls a colleague, and transfers the caller to them (REFER with Replaces); and a blind transfer.
+  caller, calls a colleague, and transfers the caller to them (REFER with Replaces, on either call); a blind
+  transfer; and a Linphone transferee whose INVITE with Replaces takes the place of callpath's dialog.
 
 Each phone plays its own tone; `segments` cuts what a phone heard into windows and names the dominant
 frequency of each, so a test can say "music first, then the agent".
@@ -391,3 +392,44 @@ def test_blind_transfer_from_a_linphone_phone(callpath_factory, baresip_phones, 
     assert near(heard[0], AGENT_HZ), f"alice first heard {heard}"
     assert near(heard[-1], BOB_HZ), f"alice ended up hearing {heard}"
     assert abs(bob.heard_tone() - ALICE_HZ) < TOLERANCE_HZ
+
+
+def test_invite_with_replaces_from_a_linphone_phone_takes_the_place_of_our_dialog(
+        callpath_factory, baresip_phones, linphone_phones):
+    """The transferee's side of an attended transfer: alice (Linphone) calls the agent (Linphone) directly (a
+    proxied call: both offer G.711), the agent holds her and calls bob through ring group 600 (a call callpath
+    answers itself), then REFERs alice with Replaces naming callpath's dialog of that second call. Alice's INVITE
+    with Replaces reaches callpath, takes that dialog's place: bob now hears alice, the agent is out."""
+    server = callpath_factory(users=[ALICE, BOB, AGENT], calls={"groups": [{"number": "600", "members": [BOB[2]]}]})
+    alice = linphone_phones("alice", server, ALICE[0], ALICE[1], tone_hz=ALICE_HZ)
+    agent = linphone_phones("agent", server, AGENT[0], AGENT[1], tone_hz=AGENT_HZ)
+    bob = phone(baresip_phones, BOB, server, BOB_HZ, params=";answermode=auto")
+    alice.wait_registered()
+    agent.wait_registered()
+    bob.wait_registered()
+    to_agent = alice.call(AGENT[2])
+    first = agent.wait_incoming().call_id
+    agent.answer(first)
+    agent.wait_streams_running(first)
+    alice.wait_streams_running(to_agent)
+    time.sleep(1.5)
+    agent.hold()
+    agent.wait_paused(first)
+    second = agent.call("600")
+    bob.wait_established(timeout=15)
+    agent.wait_streams_running(second)
+    time.sleep(1.5)
+    start = len(alice.events)
+    agent.transfer_to_call(first, second)   # the REFER goes to alice (proxied): she sends INVITE with Replaces
+    replacing = alice.wait_event("outgoing", start=start, timeout=15).call_id
+    alice.wait_streams_running(replacing)
+    agent.wait_ended(first, timeout=15)
+    agent.wait_ended(second, timeout=15)
+    time.sleep(2.5)
+    alice.terminate(replacing)
+    alice.wait_ended(replacing)
+    bob.wait_closed()
+    bob_heard = loud_windows(bob.heard())
+    assert near(bob_heard[0], AGENT_HZ), f"bob first heard {bob_heard}"
+    assert near(bob_heard[-1], ALICE_HZ), f"bob ended up hearing {bob_heard}"
+    assert abs(agent.heard_tone(first) - ALICE_HZ) < TOLERANCE_HZ
