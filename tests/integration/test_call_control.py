@@ -10,7 +10,8 @@
 - A conference room: three phones from three calls, each hearing the other two.
 - Transfers from Linphone (Debian's linphonec, a phone that can do an attended transfer): the agent holds the
   caller, calls a colleague, and transfers the caller to them (REFER with Replaces, on either call); a blind
-  transfer; and a Linphone transferee whose INVITE with Replaces takes the place of callpath's dialog.
+  transfer; a Linphone transferee whose INVITE with Replaces takes the place of callpath's dialog; hold and
+  resume from Linphone.
 
 Each phone plays its own tone; `segments` cuts what a phone heard into windows and names the dominant
 frequency of each, so a test can say "music first, then the agent".
@@ -433,3 +434,31 @@ def test_invite_with_replaces_from_a_linphone_phone_takes_the_place_of_our_dialo
     assert near(bob_heard[0], AGENT_HZ), f"bob first heard {bob_heard}"
     assert near(bob_heard[-1], ALICE_HZ), f"bob ended up hearing {bob_heard}"
     assert abs(agent.heard_tone(first) - ALICE_HZ) < TOLERANCE_HZ
+
+
+def test_hold_and_resume_from_a_linphone_phone(callpath_factory, baresip_phones, linphone_phones, tmp_path):
+    server = callpath_factory(users=[ALICE, AGENT], calls={"anchor": "always", "music_on_hold": [music_file(tmp_path)]})
+    agent = linphone_phones("agent", server, AGENT[0], AGENT[1], tone_hz=AGENT_HZ)
+    alice = phone(baresip_phones, ALICE, server, ALICE_HZ)
+    agent.wait_registered()
+    alice.wait_registered()
+    alice.dial(AGENT[2])
+    call = agent.wait_incoming().call_id
+    agent.answer(call)
+    agent.wait_streams_running(call)
+    alice.wait_established()
+    time.sleep(2.0)
+    start = len(agent.events)
+    agent.hold()                          # re-INVITE with a=sendonly: callpath answers it, alice hears music
+    agent.wait_paused(call)
+    time.sleep(3.0)
+    agent.resume(call)
+    agent.wait_event("streams_running", call, start=start, fail_on=("ended", "error"))
+    time.sleep(2.5)
+    alice.hangup()
+    alice.wait_closed()
+    agent.wait_ended(call)
+    heard = loud_windows(alice.heard())
+    assert any(near(f, AGENT_HZ) for f in heard[:3]), f"alice heard {heard}"
+    assert sum(1 for f in heard if near(f, MUSIC_HZ)) >= 3, f"alice heard no music on hold: {heard}"
+    assert near(heard[-1], AGENT_HZ), f"alice did not hear the agent again after the resume: {heard}"
