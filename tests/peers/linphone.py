@@ -252,7 +252,7 @@ domain={self.domain}
             if port == self.sip_port:
                 self.send("soundcard use files")
                 self.send(f"play {self.source_wav}")
-                self.record_next_call()      # for a call answered automatically (-a)
+                self.record_next_call()      # the first call's, placed or received
                 return self
             self._kill()
             if attempt == attempts:
@@ -385,7 +385,8 @@ domain={self.domain}
         """``record FILE``: the file linphone writes what it hears into, for the next call that rings or is placed
         (``heard(call_id)``). Only while no call is current: linphonec applies the command to the current call
         at once, and crashes (SIGSEGV) when that call is still ringing. ``start()`` sets the first one and
-        ``call()`` a fresh one when it can, so each call has its own file."""
+        ``call()`` a fresh one when it can, so each call has its own file; a phone that receives another call
+        after its first one ended needs this called in between (the harness cannot know no call will ring)."""
         if self.current_calls():
             raise LinphoneError(f"linphonec {self.name}: 'record' while calls {self.current_calls()} are current")
         self._recording_seq += 1
