@@ -61,13 +61,14 @@ case "${1:-}" in
         # Test peers: SIPp for the SIP integration tests; Node.js + npm for the JsSIP (browser SIP stack) test;
         # Chromium for the real-browser WebRTC test of the media bridge (tests/browser); coturn as a TURN relay;
         # Kamailio as the SIP carrier of the trunk tests (tests/integration/kamailio/carrier.cfg).
-        # baresip as a real SIP phone (calls with tones checked both ways).
+        # baresip and Linphone as real SIP phones (calls with tones checked both ways, transfers).
         command -v sipp >/dev/null || apt_install sip-tester
         { command -v node >/dev/null && command -v npm >/dev/null; } || apt_install nodejs npm
         command -v chromium >/dev/null || apt_install chromium
         command -v turnserver >/dev/null || apt_install coturn     # TURN for the relay-only browser test
         { command -v kamailio >/dev/null || [ -x /usr/sbin/kamailio ]; } || apt_install kamailio  # the carrier of the trunk tests
         command -v baresip >/dev/null || apt_install baresip-core # Debian's softphone, no GUI (tests/peers/baresip.py)
+        command -v linphonec >/dev/null || apt_install linphone-cli # Linphone's console phone (tests/peers/linphone.py)
         ensure_venv "[test]"
         set +e
         "$VENV/bin/python" -m pytest -ra "$@"

@@ -8,6 +8,10 @@
   then the agent's voice again after the resume.
 - A blind transfer from a phone (baresip's REFER): the caller ends up talking with the transfer target.
 - A conference room: three phones from three calls, each hearing the other two.
+- Transfers from Linphone (Debian's linphonec, a phone that can do an attended transfer): the agent holds the
+  caller, calls a colleague, and transfers the caller to them (REFER with Replaces, on either call); a blind
+  transfer; a Linphone transferee whose INVITE with Replaces takes the place of callpath's dialog; hold and
+  resume from Linphone.
 
 Each phone plays its own tone; `segments` cuts what a phone heard into windows and names the dominant
 frequency of each, so a test can say "music first, then the agent".
@@ -23,6 +27,7 @@ import pytest
 from media.audio import dominant_frequency
 from peers.baresip import SAMPLE_RATE, BaresipPhone, account_line, baresip_phones, write_tone  # noqa: F401
 from peers.jssip_browser import jssip_browsers  # noqa: F401  (fixture)
+from peers.linphone import linphone_phones  # noqa: F401  (fixture)
 from sipp_harness import callpath_factory  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -311,3 +316,149 @@ def test_a_late_offer_invite_gets_our_offer_and_its_answer_in_the_ack(callpath_f
     assert "RTP/AVP" in ok                 # callpath's offer, in the 200
     bob.wait_closed()
     assert abs(bob.heard_tone() - 1000.0) < TOLERANCE_HZ
+
+
+# -- transfers from a Linphone phone (Debian's linphonec) ---------------------------------------------------
+AGENT = ("agent", "agentpw", "1005")      # a desk phone that does attended transfers
+AGENT_HZ = 500.0
+
+
+@pytest.mark.parametrize("refer_on", ["held call", "consultation call"])
+def test_attended_transfer_from_a_linphone_phone(callpath_factory, baresip_phones, linphone_phones, refer_on):
+    """alice calls the agent (Linphone), who answers, holds her, calls bob (consultation) and transfers: a REFER
+    on one of its calls whose Refer-To carries Replaces naming callpath's dialog of the other (on the held call:
+    alice is the transferee; on the consultation call: bob is). Both of the agent's calls end; alice and bob end
+    up talking to each other."""
+    server = callpath_factory(users=[ALICE, BOB, AGENT], calls={"anchor": "always"})
+    agent = linphone_phones("agent", server, AGENT[0], AGENT[1], tone_hz=AGENT_HZ)
+    alice = phone(baresip_phones, ALICE, server, ALICE_HZ)
+    bob = phone(baresip_phones, BOB, server, BOB_HZ, params=";answermode=auto")
+    agent.wait_registered()
+    alice.wait_registered()
+    bob.wait_registered()
+    alice.dial(AGENT[2])
+    first = agent.wait_incoming().call_id
+    agent.answer(first)
+    agent.wait_streams_running(first)
+    alice.wait_established()
+    time.sleep(1.5)
+    agent.hold()                          # linphonec places one call at a time: alice waits on hold
+    agent.wait_paused(first)
+    second = agent.call(BOB[2])           # the consultation call
+    bob.wait_established(timeout=15)
+    agent.wait_streams_running(second)
+    time.sleep(1.5)
+    if refer_on == "held call":
+        agent.transfer_to_call(first, second)
+    else:
+        agent.transfer_to_call(second, first)
+    agent.wait_ended(first, timeout=15)   # both of the transferor's calls end
+    agent.wait_ended(second, timeout=15)
+    time.sleep(2.5)
+    alice.hangup()
+    alice.wait_closed()
+    bob.wait_closed()
+    assert abs(agent.heard_tone(first) - ALICE_HZ) < TOLERANCE_HZ
+    assert abs(agent.heard_tone(second) - BOB_HZ) < TOLERANCE_HZ
+    heard = loud_windows(alice.heard())
+    assert near(heard[-1], BOB_HZ), f"alice ended up hearing {heard}"
+    bob_heard = loud_windows(bob.heard())
+    assert near(bob_heard[0], AGENT_HZ), f"bob first heard {bob_heard}"
+    assert near(bob_heard[-1], ALICE_HZ), f"bob ended up hearing {bob_heard}"
+
+
+def test_blind_transfer_from_a_linphone_phone(callpath_factory, baresip_phones, linphone_phones):
+    server = callpath_factory(users=[ALICE, BOB, AGENT], calls={"anchor": "always"})
+    agent = linphone_phones("agent", server, AGENT[0], AGENT[1], tone_hz=AGENT_HZ)
+    alice = phone(baresip_phones, ALICE, server, ALICE_HZ)
+    bob = phone(baresip_phones, BOB, server, BOB_HZ, params=";answermode=auto")
+    agent.wait_registered()
+    alice.wait_registered()
+    bob.wait_registered()
+    alice.dial(AGENT[2])
+    call = agent.wait_incoming().call_id
+    agent.answer(call)
+    agent.wait_streams_running(call)
+    alice.wait_established()
+    time.sleep(1.5)
+    agent.transfer(call, BOB[2])          # REFER with Refer-To: <sip:1002@domain>
+    bob.wait_established(timeout=15)
+    agent.wait_ended(call, timeout=15)    # the transferor is out
+    time.sleep(2.5)
+    alice.hangup()
+    alice.wait_closed()
+    bob.wait_closed()
+    assert abs(agent.heard_tone(call) - ALICE_HZ) < TOLERANCE_HZ
+    heard = loud_windows(alice.heard())
+    assert near(heard[0], AGENT_HZ), f"alice first heard {heard}"
+    assert near(heard[-1], BOB_HZ), f"alice ended up hearing {heard}"
+    assert abs(bob.heard_tone() - ALICE_HZ) < TOLERANCE_HZ
+
+
+def test_invite_with_replaces_from_a_linphone_phone_takes_the_place_of_our_dialog(
+        callpath_factory, baresip_phones, linphone_phones):
+    """The transferee's side of an attended transfer: alice (Linphone) calls the agent (Linphone) directly (a
+    proxied call: both offer G.711), the agent holds her and calls bob through ring group 600 (a call callpath
+    answers itself), then REFERs alice with Replaces naming callpath's dialog of that second call. Alice's INVITE
+    with Replaces reaches callpath, takes that dialog's place: bob now hears alice, the agent is out."""
+    server = callpath_factory(users=[ALICE, BOB, AGENT], calls={"groups": [{"number": "600", "members": [BOB[2]]}]})
+    alice = linphone_phones("alice", server, ALICE[0], ALICE[1], tone_hz=ALICE_HZ)
+    agent = linphone_phones("agent", server, AGENT[0], AGENT[1], tone_hz=AGENT_HZ)
+    bob = phone(baresip_phones, BOB, server, BOB_HZ, params=";answermode=auto")
+    alice.wait_registered()
+    agent.wait_registered()
+    bob.wait_registered()
+    to_agent = alice.call(AGENT[2])
+    first = agent.wait_incoming().call_id
+    agent.answer(first)
+    agent.wait_streams_running(first)
+    alice.wait_streams_running(to_agent)
+    time.sleep(1.5)
+    agent.hold()
+    agent.wait_paused(first)
+    second = agent.call("600")
+    bob.wait_established(timeout=15)
+    agent.wait_streams_running(second)
+    time.sleep(1.5)
+    start = len(alice.events)
+    agent.transfer_to_call(first, second)   # the REFER goes to alice (proxied): she sends INVITE with Replaces
+    replacing = alice.wait_event("outgoing", start=start, timeout=15).call_id
+    alice.wait_streams_running(replacing)
+    agent.wait_ended(first, timeout=15)
+    agent.wait_ended(second, timeout=15)
+    time.sleep(2.5)
+    alice.terminate(replacing)
+    alice.wait_ended(replacing)
+    bob.wait_closed()
+    bob_heard = loud_windows(bob.heard())
+    assert near(bob_heard[0], AGENT_HZ), f"bob first heard {bob_heard}"
+    assert near(bob_heard[-1], ALICE_HZ), f"bob ended up hearing {bob_heard}"
+    assert abs(agent.heard_tone(first) - ALICE_HZ) < TOLERANCE_HZ
+
+
+def test_hold_and_resume_from_a_linphone_phone(callpath_factory, baresip_phones, linphone_phones, tmp_path):
+    server = callpath_factory(users=[ALICE, AGENT], calls={"anchor": "always", "music_on_hold": [music_file(tmp_path)]})
+    agent = linphone_phones("agent", server, AGENT[0], AGENT[1], tone_hz=AGENT_HZ)
+    alice = phone(baresip_phones, ALICE, server, ALICE_HZ)
+    agent.wait_registered()
+    alice.wait_registered()
+    alice.dial(AGENT[2])
+    call = agent.wait_incoming().call_id
+    agent.answer(call)
+    agent.wait_streams_running(call)
+    alice.wait_established()
+    time.sleep(2.0)
+    start = len(agent.events)
+    agent.hold()                          # re-INVITE with a=sendonly: callpath answers it, alice hears music
+    agent.wait_paused(call)
+    time.sleep(3.0)
+    agent.resume(call)
+    agent.wait_event("streams_running", call, start=start, fail_on=("ended", "error"))
+    time.sleep(2.5)
+    alice.hangup()
+    alice.wait_closed()
+    agent.wait_ended(call)
+    heard = loud_windows(alice.heard())
+    assert any(near(f, AGENT_HZ) for f in heard[:3]), f"alice heard {heard}"
+    assert sum(1 for f in heard if near(f, MUSIC_HZ)) >= 3, f"alice heard no music on hold: {heard}"
+    assert near(heard[-1], AGENT_HZ), f"alice did not hear the agent again after the resume: {heard}"
