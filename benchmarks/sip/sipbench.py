@@ -444,6 +444,10 @@ class Server:
     def cpu(self) -> CpuSample:
         return cpu_sample(self.pids())
 
+    def cpu_parts(self) -> dict[str, CpuSample]:
+        """The CPU of the server's processes by role (one part, ``server``, unless a server knows better)."""
+        return {"server": self.cpu()}
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -471,9 +475,11 @@ class CallpathServer(Server):
 
     def __init__(self, workdir: Path, data_dir: Path, *, auth: bool, b2bua_target: str | None = None,
                  log_level: str = "warning", web: bool = False, media: bool = False,
-                 limiter: bool = False) -> None:
+                 limiter: bool = False, anchor: str | None = None) -> None:
         """`limiter`: keep the per-source flood limiter on (its default); load tests from one host turn it
-        off, as an operator would for a benchmark, since every SIPp instance here shares 127.0.0.1."""
+        off, as an operator would for a benchmark, since every SIPp instance here shares 127.0.0.1.
+        `anchor`: ``[calls] anchor`` (``always``: every call to a local user goes through call control and
+        the media workers; needs ``media``)."""
         super().__init__(workdir)
         self.data_dir = data_dir
         self.web_port = free_udp_port() if web else 0   # /api/v1/status (RSS, loop lag) when asked for
@@ -492,6 +498,8 @@ class CallpathServer(Server):
                       "ice_port = 0", ""]
         else:   # media is on by default; a pure-SIP run measures the SIP process alone
             lines += ["[media]", "enabled = false", ""]
+        if anchor:
+            lines += ["[calls]", f"anchor = {_toml_str(anchor)}", ""]
         if b2bua_target:
             lines += ["[[sip.b2bua]]", f"number = {_toml_str(B2BUA_NUMBER)}",
                       f"target = {_toml_str(b2bua_target)}", ""]
@@ -502,6 +510,13 @@ class CallpathServer(Server):
         self._spawn([str(callpath_script()), "run", "--config", str(self.config)], env=callpath_env())
         wait_until(lambda: "callpath ready" in tail(self.log, 100_000), timeout, "callpath", self.proc, self.log)
         return self
+
+    def cpu_parts(self) -> dict[str, CpuSample]:
+        """``sip``: the SIP process (``callpath run``); ``media``: every process below it (the media worker
+        processes, and multiprocessing's resource tracker, which sleeps)."""
+        assert self.proc is not None
+        pids = self.pids()
+        return {"sip": cpu_sample([self.proc.pid]), "media": cpu_sample([p for p in pids if p != self.proc.pid])}
 
     def status(self, timeout: float = 5.0) -> dict[str, Any] | None:
         """GET /api/v1/status (needs web=True); None when it does not answer."""
@@ -522,8 +537,13 @@ def callpath_script() -> Path:
 
 
 def callpath_env() -> dict[str, str]:
+    """The environment of callpath's processes: no CALLPATH_* overrides, and this checkout first on the
+    module path, so that the code measured is the tree the benchmark runs from even when CALLPATH_VENV is
+    another checkout's editable install (its finder comes after PYTHONPATH). A PYTHONPATH already set (as
+    flood.py --snapshot sets it) stays in front."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLPATH_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([*filter(None, [env.get("PYTHONPATH")]), str(REPO_ROOT)])
     return env
 
 
