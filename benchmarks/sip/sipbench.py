@@ -475,11 +475,14 @@ class CallpathServer(Server):
 
     def __init__(self, workdir: Path, data_dir: Path, *, auth: bool, b2bua_target: str | None = None,
                  log_level: str = "warning", web: bool = False, media: bool = False,
-                 limiter: bool = False, anchor: str | None = None) -> None:
+                 limiter: bool = False, anchor: str | None = None, max_calls: int | None = None) -> None:
         """`limiter`: keep the per-source flood limiter on (its default); load tests from one host turn it
         off, as an operator would for a benchmark, since every SIPp instance here shares 127.0.0.1.
         `anchor`: ``[calls] anchor`` (``always``: every call to a local user goes through call control and
-        the media workers; needs ``media``)."""
+        the media workers; needs ``media``). `max_calls`: ``[limits] max_calls`` (None: callpath's default;
+        0: no cap. The cap counts a finished call while it lingers 32 s for late retransmissions, so with it
+        a back-to-back or anchored call rate above ~5000 / (2 legs x 32 s) = 78/s is refused with 503 once
+        the calls of the last 32 s add up; the throughput ramps turn it off)."""
         super().__init__(workdir)
         self.data_dir = data_dir
         self.web_port = free_udp_port() if web else 0   # /api/v1/status (RSS, loop lag) when asked for
@@ -490,8 +493,11 @@ class CallpathServer(Server):
             f"auth = {'true' if auth else 'false'}", 'auth_algorithms = ["MD5"]', "",
             "[web]", f"listen = {_toml_str(LOCAL)}", f"port = {self.web_port}", "",
         ]
-        if not limiter:
-            lines += ["[limits]", "source_limit = 0", ""]
+        limits = [] if limiter else ["source_limit = 0"]
+        if max_calls is not None:
+            limits.append(f"max_calls = {int(max_calls)}")
+        if limits:
+            lines += ["[limits]", *limits, ""]
         if media:
             # ice_port 0: any free port, so that a run beside another callpath (or a test) does not collide
             lines += ["[media]", "enabled = true", f"listen = {_toml_str(LOCAL)}", f"advertise = {_toml_str(LOCAL)}",
