@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import sipbench as sb  # noqa: E402
+import sipbench as sb
 
 
 def py_spy() -> str | None:
