@@ -16,6 +16,9 @@ What it measures (every server on 127.0.0.1, one UDP socket, SIPp 3.6 as the loa
             to a second leg, both legs' media in the media worker process; CPU of the SIP process and the
             media worker(s), apart and summed. Sippy's b2bua_simple (no media relay) side by side. SIPp sends
             no RTP: the cost is the signalling plus setting up and tearing down the two media legs
+  anchored-rtp  the same with RTP: both SIPp sides stream PCMU (rtp_stream) for the whole call (10 s), so
+            the media worker relays 2 x 50 packets/s per call (benchmarks/sip/scenarios/*_rtp.xml); not
+            run by default
 
 For each: a fixed offered rate below saturation (server CPU per operation: utime+stime of the server's
 processes from /proc/PID/stat before/after, less its idle CPU, divided by the completed operations), then
@@ -53,12 +56,15 @@ PLAN_FULL = {
     "proxy": {"fixed_rate": 100, "fixed_s": 20, "ramp": [200, 300, 400, 600, 800, 1200, 1600], "step_s": 3},
     "b2bua": {"fixed_rate": 50, "fixed_s": 20, "ramp": [100, 150, 200, 300, 400, 600, 800], "step_s": 3},
     "anchored": {"fixed_rate": 50, "fixed_s": 20, "ramp": [75, 100, 150, 200, 300, 400, 600], "step_s": 3},
+    # 10 s calls: 10/s is 100 calls streaming at once (2 x 50 packets/s each through the worker)
+    "anchored-rtp": {"fixed_rate": 10, "fixed_s": 20, "ramp": [20, 30], "step_s": 5, "call_s": 10},
 }
 PLAN_QUICK = {
     "register": {"fixed_rate": 500, "fixed_s": 3, "ramp": [2000, 4000], "step_s": 2},
     "proxy": {"fixed_rate": 100, "fixed_s": 3, "ramp": [200, 400], "step_s": 2},
     "b2bua": {"fixed_rate": 50, "fixed_s": 3, "ramp": [100, 200], "step_s": 2},
     "anchored": {"fixed_rate": 50, "fixed_s": 3, "ramp": [100, 150], "step_s": 2},
+    "anchored-rtp": {"fixed_rate": 10, "fixed_s": 5, "ramp": [], "step_s": 2, "call_s": 5},
 }
 #: a fixed-rate run during which other processes (other people's work on a shared machine) used more than
 #: this share of a CPU is repeated (up to --retries times) and the quietest run kept
@@ -73,7 +79,7 @@ ISSUE_REFERENCE_US = {("register", "noauth"): 15, ("register", "auth"): 28, ("pr
 TARGET_VS_KAMAILIO = 4.0   # callpath CPU/op <= 4x Kamailio's
 TARGET_VS_SIPPY = 0.25     # callpath CPU/call <= 1/4 of Sippy's
 
-OP_NAME = {"register": "registration", "proxy": "call", "b2bua": "call", "anchored": "call"}
+OP_NAME = {"register": "registration", "proxy": "call", "b2bua": "call", "anchored": "call", "anchored-rtp": "call"}
 
 
 # ------------------------------------------------------------------------------------------ progress
@@ -326,7 +332,8 @@ class Bench:
         for step_rate in plan["ramp"]:
             time.sleep(0.5)
             step = self.measure(server, f"ramp-{step_rate}", step_rate, int(step_rate * plan["step_s"]),
-                                make_uac, idle, uas=uas, margin_s=8 if self.args.quick else 12,
+                                make_uac, idle, uas=uas,
+                                margin_s=(8 if self.args.quick else 12) + plan.get("call_s", 0),
                                 idle_parts=idle_parts)
             passed = step_passed(step)
             if step.ok and not passed:
@@ -476,11 +483,19 @@ class Bench:
                 res.uas_summary = uas.stop(grace=3).summary()
             server.stop()
 
-    def case_anchored(self, kind: str) -> None:
+    def case_anchored(self, kind: str, rtp: bool = False) -> None:
         """callpath: SIPp UAC -> call control (anchor = "always", media on) -> the UAS registered as CALLEE,
-        both legs through the media worker; Sippy: b2bua_simple to the UAS (signalling only, no relay)."""
-        res = self.start_case("anchored", "signalling", kind)
+        both legs through the media worker; Sippy: b2bua_simple to the UAS (signalling only, no relay).
+        ``rtp``: both SIPp sides stream PCMU for plan["call_s"] seconds per call (through callpath's worker;
+        with Sippy directly between them)."""
+        res = self.start_case("anchored-rtp" if rtp else "anchored", "rtp" if rtp else "signalling", kind)
+        plan = self.plan[res.bench]
         work = Path(res.workdir)
+        if rtp:  # the file both SIPp sides stream (rtp_stream looks for it in their working directory)
+            work.mkdir(parents=True, exist_ok=True)
+            sb.write_pcmu_tone(work / "tone.pcmu")
+        suffix = "rtp" if rtp else "noauth"
+        call_ms = int(plan.get("call_s", 0) * 1000)
         uas_port = sb.free_udp_port()
         if kind == "callpath":
             server: sb.Server = sb.CallpathServer(work, self.callpath_data_dir(), auth=False, media=True,
@@ -492,7 +507,8 @@ class Bench:
         try:
             self.p.status(f"  starting {kind}")
             server.start()
-            uas = sb.Sipp("uas", work, scenario_name="uas_b2b", target=None, local_port=uas_port).start_listening()
+            uas = sb.Sipp("uas", work, scenario_name="uas_b2b_rtp" if rtp else "uas_b2b", target=None,
+                          local_port=uas_port).start_listening()
             if kind == "callpath":
                 reg = sb.Sipp("register-callee", work, scenario_name="register_loop_noauth", target=server.target,
                               local_port=sb.free_udp_port(), calls=1, timeout_s=10, users_csv=self.callee_csv,
@@ -502,11 +518,12 @@ class Bench:
                     raise sb.BenchError(f"registering the UAS as {sb.CALLEE} failed: {out.summary()}\n{out.errors}")
 
             def make_uac(*, rate: float, calls: int, timeout_s: float, name: str) -> sb.Sipp:
-                return sb.Sipp(name, work, scenario_name="uac_b2b_noauth", target=server.target,
-                               local_port=sb.free_udp_port(), calls=calls, rate=rate, timeout_s=timeout_s,
-                               service=sb.CALLEE, duration_ms=0, rtd="setup")
+                return sb.Sipp(name, work, scenario_name=f"uac_b2b_{suffix}", target=server.target,
+                               local_port=sb.free_udp_port(), calls=calls, rate=rate,
+                               timeout_s=timeout_s + call_ms / 1000, service=sb.CALLEE, duration_ms=call_ms,
+                               rtd="setup")
 
-            probe = make_uac(rate=1, calls=1, timeout_s=10, name="probe").start().wait(timeout=30)
+            probe = make_uac(rate=1, calls=1, timeout_s=10, name="probe").start().wait(timeout=30 + call_ms / 1000)
             if not probe.ok:
                 res.status, res.reason = "failed", f"probe call failed: {probe.summary()}\n{probe.errors[-1200:]}"
                 self.p.line(f"  {res.status}: {res.reason.splitlines()[0]}")
@@ -538,7 +555,8 @@ def comparisons(results: list[CaseResult]) -> list[dict[str, Any]]:
                                           ("proxy", "noauth", "kamailio", TARGET_VS_KAMAILIO),
                                           ("proxy", "auth", "kamailio", TARGET_VS_KAMAILIO),
                                           ("b2bua", "noauth", "sippy", TARGET_VS_SIPPY),
-                                          ("anchored", "signalling", "sippy", TARGET_VS_SIPPY)):
+                                          ("anchored", "signalling", "sippy", TARGET_VS_SIPPY),
+                                          ("anchored-rtp", "rtp", "sippy", TARGET_VS_SIPPY)):
         mine, theirs = by.get((bench, variant, "callpath")), by.get((bench, variant, other))
         if mine is None and theirs is None:
             continue
@@ -774,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--quick", action="store_true", help="short runs (about 3 minutes in all)")
-    parser.add_argument("--only", action="append", choices=["register", "proxy", "b2bua", "anchored"],
+    parser.add_argument("--only", action="append", choices=["register", "proxy", "b2bua", "anchored", "anchored-rtp"],
                         help="run only this benchmark (repeatable)")
     parser.add_argument("--no-kamailio", action="store_true", help="skip the Kamailio side")
     parser.add_argument("--no-sippy", action="store_true", help="skip the Sippy side")
@@ -809,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
     kamailio_ok = not args.no_kamailio and sb.kamailio_binary() is not None
     kamailio_why = "--no-kamailio" if args.no_kamailio else ("kamailio is not installed" if not kamailio_ok else "")
     sippy_ok, sippy_info = False, ("--no-sippy" if args.no_sippy else "b2bua not run")
-    if ("b2bua" in benches or "anchored" in benches) and not args.no_sippy:
+    if {"b2bua", "anchored", "anchored-rtp"} & set(benches) and not args.no_sippy:
         progress.line("checking Sippy (benchmarks/.venv-sippy)")
         sippy_ok, sippy_info = sb.ensure_sippy(progress.line)
         if not sippy_ok:
@@ -842,10 +860,12 @@ def main(argv: list[str] | None = None) -> int:
                               (name, variant, "callpath"), ""))
                 cases.append(((lambda n=name, v=variant: getattr(bench, f"case_{n}")(v, "kamailio"))
                               if kamailio_ok else None, (name, variant, "kamailio"), kamailio_why))
-        elif name == "anchored":
-            cases.append((lambda: bench.case_anchored("callpath"), ("anchored", "signalling", "callpath"), ""))
-            cases.append(((lambda: bench.case_anchored("sippy")) if sippy_ok else None,
-                          ("anchored", "signalling", "sippy"), sippy_info))
+        elif name in ("anchored", "anchored-rtp"):
+            rtp = name == "anchored-rtp"
+            variant = "rtp" if rtp else "signalling"
+            cases.append((lambda r=rtp: bench.case_anchored("callpath", r), (name, variant, "callpath"), ""))
+            cases.append(((lambda r=rtp: bench.case_anchored("sippy", r)) if sippy_ok else None,
+                          (name, variant, "sippy"), sippy_info))
         else:
             cases.append((lambda: bench.case_b2bua("callpath"), ("b2bua", "noauth", "callpath"), ""))
             cases.append(((lambda: bench.case_b2bua("sippy")) if sippy_ok else None, ("b2bua", "noauth", "sippy"),

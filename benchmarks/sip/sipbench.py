@@ -181,6 +181,25 @@ def scenario(name: str) -> Path:
     raise BenchError(f"no SIPp scenario {name}")
 
 
+def _ulaw(sample: int) -> int:
+    """One 16-bit linear sample as G.711 mu-law (ITU-T G.711, the usual bias-and-segment encoder)."""
+    sign = 0x80 if sample < 0 else 0
+    magnitude = min(abs(sample), 32635) + 0x84
+    exponent, mask = 7, 0x4000
+    while exponent and not magnitude & mask:
+        exponent -= 1
+        mask >>= 1
+    return ~(sign | exponent << 4 | (magnitude >> (exponent + 3)) & 0x0F) & 0xFF
+
+
+def write_pcmu_tone(path: Path, hz: float = 440.0, seconds: float = 1.0, level: float = 0.3) -> Path:
+    """A sine tone as raw PCMU (8 kHz mu-law, no header): the file SIPp's rtp_stream plays (payload 0)."""
+    import math
+    n = int(8000 * seconds)
+    path.write_bytes(bytes(_ulaw(int(level * 32767 * math.sin(2 * math.pi * hz * i / 8000))) for i in range(n)))
+    return path
+
+
 def write_users_csv(path: Path, users: Sequence[tuple[str, str]]) -> Path:
     path.write_text("SEQUENTIAL\n" + "".join(f"{u};{p};\n" for u, p in users))
     return path
