@@ -207,9 +207,10 @@ class Bench:
     # -- one load run
     def measure(self, server: sb.Server, label: str, rate: float, ops: int, make_uac: Callable[..., sb.Sipp],
                 idle_rate: float, uas: sb.Sipp | None = None, check_uas: bool = False, margin_s: float = 30,
-                idle_parts: dict[str, float] | None = None) -> Run:
+                idle_parts: dict[str, float] | None = None, call_s: float = 0.0) -> Run:
         """One UAC run of ``ops`` calls at ``rate``; SIPp gives up ``margin_s`` after the last call is due.
-        ``idle_parts``: the idle CPU rate of each of the server's parts (``Server.cpu_parts``)."""
+        ``idle_parts``: the idle CPU rate of each of the server's parts (``Server.cpu_parts``). ``call_s``: how
+        long each call lasts (the achieved rate is over the seconds calls were started in, not their end)."""
         run = Run(label=label, offered_rate=rate, ops=ops)
         parts_before = server.cpu_parts()
         uas_before = uas.progress() if (uas is not None and check_uas) else None
@@ -238,7 +239,8 @@ class Bench:
         run.successful, run.failed = outcome.successful, outcome.failed
         run.retransmissions, run.failure_kinds = outcome.retransmissions, outcome.failure_kinds
         run.sipp_elapsed_s = outcome.elapsed_s
-        run.achieved_rate = outcome.rate
+        run.achieved_rate = (outcome.successful / (outcome.elapsed_s - call_s)
+                             if call_s and outcome.elapsed_s > call_s else outcome.rate)
         run.response_ms = outcome.response_ms
         run.server_cpu_s = after.seconds - before.seconds
         run.server_cpu_sched_s = (after.sched_ns - before.sched_ns) / 1e9
@@ -303,7 +305,7 @@ class Bench:
         ops = int(rate * plan["fixed_s"])
         self.p.line(f"  {tag}: fixed rate {rate}/s, {ops} {OP_NAME[res.bench]}s")
         fixed = self.measure(server, f"fixed-{rate}", rate, ops, make_uac, idle, uas=uas, check_uas=uas is not None,
-                             idle_parts=idle_parts)
+                             idle_parts=idle_parts, call_s=plan.get("call_s", 0))
         self.p.line(f"    -> {self._run_text(fixed)}")
         for attempt in range(self.args.retries):
             if not fixed.ok or fixed.background_cpu_pct <= NOISY_BACKGROUND_PCT:
@@ -312,7 +314,7 @@ class Bench:
                         f"measuring again ({attempt + 1}/{self.args.retries})")
             time.sleep(1.0)
             again = self.measure(server, f"fixed-{rate}-again{attempt + 1}", rate, ops, make_uac, idle, uas=uas,
-                                 check_uas=uas is not None, idle_parts=idle_parts)
+                                 check_uas=uas is not None, idle_parts=idle_parts, call_s=plan.get("call_s", 0))
             self.p.line(f"    -> {self._run_text(again)}")
             if not again.ok:
                 fixed = again
@@ -334,7 +336,7 @@ class Bench:
             step = self.measure(server, f"ramp-{step_rate}", step_rate, int(step_rate * plan["step_s"]),
                                 make_uac, idle, uas=uas,
                                 margin_s=(8 if self.args.quick else 12) + plan.get("call_s", 0),
-                                idle_parts=idle_parts)
+                                idle_parts=idle_parts, call_s=plan.get("call_s", 0))
             passed = step_passed(step)
             if step.ok and not passed:
                 step.error = (f"reached {step.achieved_rate:.0f}/s of {step_rate}/s offered "
