@@ -181,6 +181,25 @@ def scenario(name: str) -> Path:
     raise BenchError(f"no SIPp scenario {name}")
 
 
+def _ulaw(sample: int) -> int:
+    """One 16-bit linear sample as G.711 mu-law (ITU-T G.711, the usual bias-and-segment encoder)."""
+    sign = 0x80 if sample < 0 else 0
+    magnitude = min(abs(sample), 32635) + 0x84
+    exponent, mask = 7, 0x4000
+    while exponent and not magnitude & mask:
+        exponent -= 1
+        mask >>= 1
+    return ~(sign | exponent << 4 | (magnitude >> (exponent + 3)) & 0x0F) & 0xFF
+
+
+def write_pcmu_tone(path: Path, hz: float = 440.0, seconds: float = 1.0, level: float = 0.3) -> Path:
+    """A sine tone as raw PCMU (8 kHz mu-law, no header): the file SIPp's rtp_stream plays (payload 0)."""
+    import math
+    n = int(8000 * seconds)
+    path.write_bytes(bytes(_ulaw(int(level * 32767 * math.sin(2 * math.pi * hz * i / 8000))) for i in range(n)))
+    return path
+
+
 def write_users_csv(path: Path, users: Sequence[tuple[str, str]]) -> Path:
     path.write_text("SEQUENTIAL\n" + "".join(f"{u};{p};\n" for u, p in users))
     return path
@@ -444,6 +463,10 @@ class Server:
     def cpu(self) -> CpuSample:
         return cpu_sample(self.pids())
 
+    def cpu_parts(self) -> dict[str, CpuSample]:
+        """The CPU of the server's processes by role (one part, ``server``, unless a server knows better)."""
+        return {"server": self.cpu()}
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -471,9 +494,14 @@ class CallpathServer(Server):
 
     def __init__(self, workdir: Path, data_dir: Path, *, auth: bool, b2bua_target: str | None = None,
                  log_level: str = "warning", web: bool = False, media: bool = False,
-                 limiter: bool = False) -> None:
+                 limiter: bool = False, anchor: str | None = None, max_calls: int | None = None) -> None:
         """`limiter`: keep the per-source flood limiter on (its default); load tests from one host turn it
-        off, as an operator would for a benchmark, since every SIPp instance here shares 127.0.0.1."""
+        off, as an operator would for a benchmark, since every SIPp instance here shares 127.0.0.1.
+        `anchor`: ``[calls] anchor`` (``always``: every call to a local user goes through call control and
+        the media workers; needs ``media``). `max_calls`: ``[limits] max_calls`` (None: callpath's default;
+        0: no cap. The cap counts a finished call while it lingers 32 s for late retransmissions, so with it
+        a back-to-back or anchored call rate above ~5000 / (2 legs x 32 s) = 78/s is refused with 503 once
+        the calls of the last 32 s add up; the throughput ramps turn it off)."""
         super().__init__(workdir)
         self.data_dir = data_dir
         self.web_port = free_udp_port() if web else 0   # /api/v1/status (RSS, loop lag) when asked for
@@ -484,14 +512,19 @@ class CallpathServer(Server):
             f"auth = {'true' if auth else 'false'}", 'auth_algorithms = ["MD5"]', "",
             "[web]", f"listen = {_toml_str(LOCAL)}", f"port = {self.web_port}", "",
         ]
-        if not limiter:
-            lines += ["[limits]", "source_limit = 0", ""]
+        limits = [] if limiter else ["source_limit = 0"]
+        if max_calls is not None:
+            limits.append(f"max_calls = {int(max_calls)}")
+        if limits:
+            lines += ["[limits]", *limits, ""]
         if media:
             # ice_port 0: any free port, so that a run beside another callpath (or a test) does not collide
             lines += ["[media]", "enabled = true", f"listen = {_toml_str(LOCAL)}", f"advertise = {_toml_str(LOCAL)}",
                       "ice_port = 0", ""]
         else:   # media is on by default; a pure-SIP run measures the SIP process alone
             lines += ["[media]", "enabled = false", ""]
+        if anchor:
+            lines += ["[calls]", f"anchor = {_toml_str(anchor)}", ""]
         if b2bua_target:
             lines += ["[[sip.b2bua]]", f"number = {_toml_str(B2BUA_NUMBER)}",
                       f"target = {_toml_str(b2bua_target)}", ""]
@@ -502,6 +535,13 @@ class CallpathServer(Server):
         self._spawn([str(callpath_script()), "run", "--config", str(self.config)], env=callpath_env())
         wait_until(lambda: "callpath ready" in tail(self.log, 100_000), timeout, "callpath", self.proc, self.log)
         return self
+
+    def cpu_parts(self) -> dict[str, CpuSample]:
+        """``sip``: the SIP process (``callpath run``); ``media``: every process below it (the media worker
+        processes, and multiprocessing's resource tracker, which sleeps)."""
+        assert self.proc is not None
+        pids = self.pids()
+        return {"sip": cpu_sample([self.proc.pid]), "media": cpu_sample([p for p in pids if p != self.proc.pid])}
 
     def status(self, timeout: float = 5.0) -> dict[str, Any] | None:
         """GET /api/v1/status (needs web=True); None when it does not answer."""
@@ -522,8 +562,13 @@ def callpath_script() -> Path:
 
 
 def callpath_env() -> dict[str, str]:
+    """The environment of callpath's processes: no CALLPATH_* overrides, and this checkout first on the
+    module path, so that the code measured is the tree the benchmark runs from even when CALLPATH_VENV is
+    another checkout's editable install (its finder comes after PYTHONPATH). A PYTHONPATH already set (as
+    flood.py --snapshot sets it) stays in front."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLPATH_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([*filter(None, [env.get("PYTHONPATH")]), str(REPO_ROOT)])
     return env
 
 
