@@ -18,7 +18,6 @@ import platform
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
