@@ -61,6 +61,7 @@ import pytest
 from integration.sipp_harness import free_tcp_port, free_udp_port
 from media.audio import dominant_frequency, tone
 from media_ports import free_udp_range
+from peers.waiting import wait_for_output
 
 BARESIP_MODULES = Path("/usr/lib/baresip/modules")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -388,19 +389,8 @@ ctrl_tcp_listen		127.0.0.1:{self.ctrl_port}
 
     # -- waits
     def _wait(self, find: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                found = find()
-                if found is not None:
-                    return found
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise BaresipError(f"baresip {self.name} exited ({self.proc.returncode}) before {what}\n"
-                                       f"{self.log()}")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BaresipError(f"baresip {self.name}: no {what} within {timeout:g}s\n{self.log()}")
-                self._cond.wait(min(remaining, 0.2))
+        return wait_for_output(self._cond, find, timeout, what, self.proc,
+                               lambda reason: BaresipError(f"baresip {self.name}: {reason}\n{self.log()}"))
 
     def wait_event(self, types: str | tuple[str, ...], *, fail_on: tuple[str, ...] = (), start: int = 0,
                    timeout: float = 15.0) -> PhoneEvent:

@@ -70,6 +70,7 @@ import pytest
 from integration.sipp_harness import free_udp_port
 from media_ports import free_udp_range
 from peers.baresip import read_wav, write_tone
+from peers.waiting import wait_for_output
 
 from media.audio import dominant_frequency
 
@@ -455,19 +456,8 @@ domain={self.domain}
         return None
 
     def _wait(self, find: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                found = find()
-                if found is not None:
-                    return found
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise LinphoneError(f"linphonec {self.name} exited ({self.proc.returncode}) before {what}\n"
-                                        f"{self.log()}")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise LinphoneError(f"linphonec {self.name}: no {what} within {timeout:g}s\n{self.log()}")
-                self._cond.wait(min(remaining, 0.2))
+        return wait_for_output(self._cond, find, timeout, what, self.proc,
+                               lambda reason: LinphoneError(f"linphonec {self.name}: {reason}\n{self.log()}"))
 
     def wait_event(self, types: str | tuple[str, ...], call_id: int | None = None, *,
                    fail_on: tuple[str, ...] = (), start: int = 0, timeout: float = 15.0) -> LinphoneEvent:
