@@ -316,7 +316,7 @@ class Call:
             self._pending_offer = None
             if tx.last_response is None or tx.last_response.status < 200:
                 tx.reply(487)
-        self.ua._retire(self)
+        self.ua.retire(self)
 
     def release(self) -> None:
         """The UA forgot the call (its linger ended): drop the links back to it from its handler and its

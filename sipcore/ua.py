@@ -354,7 +354,7 @@ class UserAgent:
     def flush(self) -> None:
         self.stack.flush()
 
-    def _retire(self, call: Call) -> None:
+    def retire(self, call: Call) -> None:
         """Forget a finished call after `linger` (late retransmissions still find it meanwhile)."""
         if call in self._retiring:
             return
