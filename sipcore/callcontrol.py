@@ -61,6 +61,7 @@ __all__ = ["Call", "CallControl"]
 
 log = logging.getLogger("callpath.sip.callcontrol")
 
+
 class Call:
     """The control object of one call: its inbound channel, the channels rung for it, and the verbs."""
 
