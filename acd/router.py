@@ -34,7 +34,7 @@ from media.sdp import SdpError, SessionDescription
 from sipcore.b2bua import mirror_status
 from sipcore.callcontrol import Call
 from sipcore.routing import (
-    RTP, WEBRTC, AcceptCall, ContactResolver, Decision, ProxyCall, RejectCall, RouteRequest, Target,
+    WEBRTC, AcceptCall, ContactResolver, Decision, ProxyCall, RejectCall, RouteRequest, Target, media_transport_for,
 )
 from sipcore.uri import SipUri
 
@@ -203,7 +203,7 @@ class PbxRouter:
     def ring_uri(self, target: str) -> Callable[[Call], Awaitable[None]]:
         """A handler calling a fixed SIP URI (a [[sip.b2bua]] number's target), offering WebRTC to a
         ``;transport=ws|wss`` target and RTP to the others."""
-        transport = WEBRTC if SipUri.parse(target).transport in ("ws", "wss") else RTP
+        transport = media_transport_for(SipUri.parse(target).transport or "udp")
 
         async def handler(call: Call) -> None:
             result = await call.ring([Target.uri(target, transport=transport)], timeout=self.ring_timeout)
